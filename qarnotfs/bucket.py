@@ -1,0 +1,466 @@
+"""The Qarnot SDK's ``Bucket``, implemented on boto3, plus the object calls the mount needs.
+
+Owns: every S3 request about one bucket. The first half is the object-level API used by
+the filesystem (stat, list, ranged read, put, upload, download, copy, batched delete); the
+second half is the SDK's documented API (``list_files``, ``add_file``, ``get_file``,
+``sync_directory``, ...) built on it. Errors leave this module as qarnotfs exceptions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any, Union, cast
+
+from botocore.exceptions import ClientError
+
+from .checksums import SHA1_METADATA_KEY, fingerprint
+from .exceptions import (
+    MissingBucketException,
+    MissingObjectException,
+    QarnotGenericException,
+    error_code,
+    storage_errors,
+)
+from .objects import Listing, ObjectInfo
+from .paths import as_prefix, local_path_for_key, sanitize_key
+from .progress import Progress, ProgressArg
+from .sync import SyncPlan, plan_upload
+
+if TYPE_CHECKING:
+    from .connection import Connection
+
+log = logging.getLogger(__name__)
+
+LocalPath = Union[str, "os.PathLike[str]"]
+DELETE_BATCH = 1000
+"""DeleteObjects accepts at most this many keys per request."""
+
+
+class Bucket:
+    """A storage bucket. Create it with :class:`~qarnotfs.connection.Connection`."""
+
+    def __init__(self, connection: Connection, name: str, create: bool = True) -> None:
+        self._connection = connection
+        self._s3 = connection.s3
+        self._name = name
+        self._warn = connection.show_bucket_warnings
+        if create:
+            self._create()
+
+    def __repr__(self) -> str:
+        return f"Bucket({self._name!r})"
+
+    @property
+    def uuid(self) -> str:
+        """Bucket identifier (its name)."""
+        return self._name
+
+    @property
+    def description(self) -> str:
+        """Bucket identifier (its name)."""
+        return self._name
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def connection(self) -> Connection:
+        return self._connection
+
+    def _create(self) -> None:
+        try:
+            with storage_errors(bucket=self._name):
+                try:
+                    self._s3.create_bucket(Bucket=self._name)
+                except ClientError as error:
+                    if error_code(error) != "BucketAlreadyOwnedByYou":
+                        raise
+        except QarnotGenericException as error:
+            raise QarnotGenericException(f"cannot create bucket {self._name!r}: {error}") \
+                from error
+
+    def _key(self, remote: str) -> str:
+        if not self._connection.sanitize_bucket_paths:
+            return remote
+        return sanitize_key(remote, warn=self._warn)
+
+    # == object-level API ===============================================================
+
+    def stat(self, key: str) -> ObjectInfo | None:
+        """The object's summary with its metadata (one HEAD), or None if it does not exist."""
+        try:
+            with storage_errors(self._name, key):
+                answer = self._s3.head_object(Bucket=self._name, Key=key)
+        except MissingObjectException:
+            return None
+        return ObjectInfo.from_head(key, cast(dict[str, Any], answer), self._name)
+
+    def iter_objects(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        """Every object whose key starts with ``prefix``, page after page."""
+        for page in self._pages(prefix, delimiter=None):
+            for entry in page.get("Contents", []):
+                yield ObjectInfo.from_listing(cast(dict[str, Any], entry), self._name)
+
+    def list_folder(self, prefix: str = "") -> Listing:
+        """One folder level: the objects directly under ``prefix`` and its sub-prefixes."""
+        listing = Listing()
+        for page in self._pages(prefix, delimiter="/"):
+            listing.objects.extend(
+                ObjectInfo.from_listing(cast(dict[str, Any], entry), self._name)
+                for entry in page.get("Contents", [])
+            )
+            listing.prefixes.extend(p["Prefix"] for p in page.get("CommonPrefixes", []))
+        return listing
+
+    def has_objects_under(self, prefix: str) -> bool:
+        """True if at least one key starts with ``prefix`` (one small request)."""
+        with storage_errors(self._name):
+            answer = self._s3.list_objects_v2(Bucket=self._name, Prefix=prefix, MaxKeys=1)
+        return bool(answer.get("KeyCount", 0))
+
+    def _pages(self, prefix: str, delimiter: str | None) -> Iterator[dict[str, Any]]:
+        paginator = self._s3.get_paginator("list_objects_v2")
+        arguments: dict[str, Any] = {"Bucket": self._name, "Prefix": prefix}
+        if delimiter:
+            arguments["Delimiter"] = delimiter
+        with storage_errors(self._name):
+            for page in paginator.paginate(**arguments):
+                yield cast(dict[str, Any], page)
+
+    def read(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
+        """Bytes of the object from ``offset`` (``length`` of them, or up to the end)."""
+        arguments: dict[str, Any] = {"Bucket": self._name, "Key": key}
+        if offset or length is not None:
+            end = "" if length is None else str(offset + length - 1)
+            if length == 0:
+                return b""
+            arguments["Range"] = f"bytes={offset}-{end}"
+        try:
+            with storage_errors(self._name, key):
+                answer = self._s3.get_object(**arguments)
+                return answer["Body"].read()
+        except QarnotGenericException as error:
+            if "InvalidRange" in str(error):
+                return b""
+            raise
+
+    def put(self, key: str, data: bytes, metadata: dict[str, str] | None = None) -> str:
+        """Store ``data`` as the whole object in one request; returns the ETag."""
+        with storage_errors(self._name, key):
+            answer = self._s3.put_object(
+                Bucket=self._name, Key=key, Body=data, Metadata=metadata or {}
+            )
+        return str(answer.get("ETag", ""))
+
+    def upload(
+        self,
+        key: str,
+        source: LocalPath | IO[bytes],
+        metadata: dict[str, str] | None = None,
+        progress: ProgressArg = None,
+    ) -> None:
+        """Upload a local file or binary file object; multipart in parallel from 8 MiB."""
+        extra = {"Metadata": metadata} if metadata else None
+        total = _size_of(source)
+        with Progress(progress, total, key) as counter, storage_errors(self._name, key):
+            if isinstance(source, (str, os.PathLike)):
+                self._s3.upload_file(
+                    os.fspath(source), self._name, key, ExtraArgs=extra,
+                    Callback=counter, Config=self._connection.transfer_config,
+                )
+            else:
+                self._s3.upload_fileobj(
+                    source, self._name, key, ExtraArgs=extra,
+                    Callback=counter, Config=self._connection.transfer_config,
+                )
+
+    def download(self, key: str, target: LocalPath, progress: ProgressArg = None,
+                 size: int | None = None) -> None:
+        """Write the object to ``target`` atomically (parallel ranged GETs when big).
+
+        The bytes go to a temporary file beside ``target`` that replaces it at the end,
+        so a failed download leaves neither a partial nor an empty file.
+        """
+        target = Path(target)
+        if size is None:
+            info = self.stat(key)
+            if info is None:
+                raise MissingObjectException(f"{self._name}/{key}: no such object")
+            size = info.size
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, temporary = tempfile.mkstemp(prefix=f".{target.name[:200]}.", suffix=".part",
+                                         dir=target.parent)
+        os.close(fd)
+        try:
+            with Progress(progress, size, key) as counter, storage_errors(self._name, key):
+                self._s3.download_file(self._name, key, temporary, Callback=counter,
+                                       Config=self._connection.transfer_config)
+            os.replace(temporary, target)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temporary)
+
+    def copy(self, source: str, destination: str, metadata: dict[str, str] | None = None) \
+            -> None:
+        """Server-side copy; ``metadata`` replaces the source's when given."""
+        extra: dict[str, Any] = {}
+        if metadata is not None:
+            extra = {"Metadata": metadata, "MetadataDirective": "REPLACE"}
+        with storage_errors(self._name, source):
+            self._s3.copy(
+                {"Bucket": self._name, "Key": source}, self._name, destination,
+                ExtraArgs=extra or None, Config=self._connection.transfer_config,
+            )
+
+    def delete(self, key: str | None = None) -> None:
+        """With a key, delete that object. Without one, delete the bucket and its contents.
+
+        (The no-argument form is the SDK's ``Bucket.delete()``.)
+        """
+        if key is not None:
+            with storage_errors(self._name, key):
+                self._s3.delete_object(Bucket=self._name, Key=key)
+            return
+        self.delete_many(info.key for info in self.iter_objects())
+        self._abort_multipart_uploads()
+        with storage_errors(self._name):
+            self._s3.delete_bucket(Bucket=self._name)
+
+    def delete_many(self, keys: Iterable[str]) -> None:
+        """Delete keys in batches of 1,000, several batches at a time."""
+        batches: list[list[str]] = []
+        for key in keys:
+            if not batches or len(batches[-1]) == DELETE_BATCH:
+                batches.append([])
+            batches[-1].append(key)
+        if not batches:
+            return
+        workers = min(len(batches), self._connection.max_concurrency)
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            for failed in pool.map(self._delete_batch, batches):
+                if failed:
+                    raise QarnotGenericException(
+                        f"{self._name}: could not delete {len(failed)} key(s), first "
+                        f"{failed[0]['Key']!r}: {failed[0].get('Message', failed[0].get('Code'))}"
+                    )
+
+    def _delete_batch(self, keys: list[str]) -> list[dict[str, str]]:
+        with storage_errors(self._name):
+            answer = self._s3.delete_objects(
+                Bucket=self._name,
+                Delete={"Objects": [{"Key": k} for k in keys], "Quiet": True},
+            )
+        return cast(list[dict[str, str]], answer.get("Errors", []))
+
+    def _abort_multipart_uploads(self) -> None:
+        with storage_errors(self._name):
+            answer = self._s3.list_multipart_uploads(Bucket=self._name)
+            for upload in answer.get("Uploads", []):
+                self._s3.abort_multipart_upload(
+                    Bucket=self._name, Key=upload["Key"], UploadId=upload["UploadId"])
+
+    # == the SDK's API ==================================================================
+
+    def list_files(self) -> list[ObjectInfo]:
+        """Every object of the bucket."""
+        return list(self.iter_objects())
+
+    def directory(self, directory: str = "") -> list[ObjectInfo]:
+        """The objects whose keys start with ``directory``."""
+        return list(self.iter_objects(self._key(directory)))
+
+    def __iter__(self) -> Iterator[ObjectInfo]:
+        return self.iter_objects()
+
+    def __contains__(self, remote: object) -> bool:
+        return isinstance(remote, str) and self.stat(self._key(remote)) is not None
+
+    def __setitem__(self, remote: str, local: LocalPath | IO[bytes]) -> None:
+        if isinstance(local, (str, os.PathLike)) and os.path.isdir(local):
+            self.add_directory(local, remote)
+        else:
+            self.add_file(local, remote)
+
+    def add_file(self, local_or_file: LocalPath | IO[bytes], remote: str | None = None,
+                 progress: ProgressArg = None) -> str:
+        """Upload a local file (path) or a binary file object; returns the key.
+
+        Without ``remote`` the key is the file's base name. A path upload records the
+        content's SHA-1 in the object's metadata so later syncs can compare content.
+        """
+        if remote is None:
+            name = local_or_file if isinstance(local_or_file, (str, os.PathLike)) \
+                else getattr(local_or_file, "name", None)
+            if not name:
+                raise ValueError("remote is required for a file object without a name")
+            remote = os.path.basename(os.fspath(name))
+        key = self._key(remote)
+        if isinstance(local_or_file, (str, os.PathLike)):
+            if not os.path.isfile(local_or_file):
+                raise FileNotFoundError(f"no such file: {os.fspath(local_or_file)}")
+            digest = fingerprint(local_or_file).sha1
+            self.upload(key, local_or_file, {SHA1_METADATA_KEY: digest}, progress)
+        else:
+            self.upload(key, local_or_file, None, progress)
+        return key
+
+    def add_directory(self, local: LocalPath, remote: str = "",
+                      progress: ProgressArg = None) -> list[str]:
+        """Upload a folder's files under ``remote``, keeping its hierarchy; returns the keys.
+
+        Symbolic links are not followed and empty folders are skipped, as in the SDK.
+        """
+        if not os.path.isdir(local):
+            raise OSError(f"not a directory: {os.fspath(local)}")
+        files = {f"{as_prefix(remote)}{relative}": path
+                 for relative, path in _walk_files(Path(local))}
+        return self._upload_many(files, progress)
+
+    def _upload_many(self, files: dict[str, Path], progress: ProgressArg) -> list[str]:
+        workers = max(1, min(len(files), self._connection.max_concurrency))
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            return list(pool.map(lambda item: self.add_file(item[1], item[0], progress),
+                                 files.items()))
+
+    def get_file(self, remote: str, local: LocalPath | None = None,
+                 progress: ProgressArg = None) -> str:
+        """Download one object; returns the local path. Creates the needed folders.
+
+        Without ``local`` the file goes to the key's path under the current folder (a key
+        that would lead outside it is refused). If ``local`` is an existing folder the
+        file goes inside it under the key's base name. Raises ValueError if the key does
+        not exist, leaving no file behind.
+        """
+        key = self._key(remote)
+        info = self.stat(key)
+        if info is None or key.endswith("/"):
+            raise ValueError(f"no such file: {key!r} in bucket {self._name!r}")
+        if local is None:
+            target = local_path_for_key(os.getcwd(), key)
+            if target is None:
+                raise ValueError(f"key {key!r} cannot be written under the current folder")
+        else:
+            target = Path(local)
+            if target.is_dir():
+                target = target / os.path.basename(key)
+        self.download(key, target, progress, size=info.size)
+        return os.fspath(target)
+
+    def get_all_files(self, output_dir: LocalPath, progress: ProgressArg = None) -> None:
+        """Download every object into ``output_dir`` (overwriting what is there).
+
+        Keys ending in ``/`` become folders; objects with the same ETag are downloaded once
+        and copied locally; keys that would land outside ``output_dir`` are skipped with
+        a warning.
+        """
+        first_copy: dict[str, Path] = {}
+        duplicates: list[tuple[Path, Path]] = []
+        downloads: list[tuple[ObjectInfo, Path]] = []
+        for info in self.iter_objects():
+            target = local_path_for_key(output_dir, info.key)
+            if target is None:
+                log.warning("skipping key %r: it would be written outside %s",
+                            info.key, output_dir)
+                continue
+            if info.key.endswith("/"):
+                target.mkdir(parents=True, exist_ok=True)
+            elif info.etag in first_copy:
+                duplicates.append((first_copy[info.etag], target))
+            else:
+                first_copy[info.etag] = target
+                downloads.append((info, target))
+        workers = max(1, min(len(downloads), self._connection.max_concurrency))
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            list(pool.map(lambda item: self.download(item[0].key, item[1], progress,
+                                                     size=item[0].size), downloads))
+        for source, target in duplicates:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, target)
+
+    def copy_file(self, source: str, dest: str) -> str:
+        """Server-side copy of ``source`` to ``dest``; returns the destination key."""
+        destination = self._key(dest)
+        self.copy(self._key(source), destination)
+        return destination
+
+    def delete_file(self, remote: str) -> None:
+        """Delete one object (deleting a missing key is not an error, as in S3)."""
+        self.delete(self._key(remote))
+
+    def update(self, flush: bool = False) -> None:
+        """Kept for compatibility with the SDK: there is no state to refresh."""
+
+    def flush(self) -> None:
+        """Kept for compatibility with the SDK: writes are never buffered here."""
+
+    # -- sync --------------------------------------------------------------------------
+
+    def sync_directory(self, directory: LocalPath, verbose: bool = False,
+                       remote: str | None = None, progress: ProgressArg = None,
+                       dry_run: bool = False) -> SyncPlan:
+        """Make the bucket (or ``remote`` prefix) hold exactly the folder's files.
+
+        Objects under the prefix that the folder lacks are deleted. What is compared:
+        name, size, then content (see :func:`qarnotfs.sync.plan_upload`).
+        """
+        if not os.path.isdir(directory):
+            raise OSError(f"not a directory: {os.fspath(directory)}")
+        files = {relative: path for relative, path in _walk_files(Path(directory))}
+        return self.sync_files(files, verbose, remote, progress, dry_run)
+
+    def sync_files(self, files: Mapping[str, LocalPath], verbose: bool = False,
+                   remote: str | None = None, progress: ProgressArg = None,
+                   dry_run: bool = False) -> SyncPlan:
+        """Make the bucket (or ``remote`` prefix) hold exactly ``files`` ({key: local path}).
+
+        ``remote`` is a folder: it ends at a ``/`` boundary, so syncing ``pre`` never
+        touches ``pre2/``. Returns the plan that was carried out.
+        """
+        prefix = as_prefix(remote)
+        wanted = {f"{prefix}{self._key(key)}": Path(path) for key, path in files.items()}
+        existing = {info.key: info for info in self.iter_objects(prefix)}
+        plan = plan_upload(wanted, existing, self.stat)
+        if verbose or dry_run:
+            for line in plan.describe():
+                log.info("%s%s", "(dry run) " if dry_run else "", line)
+        if not dry_run:
+            self._apply(plan, progress)
+        return plan
+
+    def _apply(self, plan: SyncPlan, progress: ProgressArg) -> None:
+        for source, destination in plan.copies:
+            self.copy(source, destination)
+        self._upload_many(dict(plan.uploads), progress)
+        self.delete_many(plan.deletes)
+
+
+def _walk_files(root: Path) -> Iterator[tuple[str, Path]]:
+    """(relative posix path, path) of every regular file under ``root``; links not followed."""
+    for folder, _dirs, names in os.walk(root, followlinks=False):
+        for name in sorted(names):
+            path = Path(folder) / name
+            if path.is_file() and not path.is_symlink():
+                yield path.relative_to(root).as_posix(), path
+
+
+def _size_of(source: LocalPath | IO[bytes]) -> int:
+    if isinstance(source, (str, os.PathLike)):
+        return os.path.getsize(source)
+    try:
+        position = source.tell()
+        end = source.seek(0, os.SEEK_END)
+        source.seek(position)
+        return end - position
+    except (OSError, AttributeError, ValueError):
+        return 0
+
+
+__all__ = ["Bucket", "MissingBucketException"]

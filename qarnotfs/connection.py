@@ -1,0 +1,226 @@
+"""The connection to a Qarnot storage: endpoint, credentials, one boto3 client, buckets.
+
+Owns: turning :class:`~qarnotfs.config.Settings` into a configured boto3 S3 client (asking
+the Qarnot API for the endpoint and access key in Qarnot mode), the transfer settings
+shared by every upload and download, and the bucket-level calls of the SDK's Connection
+(``buckets``, ``create_bucket``, ``retrieve_bucket``, ``retrieve_or_create_bucket``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import TYPE_CHECKING, Any
+
+import boto3
+from boto3.s3.transfer import TransferConfig
+from botocore.config import Config
+
+from .api import QarnotApi
+from .config import Settings, load_settings
+from .exceptions import (
+    BucketStorageUnavailableException,
+    ConfigurationException,
+    MissingBucketException,
+    error_code,
+    storage_errors,
+)
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+    from .bucket import Bucket
+
+log = logging.getLogger(__name__)
+
+MIB = 1024 * 1024
+PART_SIZE = 8 * MIB
+"""Multipart threshold and part size, as the Qarnot SDK uses (so ETags compare equal)."""
+
+
+class Connection:
+    """A connection to the storage, configured as the Qarnot SDK's ``Connection`` is.
+
+    With no arguments everything comes from the environment and the configuration file
+    (see :mod:`qarnotfs.config`). Qarnot mode needs a token; direct mode, for any
+    S3-compatible endpoint, needs ``storage_url`` and an access key and secret key (or an
+    AWS profile).
+    """
+
+    def __init__(
+        self,
+        fileconf: str | os.PathLike[str] | dict[str, Any] | None = None,
+        client_token: str | None = None,
+        cluster_url: str | None = None,
+        cluster_unsafe: bool | None = None,
+        cluster_timeout: float | None = None,
+        storage_url: str | None = None,
+        storage_unsafe: bool | None = None,
+        retry_count: int = 5,
+        retry_wait: float = 1.0,
+        cluster_custom_certificate: str | None = None,
+        storage_custom_certificate: str | None = None,
+        sanitize_bucket_paths: bool = True,
+        show_bucket_warnings: bool = True,
+        *,
+        access_key: str | None = None,
+        secret_key: str | None = None,
+        profile: str | None = None,
+        max_concurrency: int = 10,
+        connect_timeout: float = 10.0,
+        read_timeout: float = 60.0,
+    ) -> None:
+        self.settings: Settings = load_settings(
+            fileconf,
+            client_token=client_token,
+            cluster_url=cluster_url,
+            cluster_unsafe=cluster_unsafe,
+            cluster_timeout=cluster_timeout,
+            cluster_custom_certificate=cluster_custom_certificate,
+            storage_url=storage_url,
+            storage_unsafe=storage_unsafe,
+            storage_custom_certificate=storage_custom_certificate,
+            access_key=access_key,
+            secret_key=secret_key,
+            profile=profile,
+        )
+        self.retry_count = retry_count
+        self.retry_wait = retry_wait
+        self.sanitize_bucket_paths = sanitize_bucket_paths
+        self.show_bucket_warnings = show_bucket_warnings
+        self.max_concurrency = max_concurrency
+        self.transfer_config = TransferConfig(
+            multipart_threshold=PART_SIZE,
+            multipart_chunksize=PART_SIZE,
+            max_concurrency=max_concurrency,
+            use_threads=True,
+        )
+        self.storage_url, self.access_key, secret = self._resolve_endpoint()
+        self.s3: S3Client = self._make_client(secret, connect_timeout, read_timeout)
+
+    def __repr__(self) -> str:
+        return f"Connection(storage_url={self.storage_url!r}, access_key={self.access_key!r})"
+
+    # -- setup -------------------------------------------------------------------------
+
+    def _resolve_endpoint(self) -> tuple[str, str | None, str | None]:
+        """Return (storage URL, access key, secret key) for direct or Qarnot mode."""
+        settings = self.settings
+        if settings.direct:
+            if not settings.storage_url:
+                raise ConfigurationException(
+                    "S3 credentials are set but no storage URL: set QARNOT_STORAGE_URL "
+                    "or [storage] url"
+                )
+            return settings.storage_url, settings.access_key, settings.secret_key
+        if not settings.client_token:
+            raise ConfigurationException(
+                "no credentials: set QARNOT_CLIENT_TOKEN (or [client] token in the "
+                "configuration file), or QARNOT_STORAGE_URL with AWS_ACCESS_KEY_ID and "
+                "AWS_SECRET_ACCESS_KEY"
+            )
+        api = QarnotApi(
+            url=settings.cluster_url,
+            token=settings.client_token,
+            timeout=settings.cluster_timeout,
+            unsafe=settings.cluster_unsafe,
+            custom_certificate=settings.cluster_custom_certificate,
+        )
+        storage_url = settings.storage_url or api.storage_url()
+        if not storage_url:
+            raise BucketStorageUnavailableException(
+                f"the cluster at {settings.cluster_url} has no storage"
+            )
+        return storage_url, api.user_email(), settings.client_token
+
+    def _make_client(
+        self, secret: str | None, connect_timeout: float, read_timeout: float
+    ) -> S3Client:
+        settings = self.settings
+        config = Config(
+            region_name="us-east-1",
+            signature_version="s3v4",
+            s3={"addressing_style": "path"},
+            # Ceph RGW rejects the newer default checksums on some calls.
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+            connect_timeout=connect_timeout,
+            read_timeout=read_timeout,
+            retries={"max_attempts": self.retry_count, "mode": "standard"},
+            max_pool_connections=max(32, 4 * self.max_concurrency),
+            tcp_keepalive=True,
+        )
+        session = boto3.session.Session(
+            profile_name=settings.profile if not settings.access_key else None
+        )
+        verify: bool | str | None = None
+        if settings.storage_unsafe:
+            verify = False
+        elif settings.storage_custom_certificate:
+            verify = settings.storage_custom_certificate
+        return session.client(
+            "s3",
+            endpoint_url=self.storage_url,
+            aws_access_key_id=self.access_key if settings.access_key or not settings.profile
+            else None,
+            aws_secret_access_key=secret if settings.access_key or not settings.profile
+            else None,
+            config=config,
+            verify=verify,
+        )
+
+    # -- buckets -----------------------------------------------------------------------
+
+    def buckets(self) -> list[Bucket]:
+        """Every bucket of the account."""
+        from .bucket import Bucket
+
+        with storage_errors():
+            answer = self.s3.list_buckets()
+        return [Bucket(self, entry["Name"], create=False) for entry in answer.get("Buckets", [])]
+
+    def create_bucket(self, name: str) -> Bucket:
+        """Create the bucket (an existing bucket of ours is fine) and return it."""
+        from .bucket import Bucket
+
+        return Bucket(self, name, create=True)
+
+    def retrieve_bucket(self, uuid: str) -> Bucket:
+        """Return an existing bucket; :class:`MissingBucketException` if there is none."""
+        from .bucket import Bucket
+
+        if not self.bucket_exists(uuid):
+            raise MissingBucketException(f"bucket {uuid!r} does not exist")
+        return Bucket(self, uuid, create=False)
+
+    def retrieve_or_create_bucket(self, uuid: str) -> Bucket:
+        """Return the bucket, creating it if it does not exist."""
+        from .bucket import Bucket
+
+        return Bucket(self, uuid, create=not self.bucket_exists(uuid))
+
+    def bucket_exists(self, name: str) -> bool:
+        """True if the bucket exists (and the credentials may see it)."""
+        from botocore.exceptions import ClientError
+
+        try:
+            with storage_errors(bucket=name):
+                try:
+                    self.s3.head_bucket(Bucket=name)
+                except ClientError as error:
+                    if error_code(error) in ("404", "NoSuchBucket", "NotFound"):
+                        return False
+                    raise
+        except MissingBucketException:
+            return False
+        return True
+
+    def close(self) -> None:
+        """Release the HTTP connections."""
+        self.s3.close()
+
+    def __enter__(self) -> Connection:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,155 @@
+"""The exceptions of the Qarnot SDK, and the one table that maps S3 errors onto them.
+
+Owns: the public exception hierarchy (the SDK's class names, so code written for
+``qarnot.exceptions`` keeps working) and :func:`translate`, the single place where a
+botocore error becomes a qarnotfs exception. Nothing else in the package inspects botocore
+error codes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectionClosedError,
+    ConnectTimeoutError,
+    EndpointConnectionError,
+    NoCredentialsError,
+    ReadTimeoutError,
+)
+
+
+class QarnotException(Exception):
+    """Base of every qarnotfs error."""
+
+
+class QarnotGenericException(QarnotException):
+    """An error of the API or of the storage; the message says which."""
+
+
+class UnauthorizedException(QarnotException):
+    """The credentials are wrong, expired, or not allowed to do this."""
+
+
+class MissingBucketException(QarnotException):
+    """The bucket does not exist on the storage."""
+
+
+class BucketStorageUnavailableException(QarnotException):
+    """No storage is configured for this account or cluster."""
+
+
+class MissingTaskException(QarnotException):
+    """Kept for compatibility with the SDK's hierarchy."""
+
+
+class MissingPoolException(QarnotException):
+    """Kept for compatibility with the SDK's hierarchy."""
+
+
+class MissingJobException(QarnotException):
+    """Kept for compatibility with the SDK's hierarchy."""
+
+
+class NotEnoughCreditsException(QarnotException):
+    """Kept for compatibility with the SDK's hierarchy."""
+
+
+class MaxTaskException(QarnotException):
+    """Kept for compatibility with the SDK's hierarchy."""
+
+
+class MaxPoolException(QarnotException):
+    """Kept for compatibility with the SDK's hierarchy."""
+
+
+class MaxJobException(QarnotException):
+    """Kept for compatibility with the SDK's hierarchy."""
+
+
+class MissingObjectException(QarnotGenericException):
+    """The key does not exist in the bucket (qarnotfs addition)."""
+
+
+class StorageUnreachableException(QarnotGenericException):
+    """The storage endpoint did not answer (refused, timed out, cut) (qarnotfs addition)."""
+
+
+class ConfigurationException(QarnotException):
+    """The configuration (file, environment, arguments) is incomplete or wrong."""
+
+
+# S3 error code -> exception class. Codes not listed become QarnotGenericException.
+_ERROR_CODES: dict[str, type[QarnotException]] = {
+    "NoSuchBucket": MissingBucketException,
+    "NoSuchKey": MissingObjectException,
+    "404": MissingObjectException,
+    "NotFound": MissingObjectException,
+    "AccessDenied": UnauthorizedException,
+    "403": UnauthorizedException,
+    "Forbidden": UnauthorizedException,
+    "InvalidAccessKeyId": UnauthorizedException,
+    "SignatureDoesNotMatch": UnauthorizedException,
+    "ExpiredToken": UnauthorizedException,
+    "InvalidToken": UnauthorizedException,
+    "AllAccessDisabled": UnauthorizedException,
+}
+
+_UNREACHABLE = (
+    EndpointConnectionError,
+    ConnectTimeoutError,
+    ReadTimeoutError,
+    ConnectionClosedError,
+)
+
+
+def error_code(error: ClientError) -> str:
+    """The S3 error code of a botocore ClientError ('' when the server gave none)."""
+    return str(error.response.get("Error", {}).get("Code", ""))
+
+
+def translate(
+    error: BaseException, bucket: str | None = None, key: str | None = None
+) -> QarnotException:
+    """Return the qarnotfs exception for a botocore error (other errors pass through).
+
+    ``bucket`` and ``key`` only enrich the message. A 404 on a bucket-level call with no
+    key is a missing bucket; with a key it is a missing object.
+    """
+    if isinstance(error, QarnotException):
+        return error
+    if isinstance(error, ClientError):
+        code = error_code(error)
+        message = error.response.get("Error", {}).get("Message") or code
+        cls = _ERROR_CODES.get(code, QarnotGenericException)
+        if cls is MissingObjectException and key is None:
+            cls = MissingBucketException
+        where = _where(bucket, key)
+        return cls(f"{where}{code}: {message}" if message != code else f"{where}{code}")
+    if isinstance(error, NoCredentialsError):
+        return UnauthorizedException("no storage credentials were found")
+    if isinstance(error, _UNREACHABLE):
+        return StorageUnreachableException(f"storage unreachable: {error}")
+    if isinstance(error, BotoCoreError):
+        return QarnotGenericException(str(error))
+    raise TypeError(f"not a storage error: {error!r}")
+
+
+def _where(bucket: str | None, key: str | None) -> str:
+    if bucket and key:
+        return f"{bucket}/{key}: "
+    if bucket:
+        return f"{bucket}: "
+    return ""
+
+
+@contextlib.contextmanager
+def storage_errors(bucket: str | None = None, key: str | None = None) -> Iterator[None]:
+    """Re-raise botocore errors raised inside the block as qarnotfs exceptions."""
+    try:
+        yield
+    except (ClientError, BotoCoreError) as error:
+        raise translate(error, bucket, key) from error
