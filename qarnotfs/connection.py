@@ -25,6 +25,7 @@ from .exceptions import (
     error_code,
     storage_errors,
 )
+from .quickack import install_quickack
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -158,7 +159,7 @@ class Connection:
             verify = False
         elif settings.storage_custom_certificate:
             verify = settings.storage_custom_certificate
-        return session.client(
+        client = session.client(
             "s3",
             endpoint_url=self.storage_url,
             aws_access_key_id=self.access_key if settings.access_key or not settings.profile
@@ -168,6 +169,8 @@ class Connection:
             config=config,
             verify=verify,
         )
+        install_quickack(client)
+        return client
 
     # -- buckets -----------------------------------------------------------------------
 

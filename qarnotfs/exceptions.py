@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
+from boto3.exceptions import Boto3Error
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
@@ -121,6 +122,12 @@ def translate(
     """
     if isinstance(error, QarnotException):
         return error
+    if isinstance(error, Boto3Error):
+        # upload_file wraps the real ClientError (S3UploadFailedError); use the cause.
+        cause = error.__cause__ or error.__context__
+        if isinstance(cause, (ClientError, BotoCoreError)):
+            return translate(cause, bucket, key)
+        return QarnotGenericException(str(error))
     if isinstance(error, ClientError):
         code = error_code(error)
         message = error.response.get("Error", {}).get("Message") or code
@@ -151,5 +158,5 @@ def storage_errors(bucket: str | None = None, key: str | None = None) -> Iterato
     """Re-raise botocore errors raised inside the block as qarnotfs exceptions."""
     try:
         yield
-    except (ClientError, BotoCoreError) as error:
+    except (ClientError, BotoCoreError, Boto3Error) as error:
         raise translate(error, bucket, key) from error

@@ -19,7 +19,8 @@
 #   RGW_STORE             memstore (RAM, default) or bluestore (sparse file in the state dir)
 #   RGW_STORE_GIB         capacity of the store in GiB                   default 8
 #   RGW_KEEP=1            with RGW_STORE=bluestore: reuse the existing cluster and its data
-#   RGW_TCP_NODELAY=0     do not set tcp_nodelay on the beast frontend (default 1, see below)
+#   RGW_TCP_NODELAY=1     set tcp_nodelay on the beast frontend (default 0 = beast's default,
+#                         like a stock gateway; see the comment in write_conf)
 #   RGW_START_TIMEOUT     seconds to wait for each readiness step        default 60
 #   QARNOTFS_PYTHON       python with boto3 for the readiness probe
 #
@@ -45,7 +46,7 @@ SECRET_KEY="${RGW_SECRET_KEY:-qarnotfs-test-secret}"
 STORE="${RGW_STORE:-memstore}"
 STORE_GIB="${RGW_STORE_GIB:-8}"
 KEEP="${RGW_KEEP:-0}"
-TCP_NODELAY="${RGW_TCP_NODELAY:-1}"
+TCP_NODELAY="${RGW_TCP_NODELAY:-0}"
 TIMEOUT="${RGW_START_TIMEOUT:-60}"
 RGW_USER="qarnotfs-test"
 RGW_NAME="client.rgw.qarnotfs"   # the radosgw daemon's cephx identity / config section
@@ -58,9 +59,8 @@ SETTINGS="$STATE_DIR/settings.env"    # what `start` used; `env`/`status` read i
 # All ceph tools honour CEPH_CONF, so no command below can fall back to /etc/ceph.
 export CEPH_CONF="$CONF"
 
-# Daemons in stop order: radosgw must go before the OSD and the OSD before the mon;
-# stopped together, radosgw hangs waiting for a cluster that went away.
-DAEMONS_STOP_ORDER=(radosgw osd mon)
+# Stop order (see stop_all): radosgw before the OSD, the OSD before the mon; stopped
+# together, radosgw hangs waiting for a cluster that went away.
 
 die() { echo "ceph-rgw: error: $*" >&2; exit 1; }
 log() { echo "ceph-rgw: $*" >&2; }
@@ -80,7 +80,7 @@ port_busy() {
 # PID recorded for a daemon (mon|osd|radosgw), or empty.
 recorded_pid() {
     local f="$PID_DIR/$1.pid"
-    [[ -f "$f" ]] && cat "$f" || true
+    if [[ -f "$f" ]]; then cat "$f"; fi
 }
 
 # Is PID alive *and* one of ours? A recorded PID can be reused by an unrelated process after
@@ -121,12 +121,14 @@ find_python() {
 # RGW before the user, the pools and the OSD are usable, and by any other server that
 # happens to sit on the port. ListBuckets with the test user's keys proves the whole chain
 # (beast -> auth -> RADOS -> OSD). RGW insists on x-amz-content-sha256, which boto3 sends.
-# Arguments: seconds to keep trying. Exit 0 once a request succeeded.
+# Arguments: seconds to keep trying. Exit 0 once a request succeeded, 1 on timeout, 3 as
+# soon as one of the PIDs in $PROBE_PIDS (if set) is gone, so that a crash is reported at
+# once rather than after the timeout.
 probe() {
     local deadline_s="$1" py
     if py="$(find_python)"; then
         PROBE_URL="http://$HOST:$RGW_PORT" PROBE_AK="$ACCESS_KEY" PROBE_SK="$SECRET_KEY" \
-        PROBE_DEADLINE="$deadline_s" "$py" - <<'PY'
+        PROBE_DEADLINE="$deadline_s" PROBE_PIDS="${PROBE_PIDS:-}" "$py" - <<'PY'
 import os, sys, time
 import boto3
 from botocore.config import Config
@@ -146,8 +148,21 @@ s3 = boto3.client(
     config=cfg,
 )
 deadline = time.monotonic() + float(os.environ["PROBE_DEADLINE"])
+pids = os.environ["PROBE_PIDS"].split()
+
+
+def alive(pid: str) -> bool:
+    try:  # a zombie (exited, not yet reaped) has an empty cmdline
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return bool(f.read())
+    except OSError:
+        return False
+
+
 last = None
 while True:
+    if not all(alive(p) for p in pids):
+        sys.exit(3)
     try:
         s3.list_buckets()
         sys.exit(0)
@@ -191,16 +206,16 @@ wait_for() {
 }
 
 daemon_failed() {
-    local daemon="$1" why="$2" logf
+    local daemon="$1" why="${*:2}" logf
     logf="$(daemon_log "$daemon")"
     {
         echo "ceph-rgw: error: $daemon $why"
         echo "ceph-rgw: its log: $logf (stdout/stderr: $LOG_DIR/$daemon.out)"
-        if [[ -f "$LOG_DIR/$daemon.out" ]]; then
+        if [[ -s "$LOG_DIR/$daemon.out" ]]; then
             echo "---- last lines of $LOG_DIR/$daemon.out ----"
             tail -n 15 "$LOG_DIR/$daemon.out"
         fi
-        if [[ -f "$logf" ]]; then
+        if [[ -s "$logf" ]]; then
             echo "---- last lines of $logf ----"
             tail -n 15 "$logf"
         fi
@@ -219,19 +234,23 @@ daemon_failed() {
 spawn() {
     local daemon="$1"
     shift
-    setsid "$@" </dev/null >>"$LOG_DIR/$daemon.out" 2>&1 &
+    # 9>&-: the daemon must not inherit the lock fd (see take_lock), or it would hold the
+    # lock for its whole life.
+    setsid "$@" </dev/null >>"$LOG_DIR/$daemon.out" 2>&1 9>&- &
     echo $! >"$PID_DIR/$daemon.pid"
+    # Not a job of this shell any more: no "Killed" notices when `stop` ends it.
+    disown $!
     sleep 0.05
     daemon_running "$daemon" || daemon_failed "$daemon" "failed to start"
 }
 
-# Stop one daemon: SIGTERM, wait, then SIGKILL after a timeout. Only the recorded PID, and
-# only if it still is one of ours.
+# Stop one daemon: send SIG (default TERM), wait, then SIGKILL after a timeout. Only the
+# recorded PID, and only if it still is one of ours.
 stop_daemon() {
-    local daemon="$1" pid grace="${2:-20}"
+    local daemon="$1" sig="${2:-TERM}" grace="${3:-20}" pid
     pid="$(recorded_pid "$daemon")"
     if is_ours "$pid"; then
-        kill -TERM "$pid" 2>/dev/null || true
+        kill "-$sig" "$pid" 2>/dev/null || true
         local end=$((SECONDS + grace))
         while is_ours "$pid" && ((SECONDS < end)); do sleep 0.05; done
         if is_ours "$pid"; then
@@ -245,18 +264,16 @@ stop_daemon() {
 }
 
 stop_all() {
-    local d
-    for d in "${DAEMONS_STOP_ORDER[@]}"; do
-        # A memstore OSD dumps all its objects to disk on a clean shutdown, which is pure
-        # waste for a cluster that the next start wipes: kill it outright, since nothing of
-        # it is kept. (radosgw and mon are stopped politely; bluestore keeps its data.)
-        if [[ "$d" == osd && "$(saved_setting STORE)" != bluestore ]]; then
-            local pid
-            pid="$(recorded_pid osd)"
-            if is_ours "$pid"; then kill -KILL "$pid" 2>/dev/null || true; fi
-        fi
-        stop_daemon "$d"
-    done
+    # radosgw first (a clean shutdown, it holds RADOS watches), then the OSD, then the mon.
+    stop_daemon radosgw
+    if [[ "$(saved_setting STORE)" == bluestore ]]; then
+        stop_daemon osd
+    else
+        # A memstore OSD dumps every object it holds to disk on a clean shutdown: pure waste
+        # (seconds per GiB) for a cluster that the next start wipes anyway. Kill it.
+        stop_daemon osd KILL
+    fi
+    stop_daemon mon
 }
 
 saved_setting() {
@@ -326,7 +343,8 @@ ensure_packages() {
 # Cluster creation
 # ---------------------------------------------------------------------------------------------
 write_conf() {
-    local fsid="$1" store_conf
+    local fsid="$1" store_conf nodelay_opt=""
+    [[ "$TCP_NODELAY" == 1 ]] && nodelay_opt=" tcp_nodelay=1"
     local store_bytes=$((STORE_GIB * 1024 * 1024 * 1024))
     if [[ "$STORE" == bluestore ]]; then
         # A sparse file in the state dir: it takes disk space only for what is written, and
@@ -400,9 +418,14 @@ mon data avail warn = 2
 $store_conf
 
 [$RGW_NAME]
-# tcp_nodelay: beast writes response headers and body separately; with Nagle's algorithm
-# the body of a small GET then waits for the client's delayed ACK (~40 ms per request).
-rgw frontends = beast endpoint=$HOST:$RGW_PORT$([[ "$TCP_NODELAY" == 1 ]] && echo " tcp_nodelay=1")
+# tcp_nodelay: beast writes a response's headers and body separately. Without tcp_nodelay
+# (beast's default, so presumably a stock production gateway too), Nagle's algorithm holds
+# any body under one segment (< 64 KiB on loopback) until the client ACKs the headers, and a
+# client with delayed ACKs waits ~40 ms: GET of small objects, listings, copies and error
+# replies all take ~44 ms. We keep the stock behaviour by default so that tests see what
+# clients of a real gateway see (the client must send quick ACKs: TCP_QUICKACK);
+# RGW_TCP_NODELAY=1 removes the stall on the server side.
+rgw frontends = beast endpoint=$HOST:$RGW_PORT$nodelay_opt
 rgw dns name = $HOST
 rgw enable usage log = false
 rgw enable ops log = false
@@ -465,8 +488,9 @@ create_cluster() {
     printf '%s' "$cmds" | cephc >>"$LOG_DIR/pools.out" 2>&1 ||
         daemon_failed mon "pool creation failed (see $LOG_DIR/pools.out)"
 
+    # (No wait for "PGs active": PG states are reported to a mgr, and there is none. The
+    # OSD being up is enough; radosgw-admin below blocks until its PGs serve I/O.)
     wait_for "the OSD to be up" osd osd_up
-    wait_for "PGs to become active" osd pgs_active
 
     # The S3 user with fixed keys. radosgw-admin talks to RADOS directly, so this runs before
     # radosgw starts (and it creates the default realm/zone, not racing radosgw for it).
@@ -479,15 +503,6 @@ create_cluster() {
 
 osd_up() { cephc osd dump 2>/dev/null | grep -q '^osd\.0 up '; }
 
-# Active PGs: every PG reported active (no "creating", "peering", "unknown" left).
-pgs_active() {
-    local out
-    out="$(cephc pg stat 2>/dev/null)" || return 1
-    # e.g. "56 pgs: 56 active+clean; 0 B data, ..." — require the counts to match.
-    [[ "$out" =~ ^([0-9]+)\ pgs:\ ([0-9]+)\ active ]] &&
-        [[ "${BASH_REMATCH[1]}" == "${BASH_REMATCH[2]}" ]] && [[ "${BASH_REMATCH[1]}" != 0 ]]
-}
-
 # Restart the daemons of an existing (kept, bluestore) cluster.
 restart_cluster() {
     mkdir -p "$PID_DIR" "$LOG_DIR" "$STATE_DIR/run"
@@ -495,12 +510,21 @@ restart_cluster() {
     wait_for "the mon to answer" mon cephc mon stat
     spawn osd ceph-osd -f -i 0 -c "$CONF"
     wait_for "the OSD to be up" osd osd_up
-    wait_for "PGs to become active" osd pgs_active
 }
 
 # ---------------------------------------------------------------------------------------------
 # Commands
 # ---------------------------------------------------------------------------------------------
+
+# Two test sessions may call `start` (or `start` and `stop`) on the same state dir at once;
+# serialise them. The lock file sits beside the state dir, which `start` wipes.
+take_lock() {
+    command -v flock >/dev/null 2>&1 || return 0
+    mkdir -p "$(dirname "$STATE_DIR")"
+    exec 9>"$STATE_DIR.lock"
+    flock -w 900 9 || die "another ceph-rgw.sh holds $STATE_DIR.lock for more than 900 s"
+}
+
 cmd_start() {
     local t0
     t0="$(now_ms)"
@@ -570,14 +594,17 @@ EOF
     fi
 
     spawn radosgw radosgw -f -c "$CONF" -n "$RGW_NAME"
-    local end=$((SECONDS + TIMEOUT))
-    # Probe in short rounds so a radosgw that dies is reported at once.
-    until probe 3 2>/dev/null; do
-        daemon_running radosgw || daemon_failed radosgw "exited during startup"
-        daemon_running osd || daemon_failed osd "exited during startup"
-        daemon_running mon || daemon_failed mon "exited during startup"
-        ((SECONDS < end)) || daemon_failed radosgw "did not answer signed S3 requests within ${TIMEOUT}s"
-    done
+    local rc=0
+    PROBE_PIDS="$(recorded_pid mon) $(recorded_pid osd) $(recorded_pid radosgw)" \
+        probe "$TIMEOUT" 2>"$LOG_DIR/probe.out" || rc=$?
+    if ((rc != 0)); then
+        local d
+        for d in radosgw osd mon; do
+            daemon_running "$d" || daemon_failed "$d" "exited during startup"
+        done
+        daemon_failed radosgw "did not answer signed S3 requests within ${TIMEOUT}s" \
+            "($(tail -n 1 "$LOG_DIR/probe.out"))"
+    fi
 
     local t1
     t1="$(now_ms)"
@@ -631,8 +658,8 @@ cmd_status() {
 }
 
 case "${1:-}" in
-    start) cmd_start ;;
-    stop) cmd_stop ;;
+    start) take_lock && cmd_start ;;
+    stop) take_lock && cmd_stop ;;
     env) cmd_env ;;
     status) cmd_status ;;
     *)

@@ -1,0 +1,218 @@
+"""``qarnotfs demo``: a guided tour on an S3 server embedded in the process.
+
+Owns: starting moto's server on 127.0.0.1, the sample files, and the tour itself, a list
+of :class:`Step` (see :func:`demo_steps`) that each print the command they run, like a
+tutorial, and run it through the real CLI. More steps (mounting the bucket) are appended
+to that list. moto is an optional dependency: ``pip install 'qarnotfs[demo]'``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import shlex
+import tempfile
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .exceptions import QarnotException
+
+BUCKET = "demo"
+ACCESS_KEY = "demo"
+SECRET_KEY = "demo-secret"  # the embedded server accepts any key; this one is not a secret
+MIB = 1024 * 1024
+
+
+@dataclass
+class DemoContext:
+    """The running demo: its server's address and its working folder (the cwd)."""
+
+    endpoint: str
+    workdir: Path
+
+    @property
+    def env(self) -> dict[str, str]:
+        """The variables that point qarnotfs (or any S3 tool) at the embedded server."""
+        return {
+            "QARNOT_STORAGE_URL": self.endpoint,
+            "AWS_ACCESS_KEY_ID": ACCESS_KEY,
+            "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+            # An empty configuration file, so the user's own cannot interfere.
+            "QARNOTFS_CONFIG": str(self.workdir / ".qarnotfs-demo.conf"),
+        }
+
+
+@dataclass(frozen=True)
+class Step:
+    """One part of the tour: a sentence, then what it does (which prints as it goes)."""
+
+    title: str
+    run: Callable[[DemoContext], None]
+
+
+class DemoFailed(QarnotException):
+    """A command of the tour failed (its error was printed just before)."""
+
+
+def qarnotfs(*argv: str) -> Callable[[DemoContext], None]:
+    """A step action that prints ``$ qarnotfs ARGS`` and runs it through the CLI."""
+
+    def action(_ctx: DemoContext) -> None:
+        from .cli import main
+
+        print(f"$ qarnotfs {shlex.join(argv)}", flush=True)
+        if main(list(argv)) != 0:
+            raise DemoFailed(f"'qarnotfs {shlex.join(argv)}' failed")
+
+    return action
+
+
+def cat(name: str) -> Callable[[DemoContext], None]:
+    """A step action that prints ``$ cat NAME`` and the file."""
+
+    def action(ctx: DemoContext) -> None:
+        print(f"$ cat {shlex.quote(name)}", flush=True)
+        print((ctx.workdir / name).read_text(), end="", flush=True)
+
+    return action
+
+
+def append(name: str, line: str) -> Callable[[DemoContext], None]:
+    """A step action that prints ``$ echo LINE >> NAME`` and does it."""
+
+    def action(ctx: DemoContext) -> None:
+        print(f"$ echo {shlex.quote(line)} >> {shlex.quote(name)}", flush=True)
+        with open(ctx.workdir / name, "a", encoding="utf-8") as handle:
+            handle.write(line + "\n")
+
+    return action
+
+
+def sequence(*actions: Callable[[DemoContext], None]) -> Callable[[DemoContext], None]:
+    def action(ctx: DemoContext) -> None:
+        for each in actions:
+            each(ctx)
+
+    return action
+
+
+def demo_steps() -> list[Step]:
+    """The tour, in order. Append steps here (e.g. mounting the bucket)."""
+    return [
+        Step("Create a bucket and upload files (the 9 MiB one goes up in 8 MiB parts).",
+             sequence(qarnotfs("mb", BUCKET),
+                      qarnotfs("put", "README.txt", "measurements.csv", "big-input.bin",
+                               BUCKET),
+                      qarnotfs("put", "-r", "results", BUCKET))),
+        Step("List buckets, one folder level, then everything with sizes and dates.",
+             sequence(qarnotfs("buckets"), qarnotfs("ls", BUCKET),
+                      qarnotfs("ls", "-l", "-r", BUCKET))),
+        Step("Download one object.",
+             sequence(qarnotfs("get", f"{BUCKET}/README.txt", "README-copy.txt"),
+                      cat("README-copy.txt"))),
+        Step("Sync a folder of the bucket to a local folder.",
+             qarnotfs("sync", f"qarnot://{BUCKET}/results", "results-copy")),
+        Step("Change a local file; --dry-run shows the plan, then sync uploads only it.",
+             sequence(append("results/summary.txt", "run 3: 0.93"),
+                      qarnotfs("sync", "--dry-run", "results", f"qarnot://{BUCKET}/results"),
+                      qarnotfs("sync", "results", f"qarnot://{BUCKET}/results"))),
+        Step("Delete a folder of the bucket and look again.",
+             sequence(qarnotfs("rm", "-r", f"{BUCKET}/results/run-2"),
+                      qarnotfs("ls", "-r", BUCKET))),
+        # The mount step (mount into a temp dir, ls/cat/cp/mkdir, show the new object,
+        # unmount) is appended here once qarnotfs.fs.mount exists.
+    ]
+
+
+def write_samples(folder: Path) -> None:
+    """The files the tour uploads: text, CSV, a folder tree, one file over 8 MiB."""
+    (folder / "README.txt").write_text(
+        "Hello from qarnotfs!\nThis bucket lives in an S3 server embedded in the demo.\n")
+    rows = ["run,duration_s,score"] + [f"{i},{10 + i * 3},{0.5 + i / 20:.2f}"
+                                       for i in range(1, 6)]
+    (folder / "measurements.csv").write_text("\n".join(rows) + "\n")
+    for run in (1, 2):
+        (folder / "results" / f"run-{run}").mkdir(parents=True)
+        (folder / "results" / f"run-{run}" / "output.txt").write_text(f"run {run}: done\n")
+    (folder / "results" / "summary.txt").write_text("run 1: 0.91\nrun 2: 0.87\n")
+    block = bytes(range(256)) * 4096  # 1 MiB, varied so parts differ
+    with open(folder / "big-input.bin", "wb") as handle:
+        for index in range(9):
+            handle.write(block[index:] + block[:index])
+
+
+@contextlib.contextmanager
+def embedded_server(port: int) -> Iterator[str]:
+    """Run moto's S3 server on 127.0.0.1 (``port`` 0: a free one); yields its URL."""
+    try:
+        from moto.server import ThreadedMotoServer
+    except ImportError:
+        raise QarnotException(
+            "the demo needs moto, an optional dependency: pip install 'qarnotfs[demo]'"
+        ) from None
+    server: Any = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    try:
+        server.start()
+    except OSError as error:
+        raise QarnotException(f"cannot start the demo server on port {port}: {error}") \
+            from None
+    try:
+        host, bound = server.get_host_and_port()
+        yield f"http://{host}:{bound}"
+    finally:
+        server.stop()
+
+
+@contextlib.contextmanager
+def demo_environment(ctx: DemoContext) -> Iterator[None]:
+    """Point the process at the embedded server, in the demo folder; restore afterwards."""
+    saved = {name: os.environ.get(name) for name in ctx.env}
+    previous_cwd = os.getcwd()
+    os.environ.update(ctx.env)
+    os.chdir(ctx.workdir)
+    try:
+        yield
+    finally:
+        os.chdir(previous_cwd)
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    """Start the server, play :func:`demo_steps`, and with ``--keep`` stay up until Ctrl-C."""
+    with tempfile.TemporaryDirectory(prefix="qarnotfs-demo-") as workdir, \
+            embedded_server(args.port) as endpoint:
+        ctx = DemoContext(endpoint=endpoint, workdir=Path(workdir))
+        (ctx.workdir / ".qarnotfs-demo.conf").write_text("")
+        write_samples(ctx.workdir)
+        print(f"# An S3 server is running in this process at {endpoint};")
+        print(f"# the demo works in {workdir} (deleted at the end).\n", flush=True)
+        with demo_environment(ctx):
+            for number, step in enumerate(demo_steps(), start=1):
+                print(f"\n## {number}. {step.title}", flush=True)
+                step.run(ctx)
+        print("\nThat's the tour. Run 'qarnotfs --help' for every command.", flush=True)
+        if args.keep:
+            wait_for_interrupt(ctx)
+    return 0
+
+
+def wait_for_interrupt(ctx: DemoContext) -> None:
+    """Print how to reach the server from another shell, then serve until Ctrl-C."""
+    print("\nThe server stays up. In another shell:\n")
+    for name, value in ctx.env.items():
+        if name != "QARNOTFS_CONFIG":
+            print(f"export {name}={shlex.quote(value)}")
+    print(f"qarnotfs ls -l -r {BUCKET}\n")
+    print("(the embedded server accepts any access key and secret key)")
+    print("Press Ctrl-C to stop.", flush=True)
+    with contextlib.suppress(KeyboardInterrupt):
+        threading.Event().wait()
+    print("\nStopped.", flush=True)

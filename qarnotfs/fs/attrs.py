@@ -1,0 +1,196 @@
+"""File attributes, and how they are stored in object metadata the way s3fs stores them.
+
+Owns: :class:`Attributes` (one stat result), :class:`Defaults` (what objects without our
+metadata get), the s3fs-compatible metadata encoding (``x-amz-meta-mode`` = decimal st_mode
+with type bits, ``-uid``, ``-gid``, ``-mtime``/``-atime``/``-ctime`` = decimal seconds with
+an optional fraction), and the rule that decides an object's type:
+
+* a key ending in ``/`` or a common prefix is a folder;
+* an object is a symbolic link when its metadata mode says S_IFLNK AND its size is 1 to
+  4095 bytes (a possible link target); otherwise it is a regular file, whatever its
+  metadata says (s3fs's old ``dir`` objects, FIFOs and devices show as regular files).
+
+Keeping the type a function of (key, size, metadata) alone lets a listing and a HEAD
+agree, which the kernel requires (an inode never changes type).
+"""
+
+from __future__ import annotations
+
+import logging
+import stat
+import time
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+
+from ..objects import ObjectInfo
+
+log = logging.getLogger(__name__)
+
+SYMLINK_MAX = 4095
+"""Longest symbolic link target in bytes (PATH_MAX - 1)."""
+BLOCK_SIZE = 4096
+_NS = 1_000_000_000
+PERMISSION_BITS = 0o7777
+
+
+@dataclass
+class Attributes:
+    """What stat(2) reports for one file, folder or link."""
+
+    mode: int
+    size: int
+    uid: int
+    gid: int
+    atime_ns: int
+    mtime_ns: int
+    ctime_ns: int
+    nlink: int = 1
+
+    @property
+    def is_dir(self) -> bool:
+        return stat.S_ISDIR(self.mode)
+
+    @property
+    def is_link(self) -> bool:
+        return stat.S_ISLNK(self.mode)
+
+    @property
+    def is_file(self) -> bool:
+        return stat.S_ISREG(self.mode)
+
+    def to_stat(self) -> dict[str, int | float]:
+        """The attributes as os.stat-style keys (float seconds and integer nanoseconds)."""
+        return {
+            "st_mode": self.mode,
+            "st_size": self.size,
+            "st_uid": self.uid,
+            "st_gid": self.gid,
+            "st_nlink": self.nlink,
+            "st_atime": self.atime_ns / _NS,
+            "st_mtime": self.mtime_ns / _NS,
+            "st_ctime": self.ctime_ns / _NS,
+            "st_atime_ns": self.atime_ns,
+            "st_mtime_ns": self.mtime_ns,
+            "st_ctime_ns": self.ctime_ns,
+            "st_blocks": (self.size + 511) // 512,
+            "st_blksize": BLOCK_SIZE,
+        }
+
+
+@dataclass(frozen=True)
+class Defaults:
+    """Owner and permissions for objects that carry no metadata of ours."""
+
+    uid: int
+    gid: int
+    umask: int = 0o022
+    time_ns: int = 0
+    """Times of folders that have no marker object (the mount's start)."""
+
+    @property
+    def file_mode(self) -> int:
+        return stat.S_IFREG | (0o666 & ~self.umask)
+
+    @property
+    def dir_mode(self) -> int:
+        return stat.S_IFDIR | (0o777 & ~self.umask)
+
+
+def now_ns() -> int:
+    return time.time_ns()
+
+
+def format_time(ns: int) -> str:
+    """Nanoseconds as s3fs writes times: decimal seconds, with a fraction when needed."""
+    seconds, fraction = divmod(ns, _NS)
+    return f"{seconds}.{fraction:09d}" if fraction else str(seconds)
+
+
+def parse_time(value: str | None) -> int | None:
+    """Decimal seconds (maybe with a fraction) as nanoseconds; None if absent or invalid."""
+    if value is None:
+        return None
+    try:
+        return int(Decimal(value.strip()) * _NS)
+    except (InvalidOperation, ValueError):
+        log.debug("ignoring invalid time %r in metadata", value)
+        return None
+
+
+def parse_int(value: str | None) -> int | None:
+    if value is None:
+        return None
+    try:
+        return int(value.strip())
+    except ValueError:
+        log.debug("ignoring invalid number %r in metadata", value)
+        return None
+
+
+def encode_metadata(attrs: Attributes) -> dict[str, str]:
+    """The user metadata s3fs writes for these attributes (without the x-amz-meta- prefix)."""
+    return {
+        "mode": str(attrs.mode),
+        "uid": str(attrs.uid),
+        "gid": str(attrs.gid),
+        "mtime": format_time(attrs.mtime_ns),
+        "atime": format_time(attrs.atime_ns),
+        "ctime": format_time(attrs.ctime_ns),
+    }
+
+
+def is_symlink(size: int, metadata: dict[str, str] | None) -> bool:
+    """The type rule: a link has S_IFLNK in its metadata mode and 1 to 4095 bytes."""
+    if not metadata or not 0 < size <= SYMLINK_MAX:
+        return False
+    mode = parse_int(metadata.get("mode"))
+    return mode is not None and stat.S_ISLNK(mode)
+
+
+def may_be_symlink(size: int) -> bool:
+    """True if an object of this size could be a link (worth a HEAD to find out)."""
+    return 0 < size <= SYMLINK_MAX
+
+
+def _timestamp_ns(info: ObjectInfo | None) -> int:
+    if info is None:
+        return now_ns()
+    return int(info.last_modified.timestamp() * _NS)
+
+
+def _apply_metadata(attrs: Attributes, metadata: dict[str, str] | None) -> Attributes:
+    if not metadata:
+        return attrs
+    mode = parse_int(metadata.get("mode"))
+    if mode is not None:
+        attrs.mode = stat.S_IFMT(attrs.mode) | (mode & PERMISSION_BITS)
+    attrs.uid = _or(parse_int(metadata.get("uid")), attrs.uid)
+    attrs.gid = _or(parse_int(metadata.get("gid")), attrs.gid)
+    attrs.mtime_ns = _or(parse_time(metadata.get("mtime")), attrs.mtime_ns)
+    attrs.atime_ns = _or(parse_time(metadata.get("atime")), attrs.mtime_ns)
+    attrs.ctime_ns = _or(parse_time(metadata.get("ctime")), attrs.mtime_ns)
+    return attrs
+
+
+def _or(value: int | None, default: int) -> int:
+    return default if value is None else value
+
+
+def object_attributes(info: ObjectInfo, defaults: Defaults) -> Attributes:
+    """The attributes of a file or link object (metadata used when ``info`` has it)."""
+    time_ns = _timestamp_ns(info)
+    kind = stat.S_IFLNK if is_symlink(info.size, info.metadata) else stat.S_IFREG
+    attrs = Attributes(mode=kind | (defaults.file_mode & PERMISSION_BITS), size=info.size,
+                       uid=defaults.uid, gid=defaults.gid, atime_ns=time_ns,
+                       mtime_ns=time_ns, ctime_ns=time_ns)
+    if kind == stat.S_IFLNK:
+        attrs.mode = stat.S_IFLNK | 0o777
+    return _apply_metadata(attrs, info.metadata)
+
+
+def dir_attributes(defaults: Defaults, marker: ObjectInfo | None = None) -> Attributes:
+    """The attributes of a folder, from its marker object when there is one."""
+    time_ns = _timestamp_ns(marker) if marker is not None else defaults.time_ns
+    attrs = Attributes(mode=defaults.dir_mode, size=0, uid=defaults.uid, gid=defaults.gid,
+                       atime_ns=time_ns, mtime_ns=time_ns, ctime_ns=time_ns, nlink=2)
+    return _apply_metadata(attrs, marker.metadata if marker is not None else None)

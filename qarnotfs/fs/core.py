@@ -1,0 +1,657 @@
+"""The filesystem core: POSIX-like calls on a bucket, with no FUSE types (see SEMANTICS.md).
+
+Owns: :class:`FsOptions` and :class:`Filesystem`, the semantics of every call the FUSE
+adapter forwards: which requests each call makes, when content is staged and uploaded,
+what is refused with which errno. Lookups and listings are delegated to
+:mod:`.namespace`, attributes to :mod:`.attrs`, local copies to :mod:`.staging`.
+
+Thread safety. Lock order (never take an earlier lock while holding a later one):
+
+1. ``Filesystem._namespace_lock`` (RLock): held by calls that change which paths exist
+   (create, open's bookkeeping, unlink, mkdir, rmdir, rename, symlink, chmod...), so
+   they apply one at a time;
+2. ``OpenFile.lock`` (RLock): one per open file, held while its staged copy is written,
+   truncated, downloaded or uploaded;
+3. ``Filesystem._handles_lock`` and the cache's internal lock: leaves, never held while
+   calling out.
+
+Reads of ``_files`` without the namespace lock are single dict lookups (atomic in
+CPython); reads of staged bytes use pread on a descriptor that stays open while any handle
+exists.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import itertools
+import logging
+import os
+import stat
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import platformdirs
+
+from ..exceptions import QarnotException
+from .attrs import (
+    PERMISSION_BITS,
+    SYMLINK_MAX,
+    Attributes,
+    Defaults,
+    dir_attributes,
+    encode_metadata,
+    now_ns,
+    object_attributes,
+)
+from .errors import FsError
+from .handles import Handle, OpenFile
+from .keys import KEY_MAX, KeyMapper, is_within, name_of, normalize, parent_of
+from .metacache import MetaCache, Node
+from .namespace import Namespace
+from .reader import Reader
+from .staging import StagedFile, StagingArea
+
+if TYPE_CHECKING:
+    from ..bucket import Bucket
+
+log = logging.getLogger(__name__)
+
+RENAME_NOREPLACE = 1
+RENAME_EXCHANGE = 2
+UNCHANGED_ID = (-1, 0xFFFFFFFF)
+STATFS_BLOCK = 4096
+
+
+def default_staging_dir() -> Path:
+    """Where staged copies go unless configured: the user's cache folder."""
+    return platformdirs.user_cache_path("qarnotfs") / "staging"
+
+
+@dataclass
+class FsOptions:
+    """How the filesystem behaves; every field has a default."""
+
+    prefix: str = ""
+    read_only: bool = False
+    uid: int = field(default_factory=os.getuid)
+    gid: int = field(default_factory=os.getgid)
+    umask: int = 0o022
+    staging_dir: Path = field(default_factory=default_staging_dir)
+    cache_ttl: float = 60.0
+    negative_ttl: float = 5.0
+    cache_size: int = 100_000
+    statfs_total_bytes: int = 1 << 50
+    statfs_total_inodes: int = 1 << 32
+    workers: int = 16
+    """Parallel requests for listings' HEADs and folder renames."""
+    clock: Callable[[], float] = time.monotonic
+    """The caches' clock (tests inject one to expire entries without sleeping)."""
+
+
+class Filesystem:
+    """A bucket (or a prefix of it) as a tree of folders, files and symbolic links."""
+
+    def __init__(self, bucket: Bucket, options: FsOptions) -> None:
+        self.bucket = bucket
+        self.options = options
+        self.keys = KeyMapper(options.prefix)
+        self.defaults = Defaults(options.uid, options.gid, options.umask, time_ns=now_ns())
+        self.cache = MetaCache(options.cache_ttl, options.negative_ttl, options.cache_size,
+                               timer=options.clock)
+        self._pool = ThreadPoolExecutor(max_workers=max(1, options.workers),
+                                        thread_name_prefix="qarnotfs-fs")
+        self.namespace = Namespace(bucket, self.keys, self.cache, self.defaults, self._pool)
+        self._staging = StagingArea(options.staging_dir)
+        self._namespace_lock = threading.RLock()
+        self._files: dict[str, OpenFile] = {}
+        self._handles: dict[int, Handle] = {}
+        self._handles_lock = threading.Lock()
+        self._numbers = itertools.count(1)
+        self._caller = threading.local()
+
+    # == context =========================================================================
+
+    @contextlib.contextmanager
+    def with_caller(self, uid: int, gid: int) -> Iterator[None]:
+        """Within the block (this thread only), new files belong to ``uid``/``gid``."""
+        previous = getattr(self._caller, "ids", None)
+        self._caller.ids = (uid, gid)
+        try:
+            yield
+        finally:
+            self._caller.ids = previous
+
+    def _owner(self) -> tuple[int, int]:
+        ids = getattr(self._caller, "ids", None)
+        return ids if ids is not None else (self.options.uid, self.options.gid)
+
+    def _check_writable(self) -> None:
+        if self.options.read_only:
+            raise FsError(errno.EROFS, "read-only mount")
+
+    # == lookups =========================================================================
+
+    def _node(self, path: str) -> Node:
+        """What is at ``path`` (normalized): an open file first, else the namespace."""
+        held = self._files.get(path)
+        if held is not None:
+            return Node(held.current_attrs(), exact=True)
+        return self.namespace.lookup(path)
+
+    def _exists(self, path: str) -> bool:
+        try:
+            self._node(path)
+        except FsError as error:
+            if error.errno == errno.ENOENT:
+                return False
+            raise
+        return True
+
+    def _require_folder(self, path: str) -> None:
+        """FsError unless the parent of ``path`` exists and is a folder."""
+        parent = parent_of(path)
+        if not self._node(parent).attrs.is_dir:
+            raise FsError(errno.ENOTDIR, parent)
+
+    def getattr(self, path: str, fh: int | None = None) -> Attributes:
+        if fh is not None:
+            return self._handle(fh).file.current_attrs()
+        return self._node(normalize(path)).attrs
+
+    def readdir(self, path: str) -> list[tuple[str, Attributes]]:
+        path = normalize(path)
+        node = self._node(path)
+        if not node.attrs.is_dir:
+            raise FsError(errno.ENOTDIR, path)
+        children = self.namespace.children(path)
+        for held in list(self._files.values()):
+            if not held.unlinked and held.path != "/" and parent_of(held.path) == path:
+                children[name_of(held.path)] = Node(held.current_attrs(), exact=True)
+        entries = [(".", node.attrs), ("..", node.attrs)]
+        entries.extend((name, children[name].attrs) for name in sorted(children))
+        return entries
+
+    def readlink(self, path: str) -> str:
+        path = normalize(path)
+        if not self._node(path).attrs.is_link:
+            raise FsError(errno.EINVAL, f"{path} is not a symbolic link")
+        return self.bucket.read(self.keys.file_key(path)).decode("utf-8", "surrogateescape")
+
+    def statfs(self) -> dict[str, int]:
+        blocks = self.options.statfs_total_bytes // STATFS_BLOCK
+        inodes = self.options.statfs_total_inodes
+        return {"f_bsize": STATFS_BLOCK, "f_frsize": STATFS_BLOCK, "f_blocks": blocks,
+                "f_bfree": blocks, "f_bavail": blocks, "f_files": inodes, "f_ffree": inodes,
+                "f_favail": inodes, "f_namemax": 255}
+
+    # == handles =========================================================================
+
+    def _handle(self, fh: int) -> Handle:
+        with self._handles_lock:
+            handle = self._handles.get(fh)
+        if handle is None:
+            raise FsError(errno.EBADF, f"no open file {fh}")
+        return handle
+
+    def _new_handle(self, held: OpenFile, flags: int) -> int:
+        number = next(self._numbers)
+        with self._handles_lock:
+            self._handles[number] = Handle(number, held, flags, Reader(self.bucket))
+        return number
+
+    def open(self, path: str, flags: int) -> int:
+        path = normalize(path)
+        writing = (flags & os.O_ACCMODE) != os.O_RDONLY
+        truncating = bool(flags & os.O_TRUNC) and writing
+        if writing or flags & os.O_TRUNC:
+            self._check_writable()
+        held = self._hold(path)
+        try:
+            if writing:
+                with held.lock:
+                    self._stage(held, empty=truncating)
+                    if truncating:
+                        assert held.staged is not None
+                        held.staged.truncate(0)
+                        self._touch(held)
+        except BaseException:
+            self._let_go(held)
+            raise
+        return self._new_handle(held, flags)
+
+    def _hold(self, path: str) -> OpenFile:
+        """The OpenFile of an existing file at ``path``, with one more handle counted."""
+        with self._namespace_lock:
+            held = self._files.get(path)
+            if held is None:
+                node = self.namespace.exact(path)
+                if node.attrs.is_dir:
+                    raise FsError(errno.EISDIR, path)
+                if node.attrs.is_link:
+                    raise FsError(errno.ELOOP, path)
+                held = OpenFile(path, self.keys.file_key(path), node.attrs, on_bucket=True)
+                self._files[path] = held
+            held.handles += 1
+            return held
+
+    def _stage(self, held: OpenFile, empty: bool = False) -> None:
+        """Give ``held`` a staged copy (its content downloaded unless ``empty``)."""
+        if held.staged is not None:
+            return
+        if empty or not held.on_bucket:
+            held.staged = self._staging.new_file(name_of(held.path))
+            return
+        local = self._staging.new_path(name_of(held.path))
+        try:
+            self.bucket.download(held.key, local, size=held.attrs.size)
+        except BaseException:
+            local.unlink(missing_ok=True)
+            raise
+        held.staged = StagedFile(local)
+
+    def _touch(self, held: OpenFile) -> None:
+        held.dirty = True
+        held.attrs.mtime_ns = held.attrs.ctime_ns = now_ns()
+
+    def create(self, path: str, mode: int, flags: int) -> int:
+        self._check_writable()
+        path = normalize(path)
+        key = self.keys.file_key(path)
+        with self._namespace_lock:
+            if self._exists(path):
+                if flags & os.O_EXCL:
+                    raise FsError(errno.EEXIST, path)
+                if self._node(path).attrs.is_dir:
+                    raise FsError(errno.EISDIR, path)
+                return self.open(path, flags)
+            self._require_folder(path)
+            uid, gid = self._owner()
+            now = now_ns()
+            attrs = Attributes(stat.S_IFREG | (mode & PERMISSION_BITS), 0, uid, gid,
+                               now, now, now)
+            held = OpenFile(path, key, attrs, on_bucket=False, dirty=True, handles=1,
+                            staged=self._staging.new_file(name_of(path)))
+            self._files[path] = held
+        return self._new_handle(held, flags)
+
+    def read(self, fh: int, size: int, offset: int) -> bytes:
+        handle = self._handle(fh)
+        held = handle.file
+        staged = held.staged
+        if staged is not None:
+            return staged.read(size, offset)
+        return handle.reader.read(held.key, size, offset, held.attrs.size)
+
+    def write(self, fh: int, data: bytes, offset: int) -> int:
+        handle = self._handle(fh)
+        if not handle.writable:
+            raise FsError(errno.EBADF, "not open for writing")
+        held = handle.file
+        with held.lock:
+            self._stage(held)
+            assert held.staged is not None
+            if handle.appending:
+                offset = held.staged.size()
+            written = held.staged.write(data, offset)
+            self._touch(held)
+        return written
+
+    def truncate(self, path: str, length: int, fh: int | None = None) -> None:
+        self._check_writable()
+        if length < 0:
+            raise FsError(errno.EINVAL, "negative length")
+        if fh is not None:
+            held = self._handle(fh).file
+        else:
+            path = normalize(path)
+            if self._node(path).attrs.is_dir:
+                raise FsError(errno.EISDIR, path)
+            held = self._hold(path)
+        try:
+            with held.lock:
+                self._stage(held, empty=length == 0)
+                assert held.staged is not None
+                held.staged.truncate(length)
+                self._touch(held)
+            if fh is None:
+                self._upload(held)
+        finally:
+            if fh is None:
+                self._let_go(held)
+
+    def flush(self, fh: int) -> None:
+        self._upload(self._handle(fh).file)
+
+    def fsync(self, fh: int, datasync: bool) -> None:
+        self._upload(self._handle(fh).file)
+
+    def release(self, fh: int) -> None:
+        with self._handles_lock:
+            handle = self._handles.pop(fh, None)
+        if handle is None:
+            raise FsError(errno.EBADF, f"no open file {fh}")
+        self._let_go(handle.file)
+
+    def _let_go(self, held: OpenFile) -> None:
+        """Count one handle less; the last one uploads what is dirty and frees the copy."""
+        with self._namespace_lock:
+            held.handles -= 1
+            if held.handles > 0:
+                return
+        if held.dirty and not held.unlinked:
+            with contextlib.suppress(FsError):  # logged; the file stays dirty and staged
+                self._upload(held)
+        with self._namespace_lock, held.lock:
+            if held.handles > 0:
+                return
+            if held.unlinked or not held.dirty:
+                held.discard_staged()
+                if self._files.get(held.path) is held:
+                    del self._files[held.path]
+
+    def _upload(self, held: OpenFile) -> None:
+        """Upload the staged copy if it is newer than the object; FsError(EIO) on failure."""
+        with held.lock:
+            if not held.dirty or held.unlinked or held.staged is None:
+                return
+            attrs = held.current_attrs()
+            try:
+                self.bucket.upload(held.key, held.staged.path, encode_metadata(attrs))
+            except (QarnotException, OSError) as error:
+                log.error("upload of %r failed (the staged copy %s is kept, a later "
+                          "close or fsync retries): %s", held.key, held.staged.path, error)
+                raise FsError(errno.EIO, f"upload of {held.key} failed: {error}") from error
+            held.dirty = False
+            held.on_bucket = True
+            log.info("uploaded %r (%d bytes)", held.key, attrs.size)
+            self.cache.put(held.path, Node(attrs, exact=True))
+
+    # == namespace changes ===============================================================
+
+    def unlink(self, path: str) -> None:
+        self._check_writable()
+        path = normalize(path)
+        with self._namespace_lock:
+            if self._node(path).attrs.is_dir:
+                raise FsError(errno.EISDIR, path)
+            key = self.keys.file_key(path)
+            held = self._files.get(path)
+            if held is not None:
+                self._detach(held)
+            self.bucket.delete(key)
+            self.cache.remove(path)
+            self._keep_folder(parent_of(path))
+
+    def _detach(self, held: OpenFile) -> None:
+        """Make an open file nameless: still usable through its handles, never uploaded."""
+        with held.lock:
+            if held.handles > 0 and held.staged is None and held.on_bucket:
+                self._stage(held)  # its handles must keep reading after the delete
+            held.unlinked = True
+            held.dirty = False
+            if self._files.get(held.path) is held:
+                del self._files[held.path]
+            if held.handles == 0:
+                held.discard_staged()
+
+    def _keep_folder(self, folder: str) -> None:
+        """Write the marker of ``folder`` if removing its last entry made it vanish.
+
+        On S3 a folder without a marker exists only through its keys; POSIX says it stays
+        until rmdir, so the mount writes the marker that keeps it.
+        """
+        if folder == "/":
+            return
+        if self.cache.listing(folder):
+            return
+        if any(is_within(held.path, folder) for held in self._files.values()):
+            return
+        prefix = self.keys.dir_prefix(folder)
+        if self.bucket.has_objects_under(prefix):
+            return
+        known = self.cache.get(folder)
+        attrs = known.attrs if known is not None else dir_attributes(self.defaults)
+        self.bucket.put(prefix, b"", encode_metadata(attrs))
+        self.cache.put(folder, Node(attrs, exact=True))
+
+    def mkdir(self, path: str, mode: int) -> None:
+        self._check_writable()
+        path = normalize(path)
+        if path == "/":
+            raise FsError(errno.EEXIST, path)
+        prefix = self.keys.dir_prefix(path)
+        with self._namespace_lock:
+            if self._exists(path):
+                raise FsError(errno.EEXIST, path)
+            self._require_folder(path)
+            uid, gid = self._owner()
+            now = now_ns()
+            attrs = Attributes(stat.S_IFDIR | (mode & PERMISSION_BITS), 0, uid, gid,
+                               now, now, now, nlink=2)
+            self.bucket.put(prefix, b"", encode_metadata(attrs))
+            self.cache.put(path, Node(attrs, exact=True))
+            self.cache.put_listing(path, {})
+
+    def rmdir(self, path: str) -> None:
+        self._check_writable()
+        path = normalize(path)
+        if path == "/":
+            raise FsError(errno.EBUSY, "the root of the mount")
+        with self._namespace_lock:
+            if not self._node(path).attrs.is_dir:
+                raise FsError(errno.ENOTDIR, path)
+            prefix = self._require_empty(path)
+            self.bucket.delete(prefix)
+            self.cache.remove(path, tree=True)
+            self._keep_folder(parent_of(path))
+
+    def _require_empty(self, path: str) -> str:
+        """The folder's prefix; FsError(ENOTEMPTY) if anything is under it, hidden or not."""
+        if any(is_within(held.path, path) and held.path != path and not held.unlinked
+               for held in self._files.values()):
+            raise FsError(errno.ENOTEMPTY, path)
+        prefix = self.keys.dir_prefix(path)
+        for info in itertools.islice(self.bucket.iter_objects(prefix), 2):
+            if info.key != prefix:
+                raise FsError(errno.ENOTEMPTY, path)
+        return prefix
+
+    def symlink(self, target: str, link_path: str) -> None:
+        self._check_writable()
+        path = normalize(link_path)
+        key = self.keys.file_key(path)
+        body = target.encode("utf-8", "surrogateescape")
+        if not body:
+            raise FsError(errno.ENOENT, "empty link target")
+        if len(body) > SYMLINK_MAX:
+            raise FsError(errno.ENAMETOOLONG, "link target too long")
+        with self._namespace_lock:
+            if self._exists(path):
+                raise FsError(errno.EEXIST, path)
+            self._require_folder(path)
+            uid, gid = self._owner()
+            now = now_ns()
+            attrs = Attributes(stat.S_IFLNK | 0o777, len(body), uid, gid, now, now, now)
+            self.bucket.put(key, body, encode_metadata(attrs))
+            self.cache.put(path, Node(attrs, exact=True))
+
+    def link(self, target: str, link_path: str) -> None:
+        self._check_writable()
+        raise FsError(errno.EPERM, "hard links are not supported")
+
+    # == rename ==========================================================================
+
+    def rename(self, old: str, new: str, flags: int = 0) -> None:
+        self._check_writable()
+        if flags & ~RENAME_NOREPLACE:
+            raise FsError(errno.EINVAL, "only RENAME_NOREPLACE is supported")
+        old, new = normalize(old), normalize(new)
+        if "/" in (old, new):
+            raise FsError(errno.EBUSY, "the root of the mount")
+        with self._namespace_lock:
+            source = self._node(old)
+            if old == new:
+                return
+            if source.attrs.is_dir and is_within(new, old):
+                raise FsError(errno.EINVAL, "cannot move a folder into itself")
+            self._require_folder(new)
+            target = self._node(new) if self._exists(new) else None
+            if target is not None:
+                if flags & RENAME_NOREPLACE:
+                    raise FsError(errno.EEXIST, new)
+                if source.attrs.is_dir and not target.attrs.is_dir:
+                    raise FsError(errno.ENOTDIR, new)
+                if not source.attrs.is_dir and target.attrs.is_dir:
+                    raise FsError(errno.EISDIR, new)
+            if source.attrs.is_dir:
+                self._rename_folder(old, new, source, target is not None)
+            else:
+                self._rename_file(old, new, source)
+            if parent_of(old) != parent_of(new):
+                self._keep_folder(parent_of(old))
+
+    def _rename_file(self, old: str, new: str, source: Node) -> None:
+        old_key, new_key = self.keys.file_key(old), self.keys.file_key(new)
+        replaced = self._files.get(new)
+        if replaced is not None:
+            self._detach(replaced)
+        held = self._files.get(old)
+        attrs = source.attrs
+        if held is None:
+            self.bucket.copy(old_key, new_key)
+        else:
+            with held.lock:
+                attrs = held.current_attrs()
+                if held.dirty and held.staged is not None:
+                    self.bucket.upload(new_key, held.staged.path, encode_metadata(attrs))
+                    held.dirty = False
+                else:
+                    self.bucket.copy(old_key, new_key)
+                held.path, held.key, held.on_bucket = new, new_key, True
+                del self._files[old]
+                self._files[new] = held
+        self.bucket.delete(old_key)
+        self.cache.remove(old)
+        self.cache.put(new, Node(attrs, exact=source.exact or held is not None))
+
+    def _rename_folder(self, old: str, new: str, source: Node, replacing: bool) -> None:
+        old_prefix, new_prefix = self.keys.dir_prefix(old), self.keys.dir_prefix(new)
+        if replacing:
+            self.bucket.delete(self._require_empty(new))
+        infos = list(self.bucket.iter_objects(old_prefix))
+        moves = [(info.key, new_prefix + info.key[len(old_prefix):]) for info in infos]
+        if any(len(key.encode("utf-8")) > KEY_MAX for _, key in moves):
+            raise FsError(errno.ENAMETOOLONG, f"a key under {new} would be too long")
+        list(self._pool.map(lambda move: self.bucket.copy(*move), moves))
+        if not any(info.key == old_prefix for info in infos):
+            self.bucket.put(new_prefix, b"", encode_metadata(source.attrs))
+        for held in [h for h in self._files.values() if is_within(h.path, old)]:
+            with held.lock:
+                del self._files[held.path]
+                held.path = new + held.path[len(old):]
+                held.key = self.keys.file_key(held.path)
+                self._files[held.path] = held
+        self.bucket.delete_many(key for key, _ in moves)
+        self.cache.remove(old, tree=True)
+        self.cache.forget(new)
+        self.cache.put(new, source)
+
+    # == attributes ======================================================================
+
+    def chmod(self, path: str, mode: int) -> None:
+        def change(attrs: Attributes) -> None:
+            attrs.mode = stat.S_IFMT(attrs.mode) | (mode & PERMISSION_BITS)
+
+        self._change_attributes(path, change)
+
+    def chown(self, path: str, uid: int, gid: int) -> None:
+        def change(attrs: Attributes) -> None:
+            if uid not in UNCHANGED_ID:
+                attrs.uid = uid
+            if gid not in UNCHANGED_ID:
+                attrs.gid = gid
+
+        self._change_attributes(path, change)
+
+    def utimens(self, path: str, atime_ns: int | None, mtime_ns: int | None) -> None:
+        def change(attrs: Attributes) -> None:
+            if atime_ns is not None:
+                attrs.atime_ns = atime_ns
+            if mtime_ns is not None:
+                attrs.mtime_ns = mtime_ns
+
+        self._change_attributes(path, change)
+
+    def _change_attributes(self, path: str, change: Callable[[Attributes], None]) -> None:
+        """Apply ``change``: to the staged attributes, or to the object's metadata."""
+        self._check_writable()
+        path = normalize(path)
+        if path == "/":
+            return  # the root has no object to hold attributes: accepted, not stored
+        with self._namespace_lock:
+            held = self._files.get(path)
+            if held is not None and held.staged is not None:
+                with held.lock:
+                    change(held.attrs)
+                    held.attrs.ctime_ns = now_ns()
+                    held.dirty = True
+                return
+            node = self.namespace.lookup(path)
+            if node.attrs.is_dir:
+                attrs = self.namespace.exact(path).attrs
+                change(attrs)
+                attrs.ctime_ns = now_ns()
+                self.bucket.put(self.keys.dir_prefix(path), b"", encode_metadata(attrs))
+            else:
+                attrs = self._change_object(self.keys.file_key(path), change)
+            self.cache.put(path, Node(attrs, exact=True))
+            if held is not None:
+                held.attrs = attrs
+
+    def _change_object(self, key: str, change: Callable[[Attributes], None]) -> Attributes:
+        """Rewrite an object's metadata in place, keeping metadata that is not ours."""
+        info = self.bucket.stat(key)
+        if info is None:
+            raise FsError(errno.ENOENT, key)
+        attrs = object_attributes(info, self.defaults)
+        change(attrs)
+        attrs.ctime_ns = now_ns()
+        self.bucket.copy(key, key, {**(info.metadata or {}), **encode_metadata(attrs)})
+        return attrs
+
+    # == lifecycle =======================================================================
+
+    def pending_uploads(self) -> list[str]:
+        """Paths whose content is not in the bucket yet."""
+        return sorted(h.path for h in list(self._files.values()) if h.dirty and not h.unlinked)
+
+    def shutdown(self) -> None:
+        """Upload what is pending (one last try), close every copy, free the staging area."""
+        failed = False
+        for held in list(self._files.values()):
+            try:
+                self._upload(held)
+            except FsError:
+                failed = True
+        with self._namespace_lock:
+            for held in list(self._files.values()):
+                with held.lock:
+                    if held.staged is not None:
+                        if held.dirty:
+                            held.staged.close()
+                        else:
+                            held.discard_staged()
+            self._files.clear()
+        with self._handles_lock:
+            for handle in self._handles.values():
+                if handle.file.unlinked:
+                    handle.file.discard_staged()
+            self._handles.clear()
+        self._pool.shutdown(wait=True)
+        self._staging.close(keep=failed)

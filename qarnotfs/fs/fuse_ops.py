@@ -1,0 +1,328 @@
+"""The FUSE adapter: kernel requests in, :class:`~qarnotfs.fs.core.Filesystem` calls out.
+
+Owns: the only import of ``mfusepy`` in the project, the translation of FUSE arguments
+(paths, flags, buffers, timespecs) into core calls and of core errors into errnos, the
+debug log line (with its duration) of every request, the libfuse configuration (kernel
+attribute and entry timeouts, mount options) and running the FUSE loop. It holds no
+filesystem semantics and never talks to the storage itself.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
+
+# mfusepy picks libfuse 2 when both are installed; the mount needs libfuse 3 (fusermount3,
+# rename flags, init config). The variable must be set before the import below.
+os.environ.setdefault("FUSE_LIBRARY_NAME", "fuse3")
+
+import mfusepy
+
+from ..exceptions import QarnotException
+from .errors import FsError, errno_for
+
+if TYPE_CHECKING:
+    from .attrs import Attributes
+    from .core import Filesystem
+
+log = logging.getLogger(__name__)
+
+# libfuse 3 passes "now" and "leave unchanged" to utimens as these tv_nsec values with
+# tv_sec = 0 (see fuse_lib_setattr); with use_ns they arrive as exactly these integers.
+UTIME_NOW = (1 << 30) - 1
+UTIME_OMIT = (1 << 30) - 2
+
+# Mount flags libfuse understands itself and hands to mount(2) (libfuse's mount_flags table).
+KERNEL_FLAGS = frozenset({
+    "suid", "nosuid", "dev", "nodev", "exec", "noexec", "async", "sync", "atime", "noatime",
+    "dirsync",
+})
+
+MAX_THREADS = 10
+"""libfuse worker threads (its own default)."""
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@dataclass(frozen=True)
+class KernelSettings:
+    """How the kernel side of the mount behaves (everything libfuse needs to know)."""
+
+    fsname: str
+    read_only: bool = False
+    allow_other: bool = False
+    attr_timeout: float = 1.0
+    entry_timeout: float = 1.0
+    flags: tuple[str, ...] = ()
+
+
+def _describe(args: tuple[Any, ...]) -> str:
+    """The arguments of a request for the log, with buffers shown by size only."""
+    shown = (f"<{len(a)} bytes>" if isinstance(a, (bytes, bytearray)) else repr(a) for a in args)
+    return f"({', '.join(shown)})"
+
+
+def _errno_name(code: int) -> str:
+    return errno.errorcode.get(code, str(code))
+
+
+def _operation(method: F) -> F:
+    """Run one FUSE request: time it, log it, and turn errors into ``FuseOSError``."""
+    name = method.__name__
+
+    @functools.wraps(method)
+    def wrapper(self: FuseOperations, *args: Any) -> Any:
+        started = time.perf_counter()
+        outcome = "ok"
+        try:
+            return method(self, *args)
+        except mfusepy.FuseOSError as error:
+            outcome = _errno_name(error.errno or errno.EIO)
+            raise
+        except Exception as error:
+            code = errno_for(error)
+            outcome = _errno_name(code)
+            if isinstance(error, QarnotException):
+                # Storage failures reach the user only as an errno: the log says why.
+                log.warning("%s%s: %s (%s)", name, _describe(args), error, outcome)
+            elif not isinstance(error, FsError):
+                log.error("%s%s failed unexpectedly", name, _describe(args), exc_info=True)
+            raise mfusepy.FuseOSError(code) from error
+        finally:
+            if log.isEnabledFor(logging.DEBUG):
+                elapsed_ms = (time.perf_counter() - started) * 1000
+                log.debug("%s%s -> %s in %.3f ms", name, _describe(args), outcome, elapsed_ms)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _stat_ns(attributes: Attributes) -> dict[str, int | float]:
+    """The stat dict with times in nanoseconds, as mfusepy expects when ``use_ns`` is set."""
+    stat = attributes.to_stat()
+    stat["st_atime"] = attributes.atime_ns
+    stat["st_mtime"] = attributes.mtime_ns
+    stat["st_ctime"] = attributes.ctime_ns
+    return stat
+
+
+def _resolve_time(value: int, now: int) -> int | None:
+    if value == UTIME_OMIT:
+        return None
+    if value == UTIME_NOW:
+        return now
+    return value
+
+
+class FuseOperations(mfusepy.Operations):
+    """The FUSE callbacks, each a direct call to the core."""
+
+    use_ns = True
+
+    def __init__(
+        self,
+        filesystem: Filesystem,
+        settings: KernelSettings,
+        on_ready: Callable[[], None] | None = None,
+    ) -> None:
+        self.filesystem = filesystem
+        self.settings = settings
+        self._on_ready = on_ready
+
+    def _as_caller(self) -> AbstractContextManager[None]:
+        """New files, folders and links belong to the process that creates them."""
+        uid, gid, _pid = mfusepy.fuse_get_context()
+        return self.filesystem.with_caller(uid, gid)
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    def init_with_config(self, conn_info: Any, config: Any) -> None:
+        if config is not None:
+            config.attr_timeout = self.settings.attr_timeout
+            config.entry_timeout = self.settings.entry_timeout
+            # An open file unlinked must not become a ".fuse_hidden" object in the bucket.
+            config.hard_remove = 1
+            config.use_ino = 0
+        log.debug("FUSE initialised (attr_timeout=%s, entry_timeout=%s)",
+                  self.settings.attr_timeout, self.settings.entry_timeout)
+        if self._on_ready is not None:
+            self._on_ready()
+
+    def destroy(self, path: str) -> None:
+        started = time.perf_counter()
+        pending = self.filesystem.pending_uploads()
+        if pending:
+            log.info("waiting for %d pending upload(s) before exiting", len(pending))
+        try:
+            self.filesystem.shutdown()
+        except Exception:
+            log.exception("shutting the filesystem down failed")
+        log.debug("destroy -> ok in %.3f ms", (time.perf_counter() - started) * 1000)
+
+    # -- attributes and names -----------------------------------------------------------
+
+    @_operation
+    def getattr(self, path: str, fh: int | None = None) -> dict[str, int | float]:
+        return _stat_ns(self.filesystem.getattr(path, fh))
+
+    @_operation
+    def readdir(self, path: str, fh: int) -> Iterable[tuple[str, int, int]]:
+        # Only the file type of each entry reaches the kernel, so the mode is enough.
+        return [(name, attributes.mode, 0) for name, attributes in self.filesystem.readdir(path)]
+
+    @_operation
+    def statfs(self, path: str) -> dict[str, int]:
+        return self.filesystem.statfs()
+
+    @_operation
+    def readlink(self, path: str) -> str:
+        return self.filesystem.readlink(path)
+
+    @_operation
+    def mkdir(self, path: str, mode: int) -> int:
+        with self._as_caller():
+            self.filesystem.mkdir(path, mode)
+        return 0
+
+    @_operation
+    def rmdir(self, path: str) -> int:
+        self.filesystem.rmdir(path)
+        return 0
+
+    @_operation
+    def unlink(self, path: str) -> int:
+        self.filesystem.unlink(path)
+        return 0
+
+    @_operation
+    def rename(self, old: str, new: str, flags: int = 0) -> int:
+        self.filesystem.rename(old, new, flags)
+        return 0
+
+    @_operation
+    def symlink(self, link_path: str, target: str) -> int:
+        # mfusepy passes (new link's path, what it points to).
+        with self._as_caller():
+            self.filesystem.symlink(target, link_path)
+        return 0
+
+    @_operation
+    def link(self, link_path: str, target: str) -> int:
+        self.filesystem.link(target, link_path)
+        return 0
+
+    @_operation
+    def chmod(self, path: str, mode: int) -> int:
+        self.filesystem.chmod(path, mode)
+        return 0
+
+    @_operation
+    def chown(self, path: str, uid: int, gid: int) -> int:
+        self.filesystem.chown(path, uid, gid)
+        return 0
+
+    @_operation
+    def utimens(self, path: str, times: tuple[int, int] | None = None) -> int:
+        now = time.time_ns()
+        if times is None:
+            self.filesystem.utimens(path, now, now)
+        else:
+            atime, mtime = times
+            self.filesystem.utimens(path, _resolve_time(atime, now), _resolve_time(mtime, now))
+        return 0
+
+    @_operation
+    def truncate(self, path: str, length: int, fh: int | None = None) -> int:
+        self.filesystem.truncate(path, length, fh)
+        return 0
+
+    # -- file handles -------------------------------------------------------------------
+
+    @_operation
+    def create(self, path: str, mode: int, flags: int) -> int:
+        with self._as_caller():
+            return self.filesystem.create(path, mode, flags)
+
+    @_operation
+    def open(self, path: str, flags: int) -> int:
+        return self.filesystem.open(path, flags)
+
+    @_operation
+    def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
+        return self.filesystem.read(fh, size, offset)
+
+    @_operation
+    def write(self, path: str, data: bytes, offset: int, fh: int) -> int:
+        return self.filesystem.write(fh, data, offset)
+
+    @_operation
+    def flush(self, path: str, fh: int) -> int:
+        self.filesystem.flush(fh)
+        return 0
+
+    @_operation
+    def fsync(self, path: str, datasync: int, fh: int) -> int:
+        self.filesystem.fsync(fh, bool(datasync))
+        return 0
+
+    @_operation
+    def release(self, path: str, fh: int) -> int:
+        self.filesystem.release(fh)
+        return 0
+
+
+class _Fuse(mfusepy.FUSE):
+    """mfusepy's FUSE, passing on what its libfuse 3 wrappers drop.
+
+    mfusepy discards rename's flags (so ``RENAME_NOREPLACE`` would silently replace) and
+    truncate's file handle; both matter to the core.
+    """
+
+    def _path(self, path: bytes | None) -> str | None:
+        return None if path is None else path.decode(self.encoding, self.errors)
+
+    def rename_fuse_3(self, old: bytes, new: bytes, flags: int) -> int:
+        return int(self.operations.rename(self._path(old), self._path(new), flags))
+
+    def truncate_fuse_3(self, path: bytes | None, length: int, fip: Any) -> int:
+        fh = fip.contents.fh if fip else None
+        return int(self.operations.truncate(self._path(path), length, fh))
+
+
+def _escape_option(value: str) -> str:
+    """Escape a value for libfuse's comma-separated option parser."""
+    return value.replace("\\", "\\\\").replace(",", "\\,")
+
+
+def serve(
+    filesystem: Filesystem,
+    mountpoint: str,
+    settings: KernelSettings,
+    on_ready: Callable[[], None] | None = None,
+) -> None:
+    """Mount ``filesystem`` on ``mountpoint`` and serve requests until it is unmounted.
+
+    Stays in the calling process (daemonizing is the caller's business). ``on_ready`` runs
+    once the kernel has initialised the mount. libfuse unmounts on SIGINT, SIGTERM and
+    SIGHUP; ``destroy`` then waits for the pending uploads before this returns.
+    Raises ``RuntimeError`` if libfuse cannot mount (its reason is on stderr).
+    """
+    operations = FuseOperations(filesystem, settings, on_ready)
+    options: dict[str, Any] = {
+        "fsname": _escape_option(settings.fsname),
+        "subtype": "qarnotfs",
+        # The kernel checks permissions against the modes the core reports.
+        "default_permissions": True,
+        "ro": settings.read_only,
+        "allow_other": settings.allow_other,
+    }
+    options.update(dict.fromkeys(settings.flags, True))
+    # Without it libfuse 3.14 logs a warning about its own default (-1).
+    options["max_threads"] = MAX_THREADS
+    _Fuse(operations, mountpoint, foreground=True, nothreads=False, **options)

@@ -1,0 +1,136 @@
+"""The metadata cache: what the mount believes about paths, for a bounded time.
+
+Owns: :class:`Node` (a path's attributes, and whether they come from the object's own
+metadata) and :class:`MetaCache`, three cachetools ``TTLCache`` maps (LRU + TTL): positive
+entries and whole folder listings live ``ttl`` seconds, "does not exist" answers live
+``negative_ttl`` seconds. The mount's own changes go through :meth:`MetaCache.put` and
+:meth:`MetaCache.remove`, which also patch the cached listing of the parent folder, so they
+show at once; the TTLs bound how long changes made by others stay unseen. A TTL of 0
+disables that map. Thread-safe (one internal lock, never held while calling out).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+from cachetools import TTLCache
+
+from .attrs import Attributes
+from .keys import is_within, name_of, parent_of
+
+
+@dataclass(frozen=True)
+class Node:
+    """A path's attributes; ``exact`` when they come from its metadata or our own write."""
+
+    attrs: Attributes
+    exact: bool = False
+
+    def copy(self) -> Node:
+        return Node(replace(self.attrs), self.exact)
+
+
+class _Map:
+    """A TTLCache, or nothing at all when its TTL is 0."""
+
+    def __init__(self, ttl: float, maxsize: int, timer: Callable[[], float]) -> None:
+        self.cache: TTLCache[str, object] | None = (
+            TTLCache(maxsize=max(1, maxsize), ttl=ttl, timer=timer) if ttl > 0 else None)
+
+    def get(self, key: str) -> object | None:
+        return None if self.cache is None else self.cache.get(key)
+
+    def set(self, key: str, value: object) -> None:
+        if self.cache is not None:
+            self.cache[key] = value
+
+    def pop(self, key: str) -> None:
+        if self.cache is not None:
+            self.cache.pop(key, None)
+
+    def drop_tree(self, folder: str) -> None:
+        if self.cache is not None:
+            for key in [k for k in list(self.cache.keys()) if is_within(k, folder)]:
+                self.cache.pop(key, None)
+
+    def clear(self) -> None:
+        if self.cache is not None:
+            self.cache.clear()
+
+
+class MetaCache:
+    """Positive, negative and listing caches for mount paths (absolute, normalized)."""
+
+    def __init__(self, ttl: float, negative_ttl: float, maxsize: int,
+                 timer: Callable[[], float] = time.monotonic) -> None:
+        self._lock = threading.Lock()
+        self._entries = _Map(ttl, maxsize, timer)
+        self._missing = _Map(negative_ttl, maxsize, timer)
+        # Listings are heavier (one dict each): a smaller share of the budget.
+        self._listings = _Map(ttl, max(1, maxsize // 10), timer)
+
+    def get(self, path: str) -> Node | None:
+        """The cached node of ``path`` (a copy), or None if unknown or expired."""
+        with self._lock:
+            node = self._entries.get(path)
+        return node.copy() if isinstance(node, Node) else None
+
+    def is_missing(self, path: str) -> bool:
+        """True if ``path`` is recently known not to exist."""
+        with self._lock:
+            return self._missing.get(path) is not None
+
+    def listing(self, folder: str) -> dict[str, Node] | None:
+        """The cached content of ``folder`` ({name: node}, a copy), or None."""
+        with self._lock:
+            children = self._listings.get(folder)
+            if not isinstance(children, dict):
+                return None
+            return {name: node.copy() for name, node in children.items()}
+
+    def put(self, path: str, node: Node) -> None:
+        """Record that ``path`` exists with these attributes (and patch its parent's listing)."""
+        with self._lock:
+            self._entries.set(path, node.copy())
+            self._missing.pop(path)
+            if path != "/":
+                children = self._listings.get(parent_of(path))
+                if isinstance(children, dict):
+                    children[name_of(path)] = node.copy()
+
+    def put_listing(self, folder: str, children: dict[str, Node]) -> None:
+        """Record the full content of ``folder``; each child becomes an entry too."""
+        with self._lock:
+            self._listings.set(folder, {name: node.copy() for name, node in children.items()})
+            for name, node in children.items():
+                path = f"{folder.rstrip('/')}/{name}"
+                self._entries.set(path, node.copy())
+                self._missing.pop(path)
+
+    def remove(self, path: str, tree: bool = False) -> None:
+        """Record that ``path`` no longer exists (with everything under it if ``tree``)."""
+        with self._lock:
+            for cache in (self._entries, self._listings, self._missing):
+                if tree:
+                    cache.drop_tree(path)
+                else:
+                    cache.pop(path)
+            self._missing.set(path, True)
+            children = self._listings.get(parent_of(path))
+            if isinstance(children, dict):
+                children.pop(name_of(path), None)
+
+    def forget(self, path: str) -> None:
+        """Drop what is known about ``path`` and under it, and its parent's listing."""
+        with self._lock:
+            for cache in (self._entries, self._listings, self._missing):
+                cache.drop_tree(path)
+            self._listings.pop(parent_of(path))
+
+    def clear(self) -> None:
+        with self._lock:
+            for cache in (self._entries, self._listings, self._missing):
+                cache.clear()

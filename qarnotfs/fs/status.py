@@ -1,0 +1,141 @@
+"""Which qarnotfs mounts are live, and which process serves each one.
+
+Owns: the small per-mount state files a serving process writes (its pid, source, mount
+point and log file) and removes when it exits, reading them back for ``qarnotfs status``
+and ``qarnotfs unmount`` (which waits for that process: it uploads pending data after the
+kernel has let go of the mount), and the kernel's own view of mounts (/proc mountinfo).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from platformdirs import user_cache_path
+
+FSTYPE = "fuse.qarnotfs"
+
+
+@dataclass(frozen=True)
+class MountRecord:
+    """What a serving process says about itself."""
+
+    pid: int
+    source: str
+    mountpoint: str
+    log_file: str | None
+    started: float
+
+
+def state_dir() -> Path:
+    """The private folder of the state files (the runtime dir, else the cache dir)."""
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime and os.path.isdir(runtime):
+        base = Path(runtime) / "qarnotfs"
+    else:
+        base = user_cache_path("qarnotfs") / "run"
+    base.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return base
+
+
+def _record_path(mountpoint: str) -> Path:
+    digest = hashlib.sha256(os.path.abspath(mountpoint).encode()).hexdigest()[:16]
+    return state_dir() / f"mount-{digest}.json"
+
+
+def write_record(record: MountRecord) -> Path:
+    """Publish the record of the mount this process serves (replaced atomically)."""
+    path = _record_path(record.mountpoint)
+    temporary = path.with_suffix(f".{os.getpid()}.tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        json.dump(asdict(record), handle)
+    os.replace(temporary, path)
+    return path
+
+
+def remove_record(mountpoint: str, pid: int) -> None:
+    """Remove the record if it is still this process's own."""
+    record = read_record(mountpoint)
+    if record is not None and record.pid == pid:
+        with contextlib.suppress(FileNotFoundError):
+            _record_path(mountpoint).unlink()
+
+
+def read_record(mountpoint: str) -> MountRecord | None:
+    """The record for ``mountpoint``, or None if there is none or it does not parse."""
+    try:
+        with open(_record_path(mountpoint), encoding="utf-8") as handle:
+            return MountRecord(**json.load(handle))
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def all_records() -> list[MountRecord]:
+    """Every record whose process is still alive (stale ones are removed)."""
+    records = []
+    for path in sorted(state_dir().glob("mount-*.json")):
+        try:
+            with open(path, encoding="utf-8") as handle:
+                record = MountRecord(**json.load(handle))
+        except (OSError, ValueError, TypeError):
+            continue
+        if process_alive(record.pid):
+            records.append(record)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+    return records
+
+
+def process_alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie counts as gone: it has finished its work)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as handle:
+            state = handle.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+def wait_for_exit(pid: int, timeout: float | None) -> bool:
+    """Wait until ``pid`` has exited; False if it still runs after ``timeout`` seconds."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    delay = 0.01
+    while process_alive(pid):
+        if deadline is not None and time.monotonic() >= deadline:
+            return False
+        time.sleep(delay)  # polling: the process is not our child, so no waitpid
+        delay = min(delay * 2, 0.2)
+    return True
+
+
+_OCTAL_ESCAPE = re.compile(rb"\\([0-7]{3})")
+
+
+def _unescape_mountinfo(field: bytes) -> str:
+    """Undo the octal escapes (space, tab, newline, backslash) of /proc mountinfo."""
+    return os.fsdecode(_OCTAL_ESCAPE.sub(lambda match: bytes([int(match.group(1), 8)]), field))
+
+
+def mount_type(mountpoint: str) -> str | None:
+    """The filesystem type mounted exactly at ``mountpoint`` (the last one), or None."""
+    target = os.path.abspath(mountpoint)
+    found = None
+    with open("/proc/self/mountinfo", "rb") as handle:
+        for line in handle:
+            before, _, after = line.partition(b" - ")
+            fields = before.split()
+            if len(fields) >= 5 and _unescape_mountinfo(fields[4]) == target:
+                found = os.fsdecode(after.split()[0])
+    return found
+
+
+def is_qarnotfs_mount(mountpoint: str) -> bool:
+    return mount_type(mountpoint) == FSTYPE
