@@ -219,16 +219,16 @@ def _print_objects(ctx: Context, objects: Iterable[ObjectInfo], strip: str) -> b
 @command
 def cmd_get(ctx: Context) -> int:
     remote = parse_remote(ctx.args.remote)
+    if not ctx.args.recursive and not remote.path:
+        raise UsageError("get needs BUCKET/KEY (or -r to download a folder)")
+    if ctx.args.recursive and not ctx.args.local:
+        raise UsageError("get -r needs a local folder: get -r BUCKET[/PREFIX] DIR")
     bucket = ctx.bucket(remote.bucket)
     if not ctx.args.recursive:
-        if not remote.path:
-            raise UsageError("get needs BUCKET/KEY (or -r to download a folder)")
         local = ctx.args.local or "."
         written = bucket.get_file(remote.path, local, progress=ctx.progress)
         ctx.say(f"download: {remote} -> {written}")
         return EXIT_OK
-    if not ctx.args.local:
-        raise UsageError("get -r needs a local folder: get -r BUCKET[/PREFIX] DIR")
     prefix = as_prefix(remote.path)
     root = Path(ctx.args.local)
     plan = DownloadPlan()
@@ -313,6 +313,8 @@ def cmd_sync(ctx: Context) -> int:
 @command
 def cmd_rm(ctx: Context) -> int:
     remotes = [parse_remote(text) for text in ctx.args.remotes]
+    if not ctx.args.recursive and any(not remote.path for remote in remotes):
+        raise UsageError("rm needs BUCKET/KEY (-r deletes a prefix; rb deletes a bucket)")
     keys_by_bucket: dict[str, list[str]] = {}
     for remote in remotes:
         bucket = ctx.bucket(remote.bucket)
@@ -322,9 +324,6 @@ def cmd_rm(ctx: Context) -> int:
             if not found:
                 raise MissingObjectException(f"{remote}: no objects under this prefix")
             keys.extend(found)
-        elif not remote.path:
-            raise UsageError(f"{remote}: rm needs BUCKET/KEY (or -r for a prefix; rb removes "
-                             "a bucket)")
         elif bucket.stat(remote.path) is None:
             raise MissingObjectException(f"{remote}: no such object (nothing was deleted)")
         else:
@@ -533,18 +532,23 @@ def _add_mount_commands(commands: argparse._SubParsersAction[ArgumentParser]) ->
 
 
 def _mount_helper(argv: Sequence[str], known: Iterable[str]) -> int | None:
-    """HOOK (fuse3 mount helper convention): ``qarnotfs BUCKET DIR -o OPTS``.
+    """HOOK (fuse3 mount helper convention): ``qarnotfs BUCKET[/PREFIX] DIR -o OPTS``.
 
-    When the first argument is not a command and ``-o`` is present, hand the whole
-    command line to :func:`qarnotfs.fs.mounthelper.main`. Returns None when it does not apply.
+    mount.fuse3 runs the file system's command that way. When the first argument is not
+    a command and :func:`qarnotfs.fs.mounthelper.looks_like_helper_call` recognises the
+    shape, the arguments go to :func:`qarnotfs.fs.mounthelper.main`. Returns None when
+    it does not apply (argparse then reports what is wrong).
     """
-    if not argv or argv[0].startswith("-") or argv[0] in known or "-o" not in argv:
+    if not argv or argv[0].startswith("-") or argv[0] in known:
         return None
+    # TODO(lead): import directly once qarnotfs.fs.mounthelper is merged.
     try:
         from .fs import mounthelper  # type: ignore[attr-defined,unused-ignore]
     except ImportError:
-        raise UsageError("mounting is not available in this installation") from None
-    return int(mounthelper.main(list(argv)) or 0)
+        return None
+    if not mounthelper.looks_like_helper_call(list(argv)):
+        return None
+    return int(mounthelper.main(list(argv)))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

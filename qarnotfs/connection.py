@@ -1,16 +1,27 @@
 """The connection to a Qarnot storage: endpoint, credentials, one boto3 client, buckets.
 
 Owns: turning :class:`~qarnotfs.config.Settings` into a configured boto3 S3 client (asking
-the Qarnot API for the endpoint and access key in Qarnot mode), the transfer settings
-shared by every upload and download, and the bucket-level calls of the SDK's Connection
-(``buckets``, ``create_bucket``, ``retrieve_bucket``, ``retrieve_or_create_bucket``).
+the Qarnot API for the endpoint and access key in Qarnot mode), how requests are retried
+and timed out, the transfer settings shared by every upload and download, and the
+bucket-level calls of the SDK's Connection (``buckets``, ``create_bucket``,
+``retrieve_bucket``, ``retrieve_or_create_bucket``).
+
+Retries and timeouts. Every request gets ``connect_timeout`` seconds to connect and
+``read_timeout`` seconds per socket read, and is retried at most ``retry_count`` times
+(so ``retry_count + 1`` attempts) with botocore's "standard" policy: connection errors,
+timeouts, 500/502/503/504 and throttling codes (``SlowDown``, ``Throttling``...) are
+retried after a truncated exponential backoff with full jitter (50 ms base, 1 s base for
+throttling, 20 s cap), under a retry quota that stops retrying when most requests fail.
+Explicit arguments win; else ``QARNOTFS_CONNECT_TIMEOUT``, ``QARNOTFS_READ_TIMEOUT`` and
+``QARNOTFS_RETRY_COUNT`` (so a mount process can be given short timeouts); else the
+defaults below.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import boto3
 from boto3.s3.transfer import TransferConfig
@@ -38,6 +49,15 @@ MIB = 1024 * 1024
 PART_SIZE = 8 * MIB
 """Multipart threshold and part size, as the Qarnot SDK uses (so ETags compare equal)."""
 
+DEFAULT_RETRY_COUNT = 5
+DEFAULT_CONNECT_TIMEOUT = 10.0
+DEFAULT_READ_TIMEOUT = 60.0
+RETRY_MODE: Final = "standard"
+"""botocore's retry policy: bounded attempts, exponential backoff with jitter."""
+_ENV_RETRY_COUNT = "QARNOTFS_RETRY_COUNT"
+_ENV_CONNECT_TIMEOUT = "QARNOTFS_CONNECT_TIMEOUT"
+_ENV_READ_TIMEOUT = "QARNOTFS_READ_TIMEOUT"
+
 
 class Connection:
     """A connection to the storage, configured as the Qarnot SDK's ``Connection`` is.
@@ -57,7 +77,7 @@ class Connection:
         cluster_timeout: float | None = None,
         storage_url: str | None = None,
         storage_unsafe: bool | None = None,
-        retry_count: int = 5,
+        retry_count: int | None = None,
         retry_wait: float = 1.0,
         cluster_custom_certificate: str | None = None,
         storage_custom_certificate: str | None = None,
@@ -68,8 +88,8 @@ class Connection:
         secret_key: str | None = None,
         profile: str | None = None,
         max_concurrency: int = 10,
-        connect_timeout: float = 10.0,
-        read_timeout: float = 60.0,
+        connect_timeout: float | None = None,
+        read_timeout: float | None = None,
     ) -> None:
         self.settings: Settings = load_settings(
             fileconf,
@@ -85,8 +105,12 @@ class Connection:
             secret_key=secret_key,
             profile=profile,
         )
-        self.retry_count = retry_count
+        self.retry_count = _retry_count(retry_count)
+        # Kept for the SDK's signature: the wait between attempts is botocore's backoff.
         self.retry_wait = retry_wait
+        self.connect_timeout = _timeout(connect_timeout, _ENV_CONNECT_TIMEOUT,
+                                        DEFAULT_CONNECT_TIMEOUT)
+        self.read_timeout = _timeout(read_timeout, _ENV_READ_TIMEOUT, DEFAULT_READ_TIMEOUT)
         self.sanitize_bucket_paths = sanitize_bucket_paths
         self.show_bucket_warnings = show_bucket_warnings
         self.max_concurrency = max_concurrency
@@ -97,7 +121,7 @@ class Connection:
             use_threads=True,
         )
         self.storage_url, self.access_key, secret = self._resolve_endpoint()
-        self.s3: S3Client = self._make_client(secret, connect_timeout, read_timeout)
+        self.s3: S3Client = self._make_client(secret)
 
     def __repr__(self) -> str:
         return f"Connection(storage_url={self.storage_url!r}, access_key={self.access_key!r})"
@@ -134,9 +158,7 @@ class Connection:
             )
         return storage_url, api.user_email(), settings.client_token
 
-    def _make_client(
-        self, secret: str | None, connect_timeout: float, read_timeout: float
-    ) -> S3Client:
+    def _make_client(self, secret: str | None) -> S3Client:
         settings = self.settings
         config = Config(
             region_name="us-east-1",
@@ -145,9 +167,9 @@ class Connection:
             # Ceph RGW rejects the newer default checksums on some calls.
             request_checksum_calculation="when_required",
             response_checksum_validation="when_required",
-            connect_timeout=connect_timeout,
-            read_timeout=read_timeout,
-            retries={"max_attempts": self.retry_count, "mode": "standard"},
+            connect_timeout=self.connect_timeout,
+            read_timeout=self.read_timeout,
+            retries={"total_max_attempts": self.retry_count + 1, "mode": RETRY_MODE},
             max_pool_connections=max(32, 4 * self.max_concurrency),
             tcp_keepalive=True,
         )
@@ -227,3 +249,35 @@ class Connection:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _retry_count(value: int | None) -> int:
+    """The number of retries: the argument, else $QARNOTFS_RETRY_COUNT, else the default."""
+    if value is None:
+        text = os.environ.get(_ENV_RETRY_COUNT, "").strip()
+        if not text:
+            return DEFAULT_RETRY_COUNT
+        try:
+            value = int(text, 10)
+        except ValueError:
+            raise ConfigurationException(
+                f"{_ENV_RETRY_COUNT}={text!r} is not a whole number") from None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigurationException(f"retry_count must be a whole number >= 0, not {value!r}")
+    return value
+
+
+def _timeout(value: float | None, variable: str, default: float) -> float:
+    """A timeout in seconds: the argument, else the environment variable, else ``default``."""
+    if value is None:
+        text = os.environ.get(variable, "").strip()
+        if not text:
+            return default
+        try:
+            value = float(text)
+        except ValueError:
+            raise ConfigurationException(f"{variable}={text!r} is not a number of seconds") \
+                from None
+    if isinstance(value, bool) or not 0 < value < float("inf"):
+        raise ConfigurationException(f"a timeout must be a number of seconds > 0, not {value!r}")
+    return float(value)

@@ -12,8 +12,13 @@ import argparse
 import contextlib
 import os
 import shlex
+import shutil
+import socket
+import subprocess
+import sys
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +30,7 @@ BUCKET = "demo"
 ACCESS_KEY = "demo"
 SECRET_KEY = "demo-secret"  # the embedded server accepts any key; this one is not a secret
 MIB = 1024 * 1024
+COMMAND_TIMEOUT = 60.0
 
 
 @dataclass
@@ -123,9 +129,69 @@ def demo_steps() -> list[Step]:
         Step("Delete a folder of the bucket and look again.",
              sequence(qarnotfs("rm", "-r", f"{BUCKET}/results/run-2"),
                       qarnotfs("ls", "-r", BUCKET))),
-        # The mount step (mount into a temp dir, ls/cat/cp/mkdir, show the new object,
-        # unmount) is appended here once qarnotfs.fs.mount exists.
+        Step("Mount the bucket and use it with ordinary tools.", mount_tour),
     ]
+
+
+def run(*argv: str) -> None:
+    """Print ``$ ARGV`` and run it as a real process in the demo folder (the cwd)."""
+    print(f"$ {shlex.join(argv)}", flush=True)
+    command = list(argv)
+    if command[0] == "qarnotfs":  # this very installation, whatever PATH says
+        command[:1] = [sys.executable, "-m", "qarnotfs"]
+    result = subprocess.run(command, check=False, timeout=COMMAND_TIMEOUT)
+    if result.returncode != 0:
+        raise DemoFailed(f"'{shlex.join(argv)}' failed with exit status {result.returncode}")
+
+
+def why_no_mount() -> str | None:
+    """Why this machine cannot mount with FUSE, or None if it can."""
+    if not os.access("/dev/fuse", os.R_OK | os.W_OK):
+        return "/dev/fuse is missing or not usable"
+    if shutil.which("fusermount3") is None:
+        return "fusermount3 is not installed (package fuse3)"
+    try:
+        import qarnotfs.fs.mount  # noqa: F401
+    except ImportError as error:
+        return f"the mount module cannot be loaded ({error})"
+    return None
+
+
+def mount_tour(ctx: DemoContext) -> None:
+    """Mount the bucket on ./mnt, use ls/cat/mkdir/cp on it, see the new object, unmount."""
+    reason = why_no_mount()
+    if reason is not None:
+        print(f"(skipped: {reason})", flush=True)
+        return
+    (ctx.workdir / "mnt").mkdir()
+    run("qarnotfs", "mount", BUCKET, "mnt")
+    try:
+        run("ls", "-l", "mnt")
+        run("cat", "mnt/README.txt")
+        run("mkdir", "mnt/new-folder")
+        run("cp", "measurements.csv", "mnt/new-folder/copy.csv")
+        wait_for_object("new-folder/copy.csv")
+        qarnotfs("ls", "-l", "-r", f"{BUCKET}/new-folder")(ctx)
+    finally:
+        try:
+            run("qarnotfs", "unmount", "mnt")
+        except DemoFailed:
+            # Never leave a mount behind in a folder that is about to be deleted.
+            subprocess.run(["fusermount3", "-uz", str(ctx.workdir / "mnt")], check=False)
+            raise
+
+
+def wait_for_object(key: str, timeout: float = COMMAND_TIMEOUT) -> None:
+    """Poll the bucket until ``key`` exists (the mount uploads a file after its close)."""
+    from .connection import Connection
+
+    deadline = time.monotonic() + timeout
+    with Connection() as connection:
+        bucket = connection.retrieve_bucket(BUCKET)
+        while bucket.stat(key) is None:
+            if time.monotonic() > deadline:
+                raise DemoFailed(f"{key} did not reach the bucket within {timeout:.0f} s")
+            time.sleep(0.1)
 
 
 def write_samples(folder: Path) -> None:
@@ -154,12 +220,17 @@ def embedded_server(port: int) -> Iterator[str]:
         raise QarnotException(
             "the demo needs moto, an optional dependency: pip install 'qarnotfs[demo]'"
         ) from None
+    if port:
+        # moto's start() waits forever if its thread cannot bind: find out first.
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError as error:
+                raise QarnotException(
+                    f"cannot start the demo server on 127.0.0.1:{port}: {error.strerror}"
+                ) from None
     server: Any = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    try:
-        server.start()
-    except OSError as error:
-        raise QarnotException(f"cannot start the demo server on port {port}: {error}") \
-            from None
+    server.start()
     try:
         host, bound = server.get_host_and_port()
         yield f"http://{host}:{bound}"

@@ -56,6 +56,8 @@ if TYPE_CHECKING:
     from mypy_boto3_s3.type_defs import ObjectIdentifierTypeDef
 
 SETTLE_TIMEOUT = 300.0
+SETTLE_POLL = 0.01
+"""Between checks of the bucket, for mounts that upload after close (a poll, not a wait)."""
 PEERS = ["s3fs", "rclone"]
 
 
@@ -88,6 +90,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "e.g. --mount-option=--cache-ttl=5")
     parser.add_argument("--profile", type=Path, metavar="DIR",
                         help="record py-spy collapsed stacks of the qarnotfs daemon per workload")
+    parser.add_argument("--keep-scratch", action="store_true",
+                        help="keep the scratch folder (server log, mount logs) for debugging")
     parser.add_argument("--fail-on-miss", action="store_true",
                         help="exit 3 when a qarnotfs target is not met")
     args = parser.parse_args(argv)
@@ -192,6 +196,7 @@ class Bench:
         while not workload.settled(side):
             if time.monotonic() > deadline:
                 raise BenchError(f"the bucket did not show the result in {SETTLE_TIMEOUT:.0f} s")
+            time.sleep(SETTLE_POLL)
         sample.seconds = time.perf_counter() - start
         counts = self.requests.between(start_mark, done_mark)
         sample.requests = dict(counts) if counts is not None else None
@@ -296,7 +301,10 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted: mounts unmounted, buckets and server cleaned up", file=sys.stderr)
         return 130
     finally:
-        _remove_tree(scratch)
+        if args.keep_scratch:
+            print(f"scratch folder kept: {scratch}", file=sys.stderr)
+        else:
+            _remove_tree(scratch)
     if errors:
         return 1
     if args.fail_on_miss and any(summary.met is False for summary in summaries):

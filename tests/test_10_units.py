@@ -276,9 +276,12 @@ def test_progress_callback_from_many_threads() -> None:
         with lock:
             calls.append((done, total, name))
 
+    def add_thousand() -> None:
+        for _ in range(1000):
+            counter(1)
+
     with Progress(callback, 4000, "obj") as counter:
-        threads = [threading.Thread(target=lambda: [counter(1) for _ in range(1000)])
-                   for _ in range(4)]
+        threads = [threading.Thread(target=add_thousand) for _ in range(4)]
         for thread in threads:
             thread.start()
         for thread in threads:

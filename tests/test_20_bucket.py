@@ -84,18 +84,18 @@ def test_identity_properties_and_compat_no_ops(bucket: Bucket, bucket_name: str,
 
 def test_list_files_paginates_past_1000_keys(bucket: Bucket, bucket_name: str,
                                              s3_client: S3Client) -> None:
-    keys = [f"many/{i:05d}" for i in range(1005)] + ["other/one"]
+    keys = [f"many/{i:05d}" for i in range(1001)] + ["other/one"]
     with ThreadPoolExecutor(max_workers=16) as pool:
         list(pool.map(lambda key: put(s3_client, bucket_name, key), keys))
     listed = bucket.list_files()
-    assert len(listed) == 1006 and {info.key for info in listed} == set(keys)
+    assert len(listed) == 1002 and {info.key for info in listed} == set(keys)
     assert all(info.size == 1 and info.bucket_name == bucket_name for info in listed)
-    assert len(bucket.directory("many/")) == 1005
+    assert len(bucket.directory("many/")) == 1001
     assert [info.key for info in bucket.directory("other")] == ["other/one"]
     assert {info.key for info in bucket} == set(keys)
     folder = bucket.list_folder("")
     assert sorted(folder.prefixes) == ["many/", "other/"] and folder.objects == []
-    assert len(bucket.list_folder("many/").objects) == 1005
+    assert len(bucket.list_folder("many/").objects) == 1001
 
 
 def test_directory_sanitizes_and_stat(bucket: Bucket, bucket_name: str,
@@ -163,7 +163,7 @@ def test_setitem_uploads_a_file_or_a_directory(bucket: Bucket, bucket_name: str,
     tree = make_tree(tmp_path / "tree", {"a.txt": b"a", "deep/b.txt": b"b"})
     bucket["dest/single.txt"] = single
     bucket["dest/tree"] = tree
-    bucket["stream"] = io.BytesIO(b"stream")  # type: ignore[assignment]
+    bucket["stream"] = io.BytesIO(b"stream")
     assert keys_in(s3_client, bucket_name) == {
         "dest/single.txt", "dest/tree/a.txt", "dest/tree/deep/b.txt", "stream"}
 

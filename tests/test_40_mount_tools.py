@@ -10,10 +10,12 @@ knows only what reached the storage.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import shutil
 import stat
+import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -281,3 +283,45 @@ def test_git_repository(ws: Workspace) -> None:
         assert (clone / "c.txt").read_text() == "two\n"
         run(["git", "-C", clone, "fsck", "--full"], env=git_env)
     shutil.rmtree(ws.scratch / "clone")
+
+
+def test_unlink_while_open(ws: Workspace) -> None:
+    """An open file that is unlinked stays usable and leaves nothing in the bucket."""
+    code = ("import os, sys\n"
+            "path = sys.argv[1]\n"
+            "with open(path, 'w+b') as f:\n"
+            "    f.write(b'before')\n"
+            "    f.flush()\n"
+            "    os.unlink(path)\n"
+            "    assert not os.path.exists(path)\n"
+            "    f.write(b' after')\n"
+            "    f.flush()\n"
+            "    f.seek(0)\n"
+            "    assert f.read() == b'before after', 'content lost'\n")
+    # (fstat on it fails with ESTALE: libfuse's high-level API has no path for it to ask
+    # about, and keeping a path would mean a ".fuse_hidden" object in the bucket.)
+    run([sys.executable, "-c", code, ws.path / "scratch.tmp"])
+    assert os.listdir(ws.path) == []
+    assert ws.bucket_keys() == set(), "an unlinked open file reached the bucket"
+
+
+RENAMEAT2 = """
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+AT_FDCWD, RENAME_NOREPLACE = -100, 1
+result = libc.renameat2(AT_FDCWD, sys.argv[1].encode(), AT_FDCWD, sys.argv[2].encode(),
+                        RENAME_NOREPLACE)
+print(0 if result == 0 else ctypes.get_errno())
+"""
+
+
+def test_rename_noreplace(ws: Workspace) -> None:
+    (ws.path / "a").write_text("a")
+    (ws.path / "b").write_text("b")
+    outcome = run([sys.executable, "-c", RENAMEAT2, ws.path / "a", ws.path / "b"]).stdout
+    assert int(outcome) == errno.EEXIST
+    assert (ws.path / "b").read_text() == "b" and (ws.path / "a").read_text() == "a"
+    outcome = run([sys.executable, "-c", RENAMEAT2, ws.path / "a", ws.path / "c"]).stdout
+    assert int(outcome) == 0
+    assert sorted(os.listdir(ws.path)) == ["b", "c"]
+    assert ws.bucket_keys() == {"b", "c"}

@@ -219,6 +219,7 @@ class Filesystem:
                     if truncating:
                         assert held.staged is not None
                         held.staged.truncate(0)
+                        held.attrs.size = 0
                         self._touch(held)
         except BaseException:
             self._let_go(held)
@@ -246,6 +247,7 @@ class Filesystem:
             return
         if empty or not held.on_bucket:
             held.staged = self._staging.new_file(name_of(held.path))
+            held.attrs.size = 0
             return
         local = self._staging.new_path(name_of(held.path))
         try:
@@ -254,6 +256,7 @@ class Filesystem:
             local.unlink(missing_ok=True)
             raise
         held.staged = StagedFile(local)
+        held.attrs.size = held.staged.size()
 
     def _touch(self, held: OpenFile) -> None:
         held.dirty = True
@@ -297,8 +300,9 @@ class Filesystem:
             self._stage(held)
             assert held.staged is not None
             if handle.appending:
-                offset = held.staged.size()
+                offset = held.attrs.size
             written = held.staged.write(data, offset)
+            held.attrs.size = max(held.attrs.size, offset + written)
             self._touch(held)
         return written
 
@@ -318,6 +322,7 @@ class Filesystem:
                 self._stage(held, empty=length == 0)
                 assert held.staged is not None
                 held.staged.truncate(length)
+                held.attrs.size = length
                 self._touch(held)
             if fh is None:
                 self._upload(held)

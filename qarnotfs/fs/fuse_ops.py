@@ -9,12 +9,15 @@ filesystem semantics and never talks to the storage itself.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import functools
+import itertools
 import logging
 import os
+import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -39,14 +42,16 @@ log = logging.getLogger(__name__)
 UTIME_NOW = (1 << 30) - 1
 UTIME_OMIT = (1 << 30) - 2
 
-# Mount flags libfuse understands itself and hands to mount(2) (libfuse's mount_flags table).
-KERNEL_FLAGS = frozenset({
-    "suid", "nosuid", "dev", "nodev", "exec", "noexec", "async", "sync", "atime", "noatime",
-    "dirsync",
-})
+# libfuse 3's readdir flag (the kernel wants attributes) and the filler flag saying they
+# are given (enum fuse_readdir_flags, enum fuse_fill_dir_flags).
+FUSE_READDIR_PLUS = 1
+FUSE_FILL_DIR_PLUS = 2
 
-MAX_THREADS = 10
-"""libfuse worker threads (its own default)."""
+MAX_IDLE_THREADS = 10
+"""Idle libfuse worker threads kept around (the number libfuse documents as its default)."""
+
+Listing = list[tuple[str, dict[str, int | float], int]]
+"""A folder's entries as the adapter hands them to libfuse: (name, stat, 0)."""
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -134,6 +139,9 @@ class FuseOperations(mfusepy.Operations):
         self.filesystem = filesystem
         self.settings = settings
         self._on_ready = on_ready
+        self._listings: dict[int, Listing | None] = {}
+        self._listings_lock = threading.Lock()
+        self._listing_numbers = itertools.count(1)
 
     def _as_caller(self) -> AbstractContextManager[None]:
         """New files, folders and links belong to the process that creates them."""
@@ -172,9 +180,33 @@ class FuseOperations(mfusepy.Operations):
         return _stat_ns(self.filesystem.getattr(path, fh))
 
     @_operation
-    def readdir(self, path: str, fh: int) -> Iterable[tuple[str, int, int]]:
-        # Only the file type of each entry reaches the kernel, so the mode is enough.
-        return [(name, attributes.mode, 0) for name, attributes in self.filesystem.readdir(path)]
+    def readdir(self, path: str, fh: int) -> Listing:
+        return [(name, _stat_ns(attributes), 0)
+                for name, attributes in self.filesystem.readdir(path)]
+
+    @_operation
+    def opendir(self, path: str) -> int:
+        with self._listings_lock:
+            number = next(self._listing_numbers)
+            self._listings[number] = None
+        return number
+
+    @_operation
+    def releasedir(self, path: str, fh: int) -> int:
+        with self._listings_lock:
+            self._listings.pop(fh, None)
+        return 0
+
+    def listing(self, path: str, fh: int, offset: int) -> Listing:
+        """The entries of an open folder; read afresh at offset 0 (rewinddir), else the
+        same snapshot, so a position means the same entry from one call to the next."""
+        with self._listings_lock:
+            snapshot = self._listings.get(fh)
+        if offset == 0 or snapshot is None:
+            snapshot = self.readdir(path, fh)
+            with self._listings_lock:
+                self._listings[fh] = snapshot
+        return snapshot
 
     @_operation
     def statfs(self, path: str) -> dict[str, int]:
@@ -280,8 +312,8 @@ class FuseOperations(mfusepy.Operations):
 class _Fuse(mfusepy.FUSE):
     """mfusepy's FUSE, passing on what its libfuse 3 wrappers drop.
 
-    mfusepy discards rename's flags (so ``RENAME_NOREPLACE`` would silently replace) and
-    truncate's file handle; both matter to the core.
+    mfusepy discards rename's flags (so ``RENAME_NOREPLACE`` would silently replace),
+    truncate's file handle, and every attribute of a folder's entries but their type.
     """
 
     def _path(self, path: bytes | None) -> str | None:
@@ -293,6 +325,31 @@ class _Fuse(mfusepy.FUSE):
     def truncate_fuse_3(self, path: bytes | None, length: int, fip: Any) -> int:
         fh = fip.contents.fh if fip else None
         return int(self.operations.truncate(self._path(path), length, fh))
+
+    def readdir_fuse_3(self, path: bytes | None, buf: Any, filler: Any, offset: int, fip: Any,
+                       flags: int) -> int:
+        """Hand the kernel each entry's attributes when it asks for them (readdirplus).
+
+        mfusepy only passes the file type, so ``ls -l`` would cost a lookup per entry.
+        """
+        plus = bool(flags & FUSE_READDIR_PLUS)
+        entries = self.operations.listing(self._path(path), fip.contents.fh, offset)
+        st = mfusepy.c_stat()
+        # libfuse passes the attributes on only for entries filled with their position
+        # (non-zero offsets), so each entry's offset is the position after it.
+        for position in range(offset, len(entries)):
+            name, attributes, _ = entries[position]
+            ctypes.memset(ctypes.byref(st), 0, ctypes.sizeof(st))
+            fill_flags = 0
+            if plus and name not in (".", ".."):
+                mfusepy.set_st_attrs(st, attributes, use_ns=True)
+                fill_flags = FUSE_FILL_DIR_PLUS
+            else:
+                st.st_mode = attributes["st_mode"]
+            encoded = name.encode(self.encoding, self.errors)
+            if filler(buf, encoded, st, position + 1, fill_flags) != 0:
+                break  # the kernel's buffer is full; it asks again from this position
+        return 0
 
 
 def _escape_option(value: str) -> str:
@@ -323,6 +380,6 @@ def serve(
         "allow_other": settings.allow_other,
     }
     options.update(dict.fromkeys(settings.flags, True))
-    # Without it libfuse 3.14 logs a warning about its own default (-1).
-    options["max_threads"] = MAX_THREADS
+    # libfuse 3.14 logs "Ignoring invalid max threads value" for its own default (-1).
+    options["max_idle_threads"] = MAX_IDLE_THREADS
     _Fuse(operations, mountpoint, foreground=True, nothreads=False, **options)

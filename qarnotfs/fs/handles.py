@@ -33,10 +33,12 @@ class OpenFile:
     lock: threading.RLock = field(default_factory=threading.RLock)
 
     def current_attrs(self) -> Attributes:
-        """The attributes as stat shows them now (staged size, nlink 0 once unlinked)."""
+        """The attributes as stat shows them now (nlink 0 once unlinked).
+
+        ``attrs.size`` is kept equal to the staged copy's size by every write and
+        truncate, so this never touches a descriptor another thread may be closing.
+        """
         attrs = replace(self.attrs)
-        if self.staged is not None:
-            attrs.size = self.staged.size()
         attrs.nlink = 0 if self.unlinked else 1
         return attrs
 

@@ -18,9 +18,11 @@ import contextlib
 import grp
 import hashlib
 import logging
+import logging.handlers
 import os
 import pwd
 import select
+import stat
 import subprocess
 import sys
 import time
@@ -40,6 +42,9 @@ log = logging.getLogger(__name__)
 
 READY_TIMEOUT = 60.0
 """How long the parent waits for the serving process to report the mount ready."""
+LOG_MAX_BYTES = 10 * 1024 * 1024
+LOG_BACKUPS = 3
+"""A mount's log is rotated at 10 MiB, keeping three old files."""
 CHECK_CONNECT_TIMEOUT = 5.0
 CHECK_READ_TIMEOUT = 15.0
 
@@ -252,19 +257,14 @@ def check_mountpoint(request: MountRequest) -> None:
     """The mount point must be an existing, empty folder that nothing is mounted on."""
     path = request.mountpoint
     try:
-        is_dir = os.path.isdir(path)
-        exists = os.path.lexists(path)
+        info = os.stat(path)
+    except FileNotFoundError as error:
+        raise MountError(f"mount point {path} does not exist") from error
     except OSError as error:
-        raise MountError(f"cannot use mount point {path}: {error.strerror}") from error
-    if not exists:
-        raise MountError(f"mount point {path} does not exist")
-    try:
-        os.stat(path)
-    except OSError as error:
-        # ENOTCONN: a FUSE mount whose process died.
+        # ENOTCONN or ECONNABORTED: a FUSE mount whose process died.
         raise MountError(f"mount point {path} is unusable ({error.strerror}); if it is a "
                          f"stale mount, run: qarnotfs unmount {path}") from error
-    if not is_dir:
+    if not stat.S_ISDIR(info.st_mode):
         raise MountError(f"mount point {path} is not a folder")
     if os.path.ismount(path):
         raise MountError(f"{path} is already a mount point")
@@ -277,6 +277,20 @@ def check_mountpoint(request: MountRequest) -> None:
         if not_empty:
             raise MountError(f"mount point {path} is not empty "
                              "(use -o nonempty to mount over its contents)")
+
+
+def check_allow_other(request: MountRequest, fuse_conf: str = "/etc/fuse.conf") -> None:
+    """fusermount3 refuses allow_other to users unless /etc/fuse.conf permits it."""
+    if not request.allow_other or os.geteuid() == 0:
+        return
+    try:
+        with open(fuse_conf, encoding="utf-8") as handle:
+            allowed = any(line.strip() == "user_allow_other" for line in handle)
+    except OSError:
+        allowed = False
+    if not allowed:
+        raise MountError(f"allow_other needs the line 'user_allow_other' in {fuse_conf} "
+                         "(or mounting as root)")
 
 
 def check_storage(request: MountRequest) -> None:
@@ -320,10 +334,12 @@ def setup_logging(debug: bool, log_file: str | None) -> None:
         root.removeHandler(existing)
     handler: logging.Handler = logging.StreamHandler(sys.stderr)
     if log_file:
-        directory = os.path.dirname(log_file)
-        os.makedirs(directory, mode=0o700, exist_ok=True)
+        # Rotated log files are created with the umask: keep them private too.
+        os.umask(0o077)
+        os.makedirs(os.path.dirname(log_file), mode=0o700, exist_ok=True)
         os.close(os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
-        handler = logging.FileHandler(log_file, encoding="utf-8")
+        handler = logging.handlers.RotatingFileHandler(
+            log_file, maxBytes=LOG_MAX_BYTES, backupCount=LOG_BACKUPS, encoding="utf-8")
     handler.setFormatter(logging.Formatter(
         "%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s"))
     logs.add_secrets(os.environ.get(name) for name in logs.SECRET_VARIABLES)
@@ -378,7 +394,11 @@ def serve(request: MountRequest, on_ready: Callable[[], None] | None = None) -> 
                                 mountpoint=request.mountpoint, log_file=request.log_file,
                                 started=time.time())
 
+    mounted = False
+
     def ready() -> None:
+        nonlocal mounted
+        mounted = True
         status.write_record(record)
         log.info("mounted %s on %s", request.source, request.mountpoint)
         if on_ready is not None:
@@ -387,8 +407,12 @@ def serve(request: MountRequest, on_ready: Callable[[], None] | None = None) -> 
     try:
         serve_fuse(filesystem, request.mountpoint, settings, ready)
     except RuntimeError as error:
-        raise MountError(f"FUSE could not mount {request.mountpoint} (libfuse status "
-                         f"{error})") from error
+        if not mounted:
+            where = f"; see {request.log_file}" if request.log_file else ""
+            raise MountError(f"FUSE could not mount {request.mountpoint} (libfuse status "
+                             f"{error}{where})") from error
+        # libfuse reports a loop ended by SIGINT/SIGTERM/SIGHUP as a failure (status 8).
+        log.info("stopped by a signal")
     finally:
         status.remove_record(request.mountpoint, os.getpid())
         connection.close()
@@ -482,6 +506,7 @@ def _redirect_std_streams(log_file: str | None) -> None:
 def mount(request: MountRequest, fake: bool = False) -> int:
     """Check everything, then mount (in the background unless ``request.foreground``)."""
     check_mountpoint(request)
+    check_allow_other(request)
     check_storage(request)
     if fake:
         return 0
@@ -543,7 +568,13 @@ def add_mount_commands(subparsers: Any) -> None:
         description="Mount BUCKET[/PREFIX] on MOUNTPOINT. Returns once the mount is ready "
                     "and keeps serving in the background (logs: --log-file, else "
                     "~/.local/state/qarnotfs/log/). Every option can also be given as "
-                    "-o name=value (e.g. -o ro,allow_other,uid=1000,cache_ttl=5).")
+                    "-o name=value (e.g. -o ro,allow_other,uid=1000,cache_ttl=5), as can "
+                    "config=FILE and the mount flags nodev, nosuid, noexec, sync, noatime. "
+                    "Credentials come from the environment or the configuration file, "
+                    "never from options. The same works as 'mount -t fuse.qarnotfs "
+                    "BUCKET[/PREFIX] MOUNTPOINT -o OPTIONS' and in /etc/fstab. Stop with "
+                    "'qarnotfs unmount', fusermount3 -u, umount, or SIGTERM: each waits "
+                    "for pending uploads.")
     parser.add_argument("source", metavar="BUCKET[/PREFIX]")
     parser.add_argument("mountpoint", metavar="MOUNTPOINT")
     parser.add_argument("-f", "--foreground", action="store_true",

@@ -6,7 +6,8 @@ cache, else from the bucket, by THE attribute rule of the mount:
 * a folder listing is one paginated ``list_folder``; it gives each entry's type, size and
   modification time with no request per entry, except objects of 1 to 4095 bytes, which
   are HEADed (in parallel) because only their metadata tells whether they are symbolic
-  links (and a kernel inode may never change type later);
+  links (and a kernel inode may never change type later), and sub-folders, whose marker
+  is HEADed (in parallel) for the mode, owner and times a folder's metadata holds;
 * other entries show the default mode and owner until the mount learns their metadata (a
   lookup of a name not listed yet, an open, a chmod...: each of those HEADs the object);
 * a lookup that the cache cannot answer costs a HEAD of the key and a one-key LIST of
@@ -94,12 +95,14 @@ class Namespace:
         prefix = self.keys.dir_prefix(folder)
         entries = self.keys.entries(prefix, self.bucket.list_folder(prefix))
         children: dict[str, Node] = {}
+        probes = []
         for name in entries.folders:
             known = self.cache.get(join(folder, name))
-            exact_dir = known is not None and known.exact and known.attrs.is_dir
-            children[name] = known if exact_dir and known else \
-                Node(dir_attributes(self.defaults))
-        probes = []
+            if known is not None and known.exact and known.attrs.is_dir:
+                children[name] = known
+            else:
+                children[name] = Node(dir_attributes(self.defaults))
+                probes.append(f"{prefix}{name}/")
         for name, info in entries.files.items():
             known = self.cache.get(join(folder, name))
             if known is not None and known.exact and not known.attrs.is_dir \
@@ -109,10 +112,12 @@ class Namespace:
                 probes.append(info.key)
             else:
                 children[name] = Node(object_attributes(info, self.defaults))
-        for result in self._pool.map(self.bucket.stat, probes):
-            if result is not None:  # None: deleted since the listing
-                children[result.key[len(prefix):]] = Node(
-                    object_attributes(result, self.defaults), exact=True)
+        for key, result in zip(probes, self._pool.map(self.bucket.stat, probes)):
+            name = key[len(prefix):].rstrip("/")
+            if key.endswith("/"):
+                children[name] = Node(dir_attributes(self.defaults, result), exact=True)
+            elif result is not None:  # None: deleted since the listing
+                children[name] = Node(object_attributes(result, self.defaults), exact=True)
         if entries.marker is not None and folder != "/":
             self._refresh_folder(folder, prefix)
         self.cache.put_listing(folder, children)

@@ -79,12 +79,16 @@ class Side:
 
 
 def listing(side: Side, prefix: str) -> dict[str, int]:
-    """Key -> size of every object under prefix (paginated ListObjectsV2)."""
+    """Key -> size of every file under prefix (folder markers, keys ending in "/", left out)."""
     found: dict[str, int] = {}
     for page in side.s3.get_paginator("list_objects_v2").paginate(
         Bucket=side.bucket, Prefix=prefix
     ):
-        found.update((item["Key"], item["Size"]) for item in page.get("Contents", []))
+        found.update(
+            (item["Key"], item["Size"])
+            for item in page.get("Contents", [])
+            if not item["Key"].endswith("/")
+        )
     return found
 
 
