@@ -13,7 +13,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Union, cast
@@ -29,7 +29,7 @@ from .exceptions import (
     storage_errors,
 )
 from .objects import Listing, ObjectInfo
-from .paths import as_prefix, local_path_for_key, sanitize_key
+from .paths import as_prefix, local_path_for_key, sanitize_key, walk_files
 from .progress import Progress, ProgressArg
 from .sync import SyncPlan, plan_upload
 
@@ -321,7 +321,7 @@ class Bucket:
         if not os.path.isdir(local):
             raise OSError(f"not a directory: {os.fspath(local)}")
         files = {f"{as_prefix(remote)}{relative}": path
-                 for relative, path in _walk_files(Path(local))}
+                 for relative, path in walk_files(Path(local))}
         return self._upload_many(files, progress)
 
     def _upload_many(self, files: dict[str, Path], progress: ProgressArg) -> list[str]:
@@ -413,7 +413,7 @@ class Bucket:
         """
         if not os.path.isdir(directory):
             raise OSError(f"not a directory: {os.fspath(directory)}")
-        files = {relative: path for relative, path in _walk_files(Path(directory))}
+        files = {relative: path for relative, path in walk_files(Path(directory))}
         return self.sync_files(files, verbose, remote, progress, dry_run)
 
     def sync_files(self, files: Mapping[str, LocalPath], verbose: bool = False,
@@ -428,27 +428,27 @@ class Bucket:
         wanted = {f"{prefix}{self._key(key)}": Path(path) for key, path in files.items()}
         existing = {info.key: info for info in self.iter_objects(prefix)}
         plan = plan_upload(wanted, existing, self.stat)
-        if verbose or dry_run:
-            for line in plan.describe():
-                log.info("%s%s", "(dry run) " if dry_run else "", line)
-        if not dry_run:
-            self._apply(plan, progress)
+        if dry_run:
+            for line in plan.describe(self._name):
+                log.info("(dry run) %s", line)
+        else:
+            self.apply(plan, progress, log.info if verbose else None)
         return plan
 
-    def _apply(self, plan: SyncPlan, progress: ProgressArg) -> None:
+    def apply(self, plan: SyncPlan, progress: ProgressArg = None,
+              report: Callable[[str], object] | None = None) -> None:
+        """Carry out an upload plan: server-side copies, uploads in parallel, then deletes.
+
+        Copies come first because a copy's source may be among the deletes. When all is
+        done, ``report`` receives the plan's lines (:meth:`SyncPlan.describe`).
+        """
         for source, destination in plan.copies:
             self.copy(source, destination)
         self._upload_many(dict(plan.uploads), progress)
         self.delete_many(plan.deletes)
-
-
-def _walk_files(root: Path) -> Iterator[tuple[str, Path]]:
-    """(relative posix path, path) of every regular file under ``root``; links not followed."""
-    for folder, _dirs, names in os.walk(root, followlinks=False):
-        for name in sorted(names):
-            path = Path(folder) / name
-            if path.is_file() and not path.is_symlink():
-                yield path.relative_to(root).as_posix(), path
+        if report:
+            for line in plan.describe(self._name):
+                report(line)
 
 
 def _size_of(source: LocalPath | IO[bytes]) -> int:

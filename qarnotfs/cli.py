@@ -30,7 +30,7 @@ from .exceptions import (
     QarnotException,
 )
 from .objects import ObjectInfo
-from .paths import as_prefix, local_path_for_key
+from .paths import as_prefix, local_path_for_key, walk_files
 from .progress import ProgressArg
 from .sync import DownloadPlan, SyncPlan, plan_download, plan_upload
 
@@ -268,7 +268,7 @@ def cmd_put(ctx: Context) -> int:
         path = Path(source)
         if path.is_dir():
             base = f"{as_prefix(remote.path)}{path.resolve().name}/"
-            uploads.update({f"{base}{rel}": p for rel, p in _walk_files(path)})
+            uploads.update({f"{base}{rel}": p for rel, p in walk_files(path)})
         else:
             key = f"{as_prefix(remote.path)}{path.name}" if into_folder else remote.path
             uploads[key] = path
@@ -290,7 +290,7 @@ def cmd_sync(ctx: Context) -> int:
             raise NotADirectoryError(20, "Not a directory", source)
         bucket = ctx.bucket(remote.bucket)
         prefix = as_prefix(remote.path)
-        wanted = {f"{prefix}{rel}": path for rel, path in _walk_files(local)}
+        wanted = {f"{prefix}{rel}": path for rel, path in walk_files(local)}
         existing = {info.key: info for info in bucket.iter_objects(prefix)}
         upload_plan = plan_upload(wanted, existing, bucket.stat)
         if not delete:
@@ -374,63 +374,35 @@ def _shown(path: Path) -> str:
 def _run_upload_plan(ctx: Context, bucket: Bucket, plan: SyncPlan,
                      dry_run: bool = False) -> None:
     """Carry out (or with ``dry_run`` only print) an upload plan, printing each action."""
-    mark = "(dry run) " if dry_run else ""
-    name = bucket.uuid
-    for source, destination in plan.copies:
-        if not dry_run:
-            bucket.copy(source, destination)
-        ctx.say(f"{mark}copy: {name}/{source} -> {name}/{destination}")
-
-    def upload(item: tuple[str, Path]) -> str:
-        key, path = item
-        if not dry_run:
-            bucket.add_file(path, key, progress=ctx.progress)
-        return f"{mark}upload: {_shown(path)} -> {name}/{key}"
-
-    _in_parallel(ctx, upload, plan.uploads)
-    if plan.deletes and not dry_run:
-        bucket.delete_many(plan.deletes)
-    for key in plan.deletes:
-        ctx.say(f"{mark}delete: {name}/{key}")
+    if dry_run:
+        for line in plan.describe(bucket.uuid, _shown):
+            ctx.say(f"(dry run) {line}")
+    else:
+        bucket.apply(plan, ctx.progress, ctx.say)
 
 
 def _run_download_plan(ctx: Context, bucket: Bucket, plan: DownloadPlan,
                        dry_run: bool = False) -> None:
     """Carry out (or with ``dry_run`` only print) a download plan, printing each action."""
-    mark = "(dry run) " if dry_run else ""
     for key in plan.skipped:
         log.warning("skipping key %r: it would be written outside the target folder", key)
-
-    def download(item: tuple[ObjectInfo, Path]) -> str:
-        info, target = item
-        if not dry_run:
-            bucket.download(info.key, target, ctx.progress, size=info.size)
-        return f"{mark}download: {bucket.uuid}/{info.key} -> {_shown(target)}"
-
-    _in_parallel(ctx, download, plan.downloads)
-    for path in plan.deletes:
-        if not dry_run:
+    if not dry_run:
+        _in_parallel(ctx, lambda item: bucket.download(item[0].key, item[1], ctx.progress,
+                                                       size=item[0].size), plan.downloads)
+        for path in plan.deletes:
             path.unlink()
-        ctx.say(f"{mark}delete: {_shown(path)}")
+    mark = "(dry run) " if dry_run else ""
+    for line in plan.describe(bucket.uuid, _shown):
+        ctx.say(f"{mark}{line}")
 
 
-def _in_parallel(ctx: Context, work: Callable[[T], str], items: Sequence[T]) -> None:
-    """Run ``work`` on the items in threads; print what each returns, in the items' order."""
+def _in_parallel(ctx: Context, work: Callable[[T], object], items: Sequence[T]) -> None:
+    """Run ``work`` on the items in threads (errors propagate once all have been tried)."""
     if not items:
         return
     workers = max(1, min(len(items), ctx.connection.max_concurrency))
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        for line in pool.map(work, items):
-            ctx.say(line)
-
-
-def _walk_files(root: Path) -> Iterable[tuple[str, Path]]:
-    """(relative posix path, path) of every regular file under ``root``, links not followed."""
-    for folder, _dirs, names in os.walk(root, followlinks=False):
-        for name in sorted(names):
-            path = Path(folder) / name
-            if path.is_file() and not path.is_symlink():
-                yield path.relative_to(root).as_posix(), path
+        list(pool.map(work, items))
 
 
 # -- the parser ---------------------------------------------------------------------------

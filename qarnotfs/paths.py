@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -31,6 +32,18 @@ def as_prefix(remote: str | None) -> str:
         return ""
     cleaned = sanitize_key(remote, warn=False).rstrip("/")
     return f"{cleaned}/" if cleaned else ""
+
+
+def walk_files(root: Path) -> Iterator[tuple[str, Path]]:
+    """(relative posix path, path) of every regular file under ``root``, sorted per folder.
+
+    Symbolic links are neither followed nor listed, as the SDK's ``add_directory`` does.
+    """
+    for folder, _dirs, names in os.walk(root, followlinks=False):
+        for name in sorted(names):
+            path = Path(folder) / name
+            if path.is_file() and not path.is_symlink():
+                yield path.relative_to(root).as_posix(), path
 
 
 def local_path_for_key(root: str | os.PathLike[str], key: str) -> Path | None:

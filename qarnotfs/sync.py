@@ -17,6 +17,7 @@ from .checksums import SHA1_METADATA_KEY, Fingerprint, fingerprint
 from .objects import ObjectInfo
 
 StatFunction = Callable[[str], "ObjectInfo | None"]
+PathFormatter = Callable[[Path], str]
 
 
 @dataclass
@@ -28,13 +29,14 @@ class SyncPlan:
     deletes: list[str] = field(default_factory=list)
     unchanged: list[str] = field(default_factory=list)
 
-    def describe(self) -> Iterator[str]:
-        for key, path in self.uploads:
-            yield f"upload {path} -> {key}"
+    def describe(self, bucket: str, show: PathFormatter = str) -> Iterator[str]:
+        """One line per action, in the order they are carried out."""
         for source, destination in self.copies:
-            yield f"copy {source} -> {destination}"
+            yield f"copy: {bucket}/{source} -> {bucket}/{destination}"
+        for key, path in self.uploads:
+            yield f"upload: {show(path)} -> {bucket}/{key}"
         for key in self.deletes:
-            yield f"delete {key}"
+            yield f"delete: {bucket}/{key}"
 
 
 @dataclass
@@ -46,13 +48,12 @@ class DownloadPlan:
     unchanged: list[Path] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
 
-    def describe(self) -> Iterator[str]:
+    def describe(self, bucket: str, show: PathFormatter = str) -> Iterator[str]:
+        """One line per action, in the order they are carried out."""
         for info, path in self.downloads:
-            yield f"download {info.key} -> {path}"
+            yield f"download: {bucket}/{info.key} -> {show(path)}"
         for path in self.deletes:
-            yield f"delete {path}"
-        for key in self.skipped:
-            yield f"skip {key} (not a safe local name)"
+            yield f"delete: {show(path)}"
 
 
 def same_content(local: Fingerprint, remote: ObjectInfo, stat: StatFunction) -> bool:
