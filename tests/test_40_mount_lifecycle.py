@@ -346,7 +346,8 @@ def test_prefix_mount(make_mount: MakeMount, bucket_name: str, s3_client: Any) -
     s3_client.put_object(Bucket=bucket_name, Key="outside.txt", Body=b"x")
     s3_client.put_object(Bucket=bucket_name, Key="data/set/inside.txt", Body=b"in")
     s3_client.put_object(Bucket=bucket_name, Key="data/settled.txt", Body=b"neighbour")
-    mount = make_mount(f"{bucket_name}/data/set").start()
+    mount = make_mount(f"{bucket_name}/data/set", "-o", "noexec,nodev").start()
+    assert {"noexec", "nodev"} <= set(_mount_options(mount.mountpoint))
     assert os.listdir(mount.mountpoint) == ["inside.txt"]
     (mount.mountpoint / "sub").mkdir()
     (mount.mountpoint / "sub" / "new.txt").write_text("new")
@@ -436,3 +437,27 @@ def test_global_config_option(make_mount: MakeMount, bucket_name: str, s3_server
     (mount.mountpoint / "configured.txt").write_text("ok")
     mount.stop()
     assert bucket_bytes(s3_client, bucket_name, "configured.txt") == b"ok"
+
+
+def test_default_log_file(bucket_name: str, s3_env: dict[str, str], tmp_path: Path) -> None:
+    """In the background and without --log-file, the log goes to the user's state folder."""
+    env = {**s3_env, "HOME": os.fspath(tmp_path / "home")}
+    env.pop("XDG_STATE_HOME", None)
+    env.pop("XDG_RUNTIME_DIR", None)
+    mountpoint = tmp_path / "mnt"
+    mountpoint.mkdir()
+    qarnotfs("mount", bucket_name, mountpoint, "--staging-dir", tmp_path / "staging",
+             env=env, check=True)
+    try:
+        assert f"{mountpoint}\t{bucket_name}\t" in qarnotfs("status", env=env).stdout
+    finally:
+        result = qarnotfs("unmount", mountpoint, env=env)
+        if result.returncode != 0:
+            run(["fusermount3", "-uz", mountpoint], check=False)
+    assert result.returncode == 0, result.stderr
+    log_dir = tmp_path / "home" / ".local" / "state" / "qarnotfs" / "log"
+    logs = list(log_dir.glob("mount-*.log"))
+    assert len(logs) == 1
+    assert f"mounted {bucket_name} on {mountpoint}" in logs[0].read_text()
+    assert stat.S_IMODE(os.stat(logs[0]).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(log_dir).st_mode) == 0o700

@@ -53,7 +53,7 @@ CACHE_TTL = 30.0
 T = TypeVar("T")
 
 NAMES = st.sampled_from(["a", "b", "c"])
-PATHS = st.lists(NAMES, min_size=1, max_size=3).map(lambda names: "/" + "/".join(names))
+PATHS = st.lists(NAMES, min_size=1, max_size=2).map(lambda names: "/" + "/".join(names))
 DATA = st.binary(max_size=48)
 OFFSETS = st.integers(min_value=0, max_value=80)
 OPEN_MODES = st.sampled_from([

@@ -32,6 +32,7 @@ from servers import S3Server
 from qarnotfs.bucket import Bucket
 from qarnotfs.connection import Connection
 from qarnotfs.exceptions import (
+    ConfigurationException,
     QarnotException,
     QarnotGenericException,
     StorageUnreachableException,
@@ -487,17 +488,21 @@ def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["umount", "-l", os.fspath(target)], check=False, capture_output=True)
 
 
+def fill_staging(mount: Mount) -> str:
+    """Write three files that fit, then one that cannot: the big one's outcome."""
+    mnt = mount.mountpoint
+    for index in range(3):  # each fits, and is freed once uploaded
+        assert attempt("write", mnt / f"small{index}", f"3{index}", "700000")[0] == "ok"
+    return attempt("write", mnt / "huge", "68", str(4 * MIB))[0]
+
+
 @pytest.mark.mount
 def test_full_staging_disk_gives_enospc_and_loses_nothing(
         s3_env: dict[str, str], bucket_name: str, s3_client: Any, tmp_path: Path,
         small_tmpfs: Path) -> None:
     with mounted(bucket_name, tmp_path / "mnt", s3_env, tmp_path / "w",
                  "--staging-dir", os.fspath(small_tmpfs)) as mount:
-        mnt = mount.mountpoint
-        for index in range(3):  # each fits, and is freed once uploaded
-            assert attempt("write", mnt / f"small{index}", f"3{index}", "700000")[0] == "ok"
-        outcome, _ = attempt("write", mnt / "huge", "68", str(4 * MIB))
-        assert outcome == "ENOSPC"
+        assert fill_staging(mount) == "ENOSPC"
         for index in range(3):
             data = bucket_bytes(s3_client, bucket_name, f"small{index}")
             assert data == bytes([0x30 + index]) * 700000
@@ -505,5 +510,54 @@ def test_full_staging_disk_gives_enospc_and_loses_nothing(
             if "huge" in bucket_keys(s3_client, bucket_name) else b""
         assert huge == b"h" * len(huge) and len(huge) <= 2 * MIB  # what fitted, never garbage
         assert_serving(mount)
-        assert attempt("write", mnt / "after", "61", "1000")[0] == "ok"  # space came back
+        assert attempt("write", mount.mountpoint / "after", "61", "1000")[0] == "ok"
         assert bucket_bytes(s3_client, bucket_name, "after") == b"a" * 1000
+
+
+@pytest.mark.mount
+def test_full_staging_disk_is_logged_as_one_clear_line(
+        s3_env: dict[str, str], bucket_name: str, tmp_path: Path, small_tmpfs: Path) -> None:
+    """A full disk is an expected condition: one line naming it, not a traceback."""
+    with mounted(bucket_name, tmp_path / "mnt", s3_env, tmp_path / "w",
+                 "--staging-dir", os.fspath(small_tmpfs)) as mount:
+        assert fill_staging(mount) == "ENOSPC"
+        log = mount.log_text()
+    assert "No space left" in log or "ENOSPC" in log
+    assert "Traceback" not in log and "failed unexpectedly" not in log, log[-3000:]
+
+
+# -- the retry and timeout settings themselves -------------------------------------------
+
+
+def test_timeouts_and_retries_from_arguments_or_environment(
+        s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    with connect(s3_server) as conn:
+        config = conn.s3.meta.config
+        assert (config.connect_timeout, config.read_timeout) == (10.0, 60.0)
+        assert config.retries == {"total_max_attempts": 6, "mode": "standard"}
+    monkeypatch.setenv("QARNOTFS_CONNECT_TIMEOUT", "2.5")
+    monkeypatch.setenv("QARNOTFS_READ_TIMEOUT", "7")
+    monkeypatch.setenv("QARNOTFS_RETRY_COUNT", "0")
+    with connect(s3_server) as conn:
+        config = conn.s3.meta.config
+        assert (config.connect_timeout, config.read_timeout) == (2.5, 7.0)
+        assert config.retries is not None and config.retries["total_max_attempts"] == 1
+    with connect(s3_server, connect_timeout=3, read_timeout=4, retry_count=2) as conn:
+        config = conn.s3.meta.config  # explicit arguments win over the environment
+        assert (config.connect_timeout, config.read_timeout) == (3.0, 4.0)
+        assert config.retries is not None and config.retries["total_max_attempts"] == 3
+
+
+@pytest.mark.parametrize(("variable", "value"), [
+    ("QARNOTFS_READ_TIMEOUT", "soon"), ("QARNOTFS_READ_TIMEOUT", "0"),
+    ("QARNOTFS_CONNECT_TIMEOUT", "-1"), ("QARNOTFS_CONNECT_TIMEOUT", "inf"),
+    ("QARNOTFS_RETRY_COUNT", "-2"), ("QARNOTFS_RETRY_COUNT", "many"),
+])
+def test_bad_timeout_settings_are_clear_errors(s3_server: S3Server,
+                                               monkeypatch: pytest.MonkeyPatch,
+                                               variable: str, value: str) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigurationException):
+        connect(s3_server)
+    with pytest.raises(ConfigurationException, match="retry_count"):
+        connect(s3_server, retry_count=-1)

@@ -302,7 +302,8 @@ class Filesystem:
             if handle.appending:
                 offset = held.attrs.size
             written = held.staged.write(data, offset)
-            held.attrs.size = max(held.attrs.size, offset + written)
+            if written:
+                held.attrs.size = max(held.attrs.size, offset + written)
             self._touch(held)
         return written
 
@@ -501,6 +502,8 @@ class Filesystem:
             raise FsError(errno.EBUSY, "the root of the mount")
         with self._namespace_lock:
             source = self._node(old)
+            if flags & RENAME_NOREPLACE and self._exists(new):
+                raise FsError(errno.EEXIST, new)
             if old == new:
                 return
             if source.attrs.is_dir and is_within(new, old):

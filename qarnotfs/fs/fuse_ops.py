@@ -47,6 +47,9 @@ UTIME_OMIT = (1 << 30) - 2
 FUSE_READDIR_PLUS = 1
 FUSE_FILL_DIR_PLUS = 2
 
+MAX_TRANSFER = 1024 * 1024
+"""Largest write and read-ahead the kernel is asked to send (its own limit is 1 MiB)."""
+
 MAX_IDLE_THREADS = 10
 """Idle libfuse worker threads kept around (the number libfuse documents as its default)."""
 
@@ -151,6 +154,10 @@ class FuseOperations(mfusepy.Operations):
     # -- lifecycle ----------------------------------------------------------------------
 
     def init_with_config(self, conn_info: Any, config: Any) -> None:
+        if conn_info is not None:
+            # Fewer, larger requests: each one costs a trip through Python.
+            conn_info.max_write = MAX_TRANSFER
+            conn_info.max_readahead = MAX_TRANSFER
         if config is not None:
             config.attr_timeout = self.settings.attr_timeout
             config.entry_timeout = self.settings.entry_timeout

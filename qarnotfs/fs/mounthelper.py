@@ -5,6 +5,8 @@ Owns: the helper calling convention. mount(8) runs ``/sbin/mount.fuse.qarnotfs S
 ``mount.fuse.qarnotfs`` script; link it into /sbin to use it), and fuse3's generic
 ``mount.fuse3`` runs ``qarnotfs SOURCE DIR -o OPTIONS`` for the same ``fuse.qarnotfs``
 type, which the ``qarnotfs`` command hands here (see :func:`looks_like_helper_call`).
+mount(8) runs helpers with a standard PATH, so that route needs ``qarnotfs``
+in /usr/local/bin or /usr/bin.
 
 An /etc/fstab line::
 
@@ -27,14 +29,15 @@ USAGE = ("usage: mount.fuse.qarnotfs BUCKET[/PREFIX] MOUNTPOINT [-sfnv] [-o OPTI
 def looks_like_helper_call(argv: list[str]) -> bool:
     """True for ``SOURCE MOUNTPOINT [-o OPTIONS]...`` (how mount.fuse3 runs ``qarnotfs``).
 
-    A sub-command name never contains '/', a mount point given by mount(8) always does,
-    and the CLI's sub-commands never take a second positional argument that is a folder.
+    The CLI asks this when its first argument is no sub-command: mount(8) always gives an
+    absolute mount point as the second positional argument.
     """
-    positional = [a for a in _strip_options(argv) if not a.startswith("-")]
+    positional = [a for a in _strip_values(argv) if not a.startswith("-")]
     return len(positional) == 2 and positional[1].startswith("/")
 
 
-def _strip_options(argv: list[str]) -> list[str]:
+def _strip_values(argv: list[str]) -> list[str]:
+    """``argv`` without the values of ``-o`` and ``-t``."""
     out: list[str] = []
     skip = False
     for arg in argv:
