@@ -485,6 +485,10 @@ def build_parser() -> ArgumentParser:
                       help="keep the server running and print how to use it, until Ctrl-C")
     demo.add_argument("--port", type=int, default=0,
                       help="port for the embedded server on 127.0.0.1 (default: a free one)")
+    demo.add_argument("--backend", choices=("moto", "rgw"), default="moto",
+                      help="moto: an S3 server inside this process (default); rgw: a local "
+                      "Ceph RADOS Gateway (the server behind Qarnot storage) with its data "
+                      "kept on disk between runs (installs Debian's Ceph packages; root)")
     demo.set_defaults(func=cmd_demo)
 
     _add_mount_commands(commands)

@@ -33,20 +33,33 @@ MIB = 1024 * 1024
 COMMAND_TIMEOUT = 60.0
 
 
-@dataclass
-class DemoContext:
-    """The running demo: its server's address and its working folder (the cwd)."""
+@dataclass(frozen=True)
+class DemoServer:
+    """Where the demo's S3 server listens, and the keys it accepts."""
 
     endpoint: str
+    access_key: str = ACCESS_KEY
+    secret_key: str = SECRET_KEY
+
+
+@dataclass
+class DemoContext:
+    """The running demo: its server and its working folder (the cwd)."""
+
+    server: DemoServer
     workdir: Path
 
     @property
+    def endpoint(self) -> str:
+        return self.server.endpoint
+
+    @property
     def env(self) -> dict[str, str]:
-        """The variables that point qarnotfs (or any S3 tool) at the embedded server."""
+        """The variables that point qarnotfs (or any S3 tool) at the demo's server."""
         return {
-            "QARNOT_STORAGE_URL": self.endpoint,
-            "AWS_ACCESS_KEY_ID": ACCESS_KEY,
-            "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+            "QARNOT_STORAGE_URL": self.server.endpoint,
+            "AWS_ACCESS_KEY_ID": self.server.access_key,
+            "AWS_SECRET_ACCESS_KEY": self.server.secret_key,
             # An empty configuration file, so the user's own cannot interfere.
             "QARNOTFS_CONFIG": str(self.workdir / ".qarnotfs-demo.conf"),
         }
@@ -168,7 +181,7 @@ def mount_tour(ctx: DemoContext) -> None:
     try:
         run("ls", "-l", "mnt")
         run("cat", "mnt/README.txt")
-        run("mkdir", "mnt/new-folder")
+        run("mkdir", "-p", "mnt/new-folder")
         run("cp", "measurements.csv", "mnt/new-folder/copy.csv")
         wait_for_object("new-folder/copy.csv")
         qarnotfs("ls", "-l", "-r", f"{BUCKET}/new-folder")(ctx)
@@ -211,8 +224,53 @@ def write_samples(folder: Path) -> None:
             handle.write(block[index:] + block[:index])
 
 
+RGW_SCRIPT = Path(__file__).parent / "resources" / "ceph-rgw.sh"
+
+
+def rgw_state_dir() -> Path:
+    """Where the persistent demo gateway keeps its cluster and data."""
+    from platformdirs import user_data_path
+
+    return user_data_path("qarnotfs") / "rgw"
+
+
 @contextlib.contextmanager
-def embedded_server(port: int) -> Iterator[str]:
+def local_rgw() -> Iterator[DemoServer]:
+    """Start a one-node Ceph RADOS Gateway on 127.0.0.1 with bluestore on disk.
+
+    The data lives in :func:`rgw_state_dir` and survives: the next ``demo --backend rgw``
+    finds the same buckets. The daemons are stopped at the end (their data stays).
+    """
+    env = {**os.environ, "RGW_STORE": "bluestore", "RGW_KEEP": "1",
+           "QARNOTFS_RGW_DIR": str(rgw_state_dir()), "QARNOTFS_PYTHON": sys.executable}
+    print(f"# Starting Ceph RGW (bluestore in {rgw_state_dir()}); the first run installs "
+          "Debian's Ceph packages.", flush=True)
+    started = subprocess.run(["bash", str(RGW_SCRIPT), "start"], env=env, check=False,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if started.returncode != 0:
+        last = (started.stderr.strip().splitlines() or ["(no output)"])[-1]
+        raise QarnotException(f"could not start Ceph RGW: {last}")
+    try:
+        exported = subprocess.run(["bash", str(RGW_SCRIPT), "env"], env=env, check=True,
+                                  capture_output=True, text=True).stdout
+        values = dict(item.split("=", 1) for line in exported.splitlines()
+                      for item in shlex.split(line.removeprefix("export ")))
+        yield DemoServer(values["QARNOT_STORAGE_URL"], values["AWS_ACCESS_KEY_ID"],
+                         values["AWS_SECRET_ACCESS_KEY"])
+    finally:
+        subprocess.run(["bash", str(RGW_SCRIPT), "stop"], env=env, check=False,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def demo_server(args: argparse.Namespace) -> contextlib.AbstractContextManager[DemoServer]:
+    """The server the demo runs on, as ``--backend`` asks."""
+    if getattr(args, "backend", "moto") == "rgw":
+        return local_rgw()
+    return embedded_server(args.port)
+
+
+@contextlib.contextmanager
+def embedded_server(port: int) -> Iterator[DemoServer]:
     """Run moto's S3 server on 127.0.0.1 (``port`` 0: a free one); yields its URL."""
     try:
         from moto.server import ThreadedMotoServer
@@ -233,7 +291,7 @@ def embedded_server(port: int) -> Iterator[str]:
     server.start()
     try:
         host, bound = server.get_host_and_port()
-        yield f"http://{host}:{bound}"
+        yield DemoServer(f"http://{host}:{bound}")
     finally:
         server.stop()
 
@@ -259,11 +317,13 @@ def demo_environment(ctx: DemoContext) -> Iterator[None]:
 def run_demo(args: argparse.Namespace) -> int:
     """Start the server, play :func:`demo_steps`, and with ``--keep`` stay up until Ctrl-C."""
     with tempfile.TemporaryDirectory(prefix="qarnotfs-demo-") as workdir, \
-            embedded_server(args.port) as endpoint:
-        ctx = DemoContext(endpoint=endpoint, workdir=Path(workdir))
+            demo_server(args) as server:
+        ctx = DemoContext(server=server, workdir=Path(workdir))
+        endpoint = server.endpoint
         (ctx.workdir / ".qarnotfs-demo.conf").write_text("")
         write_samples(ctx.workdir)
-        print(f"# An S3 server is running in this process at {endpoint};")
+        where = "in this process" if args.backend == "moto" else "(Ceph RGW)"
+        print(f"# An S3 server is running {where} at {endpoint};")
         print(f"# the demo works in {workdir} (deleted at the end).\n", flush=True)
         with demo_environment(ctx):
             for number, step in enumerate(demo_steps(), start=1):
@@ -282,7 +342,8 @@ def wait_for_interrupt(ctx: DemoContext) -> None:
         if name != "QARNOTFS_CONFIG":
             print(f"export {name}={shlex.quote(value)}")
     print(f"qarnotfs ls -l -r {BUCKET}\n")
-    print("(the embedded server accepts any access key and secret key)")
+    if ctx.server.secret_key == SECRET_KEY:
+        print("(the embedded server accepts any access key and secret key)")
     print("Press Ctrl-C to stop.", flush=True)
     with contextlib.suppress(KeyboardInterrupt):
         threading.Event().wait()
