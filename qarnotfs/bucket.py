@@ -25,6 +25,7 @@ from .exceptions import (
     MissingBucketException,
     MissingObjectException,
     QarnotGenericException,
+    StorageUnreachableException,
     error_code,
     storage_errors,
 )
@@ -143,14 +144,25 @@ class Bucket:
             if length == 0:
                 return b""
             arguments["Range"] = f"bytes={offset}-{end}"
-        try:
-            with storage_errors(self._name, key):
-                answer = self._s3.get_object(**arguments)
-                return answer["Body"].read()
-        except QarnotGenericException as error:
-            if "InvalidRange" in str(error):
-                return b""
-            raise
+        # botocore retries a request until its response starts; a connection cut while
+        # the body arrives is retried here (as s3transfer does for downloads).
+        failures = 0
+        while True:
+            try:
+                with storage_errors(self._name, key):
+                    answer = self._s3.get_object(**arguments)
+            except QarnotGenericException as error:
+                if "InvalidRange" in str(error):
+                    return b""
+                raise
+            try:
+                with storage_errors(self._name, key):
+                    return bytes(answer["Body"].read())
+            except StorageUnreachableException as error:
+                failures += 1
+                if failures > self._connection.retry_count:
+                    raise
+                log.info("reading %r was cut (%s); retrying", key, error)
 
     def put(self, key: str, data: bytes, metadata: dict[str, str] | None = None) -> str:
         """Store ``data`` as the whole object in one request; returns the ETag."""

@@ -20,6 +20,7 @@ from botocore.exceptions import (
     EndpointConnectionError,
     NoCredentialsError,
     ReadTimeoutError,
+    ResponseStreamingError,
 )
 
 
@@ -104,6 +105,7 @@ _UNREACHABLE = (
     ConnectTimeoutError,
     ReadTimeoutError,
     ConnectionClosedError,
+    ResponseStreamingError,  # the connection broke while a response body arrived
 )
 
 

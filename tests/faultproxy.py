@@ -8,10 +8,13 @@ every connection to the real server, and applies :class:`Rule` s to chosen HTTP 
   AccessDenied...) without reaching the server, then close the connection;
 * ``cut``    - forward the headers and ``after_bytes`` of the body, then reset both
   connections (a connection cut mid-upload);
+* ``cut_response`` - forward the request, pass ``after_bytes`` of the response (headers
+  included) back, then reset both connections (a connection cut mid-download);
 * ``close``  - close the client's connection without any answer.
 
 A rule matches a regular expression searched in ``"METHOD /path?query"`` and applies to
-its first ``times`` matches (``None``: until removed). Requests are parsed one at a time on
+its first ``times`` matches (``None``: until removed), or with ``every=N`` to one match in
+N (still at most ``times``). Requests are parsed one at a time on
 each connection (clients do not pipeline), which is all HTTP/1.1 keep-alive needs; the
 responses flow back untouched. ``down()`` makes the proxy reset every connection, as a
 dead endpoint would, until ``up()``.
@@ -49,11 +52,13 @@ class Rule:
     status: int = 503
     code: str = "SlowDown"
     after_bytes: int = 0
+    every: int = 1
     hits: int = 0
+    matches: int = 0
     _pattern: re.Pattern[str] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        if self.action not in ("delay", "status", "cut", "close"):
+        if self.action not in ("delay", "status", "cut", "cut_response", "close"):
             raise ValueError(f"unknown fault action {self.action!r}")
         self._pattern = re.compile(self.match)
 
@@ -62,6 +67,9 @@ class Rule:
         if self.times is not None and self.hits >= self.times:
             return False
         if not self._pattern.search(request_line):
+            return False
+        self.matches += 1
+        if self.matches % max(1, self.every):
             return False
         self.hits += 1
         return True
@@ -155,7 +163,9 @@ class FaultProxy:
             sockets = list(self._sockets)
         for sock in sockets:
             _reset(sock)
-        for thread in list(self._threads):
+        with self._lock:
+            threads = list(self._threads)
+        for thread in threads:
             if thread is not threading.current_thread():
                 thread.join(timeout=5)
 
@@ -176,8 +186,9 @@ class FaultProxy:
     def _spawn(self, target: object, name: str, *args: object) -> None:
         thread = threading.Thread(target=target, args=args, name=name,  # type: ignore[arg-type]
                                   daemon=True)
-        self._threads = [t for t in self._threads if t.is_alive()]
-        self._threads.append(thread)
+        with self._lock:
+            self._threads = [t for t in self._threads if t.is_alive()]
+            self._threads.append(thread)
         thread.start()
 
     def _track(self, sock: socket.socket) -> None:
@@ -213,6 +224,9 @@ class FaultProxy:
         upstream: socket.socket | None = None
         pending = b""
         abrupt = False
+        # Response bytes the pump may still pass back (None: no limit); set per request,
+        # which is safe because a client waits for each response before its next request.
+        budget: list[int | None] = [None]
         try:
             while True:
                 head, pending = self._read_head(client, pending)
@@ -233,7 +247,9 @@ class FaultProxy:
                 if upstream is None:
                     upstream = socket.create_connection(self.upstream, timeout=10)
                     self._track(upstream)
-                    self._spawn(self._pump, "faultproxy-pump", upstream, client)
+                    self._spawn(self._pump, "faultproxy-pump", upstream, client, budget)
+                if rule is not None and rule.action == "cut_response":
+                    budget[0] = rule.after_bytes
                 upstream.sendall(head)
                 if rule is not None and rule.action == "cut":
                     abrupt = True
@@ -308,11 +324,21 @@ class FaultProxy:
             sent += len(piece)
         return pending
 
-    def _pump(self, upstream: socket.socket, client: socket.socket) -> None:
-        """Copy the server's responses back to the client, untouched."""
+    def _pump(self, upstream: socket.socket, client: socket.socket,
+              budget: list[int | None]) -> None:
+        """Copy the server's responses back to the client (cut where a rule says)."""
         try:
             while True:
-                client.sendall(self._recv(upstream))
+                data = self._recv(upstream)
+                limit = budget[0]
+                if limit is not None and len(data) >= limit:
+                    client.sendall(data[:limit])
+                    _reset(client)
+                    _reset(upstream)
+                    return
+                if limit is not None:
+                    budget[0] = limit - len(data)
+                client.sendall(data)
         except (_Closed, OSError):
             pass
         finally:

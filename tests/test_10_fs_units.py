@@ -233,3 +233,22 @@ def test_cache_disabled_by_a_zero_ttl_and_bounded_by_size() -> None:
         small.put(f"/f{index}", node())
     assert sum(small.get(f"/f{i}") is not None for i in range(10)) == 3
     assert small.get("/f9") is not None, "least recently used entries go first"
+
+
+def test_observations_older_than_own_changes_are_dropped() -> None:
+    cache = MetaCache(ttl=10, negative_ttl=10, maxsize=100, timer=FakeClock())
+    before = cache.generation()
+    cache.put("/d/new", node(5))  # our own upload, while a LIST of /d was in flight
+    cache.learn_listing("/d", {"old": node()}, before)  # that LIST did not see it
+    assert cache.listing("/d") is None, "the stale listing is not cached"
+    cache.learn("/d/new", node(1), before)
+    assert cache.get("/d/new") == node(5)
+    cache.learn_missing("/d/new", before)
+    assert not cache.is_missing("/d/new")
+    cache.remove("/tree", tree=True)
+    cache.learn("/tree/a/b", node(), before)  # a HEAD under a folder we just removed
+    assert cache.get("/tree/a/b") is None
+    after = cache.generation()
+    cache.learn_listing("/d", {"new": node(5)}, after)
+    cache.learn("/other", node(2), after)
+    assert cache.listing("/d") is not None and cache.get("/other") == node(2)

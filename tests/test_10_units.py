@@ -234,7 +234,10 @@ def test_plan_upload_decisions(tmp_path: Path) -> None:
     assert plan.copies == [("old-name", "renamed")]
     assert plan.deletes == ["gone", "old-name"]
     assert stats == ["changed"]  # only a same-size, different-ETag object costs a HEAD
-    assert any(line.startswith("upload") for line in plan.describe())
+    lines = list(plan.describe("b"))
+    assert lines[0] == "copy: b/old-name -> b/renamed"
+    assert "delete: b/gone" in lines
+    assert sum(line.startswith("upload: ") for line in lines) == 3
 
 
 def test_plan_upload_trusts_sha1_metadata_when_etags_differ(tmp_path: Path) -> None:

@@ -690,3 +690,112 @@ def test_bad_handles(make_fs: MakeFs) -> None:
     write_file(fs, "/f", b"")
     fails_with(errno.ENOTDIR, fs.readdir, "/f")
     fails_with(errno.EINVAL, fs.readdir, "/d/../d")
+
+
+def test_open_for_writing_transfers_nothing_until_the_first_write(
+        make_fs: MakeFs, s3_client: S3Client, bucket_name: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    s3_client.put_object(Bucket=bucket_name, Key="big", Body=b"b" * 100_000)
+    fs = make_fs()
+    transfers: list[str] = []
+    for name in ("download", "upload"):
+        original = getattr(fs.bucket, name)
+        monkeypatch.setattr(fs.bucket, name, lambda *a, _o=original, _n=name, **k: (
+            transfers.append(_n), _o(*a, **k))[1])
+    fh = fs.open("/big", os.O_WRONLY)  # what touch(1) does, then utimens
+    fs.utimens("/big", None, 10**9)
+    fs.flush(fh)
+    fs.release(fh)
+    assert transfers == []
+    assert metadata(s3_client, bucket_name, "big")["mtime"] == "1"
+    fh = fs.open("/big", os.O_RDWR)
+    assert fs.read(fh, 3, 0) == b"bbb"  # read from the bucket, not staged
+    fs.write(fh, b"X", 1)
+    assert transfers == ["download"]
+    assert fs.read(fh, 3, 0) == b"bXb"
+    fs.release(fh)
+    assert transfers == ["download", "upload"]
+    assert body(s3_client, bucket_name, "big")[:3] == b"bXb"
+
+
+def test_failed_folder_rename_undoes_its_copies(make_fs: MakeFs, s3_client: S3Client,
+                                                bucket_name: str,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    for index in range(6):
+        s3_client.put_object(Bucket=bucket_name, Key=f"src/f{index}", Body=b"%d" % index)
+    fs = make_fs()
+    real_copy = fs.bucket.copy
+
+    def flaky(source: str, destination: str, metadata: object = None) -> None:
+        if destination == "dst/f3":
+            raise QarnotGenericException("injected: InternalError")
+        real_copy(source, destination)
+
+    monkeypatch.setattr(fs.bucket, "copy", flaky)
+    with pytest.raises(QarnotGenericException):
+        fs.rename("/src", "/dst")
+    assert keys(s3_client, bucket_name) == [f"src/f{i}" for i in range(6)]
+    fails_with(errno.ENOENT, fs.getattr, "/dst")
+    assert names(fs, "/src") == [f"f{i}" for i in range(6)]
+    monkeypatch.setattr(fs.bucket, "copy", real_copy)
+    fs.rename("/src", "/dst")
+    assert keys(s3_client, bucket_name) == [f"dst/f{i}" for i in range(6)]
+
+
+def test_full_staging_disk_is_enospc_and_keeps_what_fitted(
+        make_fs: MakeFs, s3_client: S3Client, bucket_name: str,
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    from qarnotfs.fs.staging import StagedFile
+
+    fs = make_fs()
+    fh = fs.create("/f", stat.S_IFREG | 0o644, CREATE)
+    fs.write(fh, b"fits", 0)
+    real_write = StagedFile.write
+
+    def full(self: StagedFile, data: bytes, offset: int) -> int:
+        real_write(self, data[:2], offset)  # part of it lands, then the disk is full
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(StagedFile, "write", full)
+    with caplog.at_level(logging.ERROR):
+        fails_with(errno.ENOSPC, fs.write, fh, b"more", 4)
+    assert "is full (No space left on device)" in caplog.text
+    assert fs.getattr("/f").size == 6, "the size is what the staged copy holds"
+    monkeypatch.setattr(StagedFile, "write", real_write)
+    fs.release(fh)
+    assert body(s3_client, bucket_name, "f") == b"fitsmo"
+
+
+def test_a_listing_in_flight_cannot_hide_our_own_upload(
+        make_fs: MakeFs, s3_client: S3Client, bucket_name: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    fs = make_fs()
+    fs.mkdir("/d", 0o755)
+    fs.cache.clear()
+    real_list = fs.bucket.list_folder
+
+    def slow_list(prefix: str) -> object:
+        listing = real_list(prefix)  # taken before the upload below
+        monkeypatch.setattr(fs.bucket, "list_folder", real_list)
+        write_file(fs, "/d/new", b"uploaded while listing")
+        return listing
+
+    monkeypatch.setattr(fs.bucket, "list_folder", slow_list)
+    names(fs, "/d")
+    assert names(fs, "/d") == ["new"]
+    assert fs.getattr("/d/new").size == 22
+
+
+def test_no_request_after_our_own_upload(make_fs: MakeFs, monkeypatch: pytest.MonkeyPatch) -> None:
+    fs = make_fs()
+    fs.mkdir("/d", 0o755)
+    calls: list[str] = []
+    for name in ("stat", "list_folder", "has_objects_under", "read"):
+        original = getattr(fs.bucket, name)
+        monkeypatch.setattr(fs.bucket, name, lambda *a, _o=original, _n=name, **k: (
+            calls.append(_n), _o(*a, **k))[1])
+    write_file(fs, "/d/f", b"12345")
+    fs.symlink("f", "/d/l")
+    assert fs.getattr("/d/f").size == 5 and fs.getattr("/d/l").is_link
+    assert names(fs, "/d") == ["f", "l"]
+    assert calls == [], "the mount knows what it wrote"

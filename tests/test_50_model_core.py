@@ -19,6 +19,7 @@ import itertools
 import os
 import shutil
 import stat
+import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,8 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import hypothesis.strategies as st
-import pytest
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, event, settings
 from hypothesis.stateful import (
     RuleBasedStateMachine,
     invariant,
@@ -97,6 +97,8 @@ class Outcome:
 def same(local: Callable[[], T], core: Callable[[], Any]) -> Any:
     """Run both; they must both succeed or fail with one errno. Returns the core's value."""
     expected, got = Outcome(local), Outcome(core)
+    caller = sys._getframe(1).f_code.co_name
+    event(f"{caller}: {errno.errorcode.get(expected.errno, 'ok')}")
     assert got.errno == expected.errno, (
         f"errno {errno.errorcode.get(got.errno, got.errno)} from the core, "
         f"{errno.errorcode.get(expected.errno, expected.errno)} from the model")

@@ -195,26 +195,27 @@ class Worker:
             self.errors.append(f"the token has {len(data)} bytes after a rename")
 
 
-def run_workers(root: Path, first_process: int) -> list[dict[str, Any]]:
+def run_workers(root: Path, first_process: int, seconds: float = SECONDS
+                ) -> list[dict[str, Any]]:
     """Half the workers as threads here, half as processes; every report."""
     reports: list[dict[str, Any]] = [{} for _ in range(WORKERS)]
 
     def in_thread(worker: int) -> None:
         try:
-            reports[worker] = Worker(root, worker, SECONDS).run()
+            reports[worker] = Worker(root, worker, seconds).run()
         except Exception as error:  # reported, so the test fails with it
             reports[worker] = {"errors": [f"crashed: {error!r}"], "files": {}, "ops": 0}
 
     threads = [threading.Thread(target=in_thread, args=(w,)) for w in range(first_process)]
     processes = {w: subprocess.Popen([sys.executable, __file__, os.fspath(root), str(w),
-                                      str(SECONDS)], stdout=subprocess.PIPE,
+                                      str(seconds)], stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, text=True)
                  for w in range(first_process, WORKERS)}
     for thread in threads:
         thread.start()
     for worker, process in processes.items():
         try:
-            out, err = process.communicate(timeout=SECONDS + 90)
+            out, err = process.communicate(timeout=seconds + 90)
         except subprocess.TimeoutExpired:
             process.kill()
             out, err = process.communicate()
@@ -223,7 +224,7 @@ def run_workers(root: Path, first_process: int) -> list[dict[str, Any]]:
         reports[worker] = json.loads(out) if process.returncode == 0 else \
             {"errors": [f"exit {process.returncode}: {err[-2000:]}"], "files": {}, "ops": 0}
     for thread in threads:
-        thread.join(timeout=SECONDS + 90)
+        thread.join(timeout=seconds + 90)
         if thread.is_alive():
             raise AssertionError("a worker thread hung")
     return reports
@@ -238,9 +239,45 @@ if __name__ == "__main__":
 # == the test ==============================================================================
 
 import pytest  # noqa: E402
-from mounting import bucket_bytes, bucket_keys, mounted  # noqa: E402
+from faultproxy import FaultProxy  # noqa: E402
+from mounting import Mount, bucket_bytes, bucket_keys, mounted  # noqa: E402
 
 from qarnotfs.fs import status  # noqa: E402
+
+
+def check_outcome(reports: list[dict[str, Any]], hot: bytes, contest: list[str],
+                  client: Any, bucket: str) -> int:
+    """Assert the final state (see the module docstring); the number of operations run."""
+    ops = sum(r["ops"] for r in reports)
+    assert all(r["ops"] > 0 for r in reports)
+    # hot/shared: complete, every block from a single writer, same bytes in the bucket.
+    assert len(hot) == HOT_BLOCKS * BLOCK
+    blocks = [hot[i:i + BLOCK] for i in range(0, len(hot), BLOCK)]
+    assert all(len(set(block)) == 1 and block[0] != 0 for block in blocks)
+    assert bucket_bytes(client, bucket, "hot/shared") == hot
+    # contest: exactly one name, with the token.
+    assert len(contest) == 1
+    assert bucket_bytes(client, bucket, f"contest/{contest[0]}") == TOKEN
+    # own files: the bucket holds exactly what each worker last wrote.
+    expected = {k: v for r in reports for k, v in r["files"].items()}
+    keys = {k for k in bucket_keys(client, bucket, "own/") if k != "own/"}
+    assert keys == set(expected)
+    for key, digest in expected.items():
+        assert hashlib.sha256(bucket_bytes(client, bucket, key)).hexdigest() == digest
+    return ops
+
+
+def stress(mount: Mount, seconds: float) -> tuple[list[dict[str, Any]], bytes, list[str]]:
+    """Run the workers on a fresh mount; their reports, hot/shared and contest/ at the end."""
+    root = mount.mountpoint
+    for folder in ("own", "hot", "contest"):
+        (root / folder).mkdir()
+    (root / "contest" / "token").write_bytes(TOKEN)
+    reports = run_workers(root, first_process=WORKERS // 2, seconds=seconds)
+    errors = {w: r["errors"] for w, r in enumerate(reports) if r.get("errors")}
+    assert errors == {}, f"{errors}\nlog:\n{mount.log_text()[-4000:]}"
+    assert mount.pid is not None and status.process_alive(mount.pid)
+    return reports, (root / "hot" / "shared").read_bytes(), os.listdir(root / "contest")
 
 
 @pytest.mark.mount
@@ -250,33 +287,28 @@ def test_many_workers_at_once_corrupt_nothing(s3_env: dict[str, str], bucket_nam
                                               s3_client: Any, tmp_path: Path) -> None:
     started = time.monotonic()
     with mounted(bucket_name, tmp_path / "mnt", s3_env, tmp_path / "w") as mount:
-        root = mount.mountpoint
-        for folder in ("own", "hot", "contest"):
-            (root / folder).mkdir()
-        (root / "contest" / "token").write_bytes(TOKEN)
-        reports = run_workers(root, first_process=WORKERS // 2)
-        errors = {w: r["errors"] for w, r in enumerate(reports) if r.get("errors")}
-        assert errors == {}, f"{errors}\nlog:\n{mount.log_text()[-4000:]}"
-        assert mount.pid is not None and status.process_alive(mount.pid)
-        hot = (root / "hot" / "shared").read_bytes()
-        contest = os.listdir(root / "contest")
+        reports, hot, contest = stress(mount, SECONDS)
         mount.stop()  # waits for pending uploads; asserts a log without errors
-    ops = sum(r["ops"] for r in reports)
+    ops = check_outcome(reports, hot, contest, s3_client, bucket_name)
     print(f"\n{WORKERS} workers, {ops} operations in {time.monotonic() - started:.1f} s")
     assert ops > 20 * WORKERS, "too few operations to call this a stress test"
-    assert all(r["ops"] > 0 for r in reports)
 
-    # hot/shared: complete, every block from a single writer, same bytes in the bucket.
-    assert len(hot) == HOT_BLOCKS * BLOCK
-    blocks = [hot[i:i + BLOCK] for i in range(0, len(hot), BLOCK)]
-    assert all(len(set(block)) == 1 and block[0] != 0 for block in blocks)
-    assert bucket_bytes(s3_client, bucket_name, "hot/shared") == hot
-    # contest: exactly one name, with the token.
-    assert len(contest) == 1
-    assert bucket_bytes(s3_client, bucket_name, f"contest/{contest[0]}") == TOKEN
-    # own files: the bucket holds exactly what each worker last wrote.
-    expected = {k: v for r in reports for k, v in r["files"].items()}
-    keys = {k for k in bucket_keys(s3_client, bucket_name, "own/") if k != "own/"}
-    assert keys == set(expected)
-    for key, digest in expected.items():
-        assert hashlib.sha256(bucket_bytes(s3_client, bucket_name, key)).hexdigest() == digest
+
+@pytest.mark.mount
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_many_workers_with_transient_storage_errors_corrupt_nothing(
+        s3_server: Any, s3_env: dict[str, str], bucket_name: str, s3_client: Any,
+        tmp_path: Path) -> None:
+    """The same stress while one request in five gets a 500 or is cut: retried, unseen."""
+    env = {**s3_env, "QARNOTFS_RETRY_COUNT": "8"}
+    with FaultProxy(s3_server.endpoint_url, lifetime=200) as proxy:
+        env["QARNOT_STORAGE_URL"] = proxy.url
+        with mounted(bucket_name, tmp_path / "mnt", env, tmp_path / "w") as mount:
+            proxy.inject("status", every=5, times=60, status=500, code="InternalError")
+            proxy.inject("cut", match=r"^PUT ", every=7, times=10, after_bytes=1000)
+            reports, hot, contest = stress(mount, SECONDS / 2)
+            mount.stop()
+        injected = proxy.count("status") + proxy.count("cut")
+    check_outcome(reports, hot, contest, s3_client, bucket_name)
+    assert injected >= 20, f"only {injected} faults were injected"

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -26,7 +27,15 @@ from typing import Any
 
 import pytest
 from faultproxy import FaultProxy, closed_port
-from mounting import Mount, bucket_bytes, bucket_keys, is_mounted, mounted, wait_until
+from mounting import (
+    Mount,
+    bucket_bytes,
+    bucket_keys,
+    is_mounted,
+    mounted,
+    qarnotfs,
+    wait_until,
+)
 from servers import S3Server
 
 from qarnotfs.bucket import Bucket
@@ -43,7 +52,7 @@ from qarnotfs.fs import status
 pytestmark = pytest.mark.timeout(120)
 
 MIB = 1024 * 1024
-SHORT = {"connect_timeout": 1.0, "read_timeout": 1.0, "retry_count": 1}
+SHORT: dict[str, Any] = {"connect_timeout": 1.0, "read_timeout": 1.0, "retry_count": 1}
 """Fast-failing client settings: a failing call must give up within seconds."""
 # The same for a mount process (qarnotfs.connection reads these variables).
 SHORT_ENV = {"QARNOTFS_CONNECT_TIMEOUT": "1", "QARNOTFS_READ_TIMEOUT": "1",
@@ -184,6 +193,21 @@ def test_connection_cut_every_time_fails_clearly_and_leaves_nothing(
     assert bucket_bytes(s3_client, bucket_name, "f") == data
 
 
+def test_failed_multipart_upload_leaves_no_object_and_no_pending_upload(
+        s3_server: S3Server, proxy: FaultProxy, bucket_name: str, s3_client: Any,
+        tmp_path: Path) -> None:
+    source = tmp_path / "big"
+    source.write_bytes(payload(17 * MIB, "aborted"))
+    proxy.inject("cut", match=r"^PUT .*partNumber=2", after_bytes=MIB)
+    with connect(s3_server, proxy.url, **SHORT) as conn, \
+            pytest.raises(StorageUnreachableException):
+        Bucket(conn, bucket_name, create=False).upload("big", source)
+    assert proxy.count("cut") >= 2  # retried before giving up
+    assert "big" not in bucket_keys(s3_client, bucket_name)
+    # The parts already stored were released (the upload was aborted, not left pending).
+    assert s3_client.list_multipart_uploads(Bucket=bucket_name).get("Uploads", []) == []
+
+
 def test_download_cut_midway_leaves_no_partial_file(s3_server: S3Server, proxy: FaultProxy,
                                                     bucket_name: str, s3_client: Any,
                                                     tmp_path: Path) -> None:
@@ -203,6 +227,20 @@ def test_download_cut_midway_leaves_no_partial_file(s3_server: S3Server, proxy: 
         proxy.clear()
         bucket.download("d", target)
     assert target.read_bytes() == data
+
+
+def test_read_cut_midway_is_retried_then_gives_up_clearly(
+        s3_server: S3Server, proxy: FaultProxy, bucket_name: str, s3_client: Any) -> None:
+    data = payload(2 * MIB, "ranged read")
+    s3_client.put_object(Bucket=bucket_name, Key="r", Body=data)
+    with connect(s3_server, proxy.url, **SHORT) as conn:
+        bucket = Bucket(conn, bucket_name, create=False)
+        proxy.inject("cut_response", match=r"^GET ", times=1, after_bytes=100_000)
+        assert bucket.read("r", 1000, 1_500_000) == data[1000:1_501_000]
+        proxy.inject("cut_response", match=r"^GET ", after_bytes=100_000)
+        with pytest.raises(StorageUnreachableException, match=r"(?i)connection broken"):
+            bucket.read("r")
+    assert proxy.count("cut_response") == 3  # 1 cut, then 2 attempts (1 retry) that failed
 
 
 def test_revoked_credentials_are_unauthorized(s3_server: S3Server, proxy: FaultProxy,
@@ -432,6 +470,102 @@ def test_mount_upload_cut_keeps_data_staged_and_a_later_fsync_uploads_it(
 
 
 @pytest.mark.mount
+def test_unmount_with_uploads_failing_keeps_the_staged_copy_and_says_where(
+        proxy: FaultProxy, proxied_mount: Mount, s3_env: dict[str, str]) -> None:
+    data = bytes.fromhex("0123456789abcdef") * 37_500
+    proxy.inject("status", match=r"^PUT ", status=500, code="InternalError")
+    outcome, _ = attempt("write", proxied_mount.mountpoint / "pending", "0123456789abcdef",
+                         "37500")
+    assert outcome == "EIO"
+    result = qarnotfs("unmount", proxied_mount.mountpoint, "--timeout", "60", env=s3_env)
+    assert result.returncode == 0, result.stderr
+    assert proxied_mount.pid is not None and not status.process_alive(proxied_mount.pid)
+    kept = [p for p in proxied_mount.staging_dir.rglob("*") if p.is_file()]
+    assert [p.read_bytes() == data for p in kept] == [True], kept
+    log = proxied_mount.log_text()
+    assert f"staged copies that could not be uploaded are kept in {kept[0].parent}" in log
+
+
+@pytest.mark.mount
+def test_mount_read_cut_midway_is_retried(proxy: FaultProxy, proxied_mount: Mount,
+                                          s3_client: Any, bucket_name: str) -> None:
+    data = payload(3 * MIB, "read through the mount")
+    s3_client.put_object(Bucket=bucket_name, Key="big", Body=data)
+    proxy.inject("cut_response", match=r"^GET /[^?]*/big", times=1, after_bytes=200_000)
+    copy = proxied_mount.workdir / "copy"
+    subprocess.run(["cp", proxied_mount.mountpoint / "big", copy], check=True, timeout=60)
+    assert copy.read_bytes() == data
+    assert proxy.count("cut_response") == 1
+
+
+@pytest.mark.mount
+def test_mount_open_for_writing_fails_cleanly_when_the_download_fails(
+        proxy: FaultProxy, proxied_mount: Mount, s3_client: Any, bucket_name: str) -> None:
+    s3_client.put_object(Bucket=bucket_name, Key="doc", Body=b"original\n")
+    mnt = proxied_mount.mountpoint
+    proxy.inject("close", match=r"^GET /[^?]*/doc")
+    append = ("import errno, sys\ntry:\n    with open(sys.argv[1], 'ab') as f:\n"
+              "        f.write(b'more\\n')\n    print('ok')\n"
+              "except OSError as e:\n    print(errno.errorcode[e.errno])\n")
+    result = subprocess.run([sys.executable, "-c", append, mnt / "doc"], text=True,
+                            capture_output=True, timeout=60, check=True)
+    assert result.stdout.strip() in ("EIO", "ETIMEDOUT"), result.stdout
+    assert bucket_bytes(s3_client, bucket_name, "doc") == b"original\n"
+    assert not [p for p in proxied_mount.staging_dir.rglob("*") if p.is_file()]
+    assert_serving(proxied_mount)
+    proxy.clear()
+    result = subprocess.run([sys.executable, "-c", append, mnt / "doc"], text=True,
+                            capture_output=True, timeout=60, check=True)
+    assert result.stdout.strip() == "ok"
+    assert bucket_bytes(s3_client, bucket_name, "doc") == b"original\nmore\n"
+
+
+RENAME = ("import errno, os, sys\n"
+          "try:\n    os.rename(sys.argv[1], sys.argv[2])\n    print('ok')\n"
+          "except OSError as e:\n    print(errno.errorcode[e.errno])\n")
+
+
+def interrupted_folder_rename(proxy: FaultProxy, mount: Mount, s3_client: Any,
+                              bucket_name: str) -> dict[str, bytes]:
+    """Rename src/ to dst/ while the copy of one of its six files always fails."""
+    files = {f"src/f{i}": payload(1000 + i, f"rename {i}") for i in range(6)}
+    for key, body in files.items():
+        s3_client.put_object(Bucket=bucket_name, Key=key, Body=body)
+    mnt = mount.mountpoint
+    proxy.inject("status", match=r"^PUT /[^/]+/dst/f3", status=500, code="InternalError")
+    result = subprocess.run([sys.executable, "-c", RENAME, mnt / "src", mnt / "dst"],
+                            capture_output=True, text=True, timeout=60, check=True)
+    assert result.stdout.strip() == "EIO"
+    return files
+
+
+@pytest.mark.mount
+def test_mount_folder_rename_interrupted_loses_nothing(
+        proxy: FaultProxy, proxied_mount: Mount, s3_client: Any, bucket_name: str) -> None:
+    files = interrupted_folder_rename(proxy, proxied_mount, s3_client, bucket_name)
+    mnt = proxied_mount.mountpoint
+    for key, body in files.items():  # every source object is still there, intact
+        assert bucket_bytes(s3_client, bucket_name, key) == body
+    assert sorted(os.listdir(mnt / "src")) == [f"f{i}" for i in range(6)]
+    assert_serving(proxied_mount)
+    proxy.clear()
+    os.rename(mnt / "src", mnt / "dst2")  # works once the storage does
+    assert not any(k.startswith("src/") for k in bucket_keys(s3_client, bucket_name))
+    for key, body in files.items():
+        assert bucket_bytes(s3_client, bucket_name, key.replace("src/", "dst2/")) == body
+
+
+@pytest.mark.mount
+def test_mount_folder_rename_interrupted_leaves_no_half_copied_destination(
+        proxy: FaultProxy, proxied_mount: Mount, s3_client: Any, bucket_name: str) -> None:
+    """rename(2) is all or nothing: a failed one must not leave the files it had copied
+    so far under the new name (a program seeing dst/ would take it for the result)."""
+    interrupted_folder_rename(proxy, proxied_mount, s3_client, bucket_name)
+    assert not (proxied_mount.mountpoint / "dst").exists()
+    assert not any(k.startswith("dst/") for k in bucket_keys(s3_client, bucket_name))
+
+
+@pytest.mark.mount
 def test_mount_credentials_revoked_give_eacces_and_a_log_line(
         proxy: FaultProxy, proxied_mount: Mount, s3_client: Any, bucket_name: str) -> None:
     s3_client.put_object(Bucket=bucket_name, Key="r", Body=b"readable")
@@ -468,6 +602,42 @@ def test_mount_survives_a_sigstopped_server(tmp_path: Path, s3_env: dict[str, st
             assert attempt("read", mnt / "k")[0] == "ok " + b"kept".hex()
             assert attempt("write", mnt / "new", "6e", "4")[0] == "ok"
             assert bucket.read("new") == b"nnnn"
+
+
+@pytest.mark.mount
+def test_mount_process_killed_keeps_unsaved_writes_in_staging(
+        s3_env: dict[str, str], bucket_name: str, s3_client: Any, tmp_path: Path) -> None:
+    """SIGKILL of the mount while a file is written but not closed: the written bytes are
+    in the staging folder (they went to local disk first), ready to be recovered."""
+    data = payload(500_000, "crash")
+    writer = ("import sys\nf = open(sys.argv[1], 'wb')\n"
+              f"f.write(sys.stdin.buffer.read({len(data)}))\n"
+              "f.flush()\nprint('written', flush=True)\nsys.stdin.buffer.read()\n")
+    with mounted(bucket_name, tmp_path / "mnt", s3_env, tmp_path / "w") as mount:
+        process = subprocess.Popen([sys.executable, "-c", writer, mount.mountpoint / "unsaved"],
+                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        try:
+            assert process.stdin is not None and process.stdout is not None
+            process.stdin.write(data)
+            process.stdin.flush()
+            assert process.stdout.readline() == b"written\n"
+            assert mount.pid is not None
+            os.kill(mount.pid, signal.SIGKILL)
+            assert status.wait_for_exit(mount.pid, 30)
+        finally:
+            process.kill()
+            process.wait(timeout=30)
+        kept = [p for p in mount.staging_dir.rglob("*") if p.is_file()]
+        assert [p.read_bytes() == data for p in kept] == [True], kept
+        assert stat_mode(kept[0]) == 0o600
+        assert "unsaved" not in bucket_keys(s3_client, bucket_name)
+        result = qarnotfs("unmount", mount.mountpoint, env=s3_env)  # clears the dead mount
+        assert result.returncode == 0, result.stderr
+        assert not is_mounted(mount.mountpoint)
+
+
+def stat_mode(path: Path) -> int:
+    return path.stat().st_mode & 0o777
 
 
 # -- a full staging disk ---------------------------------------------------------------
@@ -522,7 +692,7 @@ def test_full_staging_disk_is_logged_as_one_clear_line(
                  "--staging-dir", os.fspath(small_tmpfs)) as mount:
         assert fill_staging(mount) == "ENOSPC"
         log = mount.log_text()
-    assert "No space left" in log or "ENOSPC" in log
+    assert re.search(r"(?i)staging.*full|no space left|ENOSPC", log), log[-3000:]
     assert "Traceback" not in log and "failed unexpectedly" not in log, log[-3000:]
 
 

@@ -171,6 +171,23 @@ def test_secret_never_in_mount_errors(secret_env: dict[str, str], s3_server: S3S
     assert not os.path.ismount(tmp_path / "mnt")
 
 
+@pytest.mark.parametrize("text", [
+    "[storage]\nsecret_key {secret}\n",                 # no '=': a parsing error
+    "secret_key = {secret}\n",                          # no section header
+    "[storage]\nsecret_key = {secret}\nsecret_key = {secret}\n",  # duplicate option
+    "[storage]\nsecret_key = {secret}\nunsafe = maybe\n",          # a bad value beside it
+])
+def test_secret_in_a_broken_config_file_is_not_echoed(s3_env: dict[str, str], tmp_path: Path,
+                                                      text: str) -> None:
+    secret = f"SeCrEt-{uuid.uuid4().hex}"
+    config = tmp_path / "broken.conf"
+    config.write_text(text.format(secret=secret))
+    result = qarnotfs("--config", config, "buckets", env=s3_env)
+    assert result.returncode != 0
+    assert result.stderr.startswith("qarnotfs: error: ") and "Traceback" not in result.stderr
+    assert secret not in result.stdout + result.stderr
+
+
 def test_connection_repr_and_settings_hide_the_secret(s3_server: S3Server) -> None:
     with Connection(storage_url=s3_server.endpoint_url, access_key="AKIDEXAMPLE",
                     secret_key="do-not-show-me-123") as conn:
@@ -228,8 +245,9 @@ def test_get_all_files_never_writes_outside_the_target(
 def test_cli_download_never_writes_outside_the_target(
         s3_env: dict[str, str], evil_bucket: str, tmp_path: Path, command: str) -> None:
     sandbox, target = sandbox_and_target(tmp_path)
-    args = (["get", "-r", evil_bucket, target] if command == "get"
-            else ["sync", f"qarnot://{evil_bucket}", target])
+    args: list[str | os.PathLike[str]] = (
+        ["get", "-r", evil_bucket, target] if command == "get"
+        else ["sync", f"qarnot://{evil_bucket}", target])
     result = qarnotfs(*args, env=s3_env)
     assert_contained(sandbox, target)
     assert "Traceback" not in result.stderr

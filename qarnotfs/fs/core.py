@@ -206,21 +206,22 @@ class Filesystem:
         return number
 
     def open(self, path: str, flags: int) -> int:
+        """Open an existing file. Content is staged lazily: O_TRUNC stages an empty copy,
+        else the first write or truncate downloads it (so ``touch`` or a chmod through an
+        open handle never transfers the content)."""
         path = normalize(path)
         writing = (flags & os.O_ACCMODE) != os.O_RDONLY
-        truncating = bool(flags & os.O_TRUNC) and writing
         if writing or flags & os.O_TRUNC:
             self._check_writable()
         held = self._hold(path)
         try:
-            if writing:
+            if writing and flags & os.O_TRUNC:
                 with held.lock:
-                    self._stage(held, empty=truncating)
-                    if truncating:
-                        assert held.staged is not None
-                        held.staged.truncate(0)
-                        held.attrs.size = 0
-                        self._touch(held)
+                    self._stage(held, empty=True)
+                    assert held.staged is not None
+                    held.staged.truncate(0)
+                    held.attrs.size = 0
+                    self._touch(held)
         except BaseException:
             self._let_go(held)
             raise
@@ -245,18 +246,19 @@ class Filesystem:
         """Give ``held`` a staged copy (its content downloaded unless ``empty``)."""
         if held.staged is not None:
             return
-        if empty or not held.on_bucket:
-            held.staged = self._staging.new_file(name_of(held.path))
-            held.attrs.size = 0
-            return
-        local = self._staging.new_path(name_of(held.path))
-        try:
-            self.bucket.download(held.key, local, size=held.attrs.size)
-        except BaseException:
-            local.unlink(missing_ok=True)
-            raise
-        held.staged = StagedFile(local)
-        held.attrs.size = held.staged.size()
+        with self._staging.guard(f"staging {held.path}"):
+            if empty or not held.on_bucket:
+                held.staged = self._staging.new_file(name_of(held.path))
+                held.attrs.size = 0
+                return
+            local = self._staging.new_path(name_of(held.path))
+            try:
+                self.bucket.download(held.key, local, size=held.attrs.size)
+            except BaseException:
+                local.unlink(missing_ok=True)
+                raise
+            held.staged = StagedFile(local)
+            held.attrs.size = held.staged.size()
 
     def _touch(self, held: OpenFile) -> None:
         held.dirty = True
@@ -278,8 +280,10 @@ class Filesystem:
             now = now_ns()
             attrs = Attributes(stat.S_IFREG | (mode & PERMISSION_BITS), 0, uid, gid,
                                now, now, now)
+            with self._staging.guard(f"creating {path}"):
+                staged = self._staging.new_file(name_of(path))
             held = OpenFile(path, key, attrs, on_bucket=False, dirty=True, handles=1,
-                            staged=self._staging.new_file(name_of(path)))
+                            staged=staged)
             self._files[path] = held
         return self._new_handle(held, flags)
 
@@ -301,10 +305,12 @@ class Filesystem:
             assert held.staged is not None
             if handle.appending:
                 offset = held.attrs.size
-            written = held.staged.write(data, offset)
-            if written:
-                held.attrs.size = max(held.attrs.size, offset + written)
-            self._touch(held)
+            try:
+                with self._staging.guard(f"writing {held.path}"):
+                    written = held.staged.write(data, offset)
+            finally:  # a full disk may have taken part of the data
+                held.attrs.size = held.staged.size()
+                self._touch(held)
         return written
 
     def truncate(self, path: str, length: int, fh: int | None = None) -> None:
@@ -322,7 +328,8 @@ class Filesystem:
             with held.lock:
                 self._stage(held, empty=length == 0)
                 assert held.staged is not None
-                held.staged.truncate(length)
+                with self._staging.guard(f"truncating {held.path}"):
+                    held.staged.truncate(length)
                 held.attrs.size = length
                 self._touch(held)
             if fh is None:
@@ -551,13 +558,13 @@ class Filesystem:
     def _rename_folder(self, old: str, new: str, source: Node, replacing: bool) -> None:
         old_prefix, new_prefix = self.keys.dir_prefix(old), self.keys.dir_prefix(new)
         if replacing:
-            self.bucket.delete(self._require_empty(new))
+            self._require_empty(new)  # its marker is overwritten below, never deleted first
         infos = list(self.bucket.iter_objects(old_prefix))
         moves = [(info.key, new_prefix + info.key[len(old_prefix):]) for info in infos]
         if any(len(key.encode("utf-8")) > KEY_MAX for _, key in moves):
             raise FsError(errno.ENAMETOOLONG, f"a key under {new} would be too long")
-        list(self._pool.map(lambda move: self.bucket.copy(*move), moves))
-        if not any(info.key == old_prefix for info in infos):
+        self._copy_all(moves, keep=new_prefix if replacing else None)
+        if not infos:  # a folder the mount knows but the bucket has no key for yet
             self.bucket.put(new_prefix, b"", encode_metadata(source.attrs))
         for held in [h for h in self._files.values() if is_within(h.path, old)]:
             with held.lock:
@@ -569,6 +576,34 @@ class Filesystem:
         self.cache.remove(old, tree=True)
         self.cache.forget(new)
         self.cache.put(new, source)
+
+    def _copy_all(self, moves: list[tuple[str, str]], keep: str | None) -> None:
+        """Copy every (source, destination) in parallel; all or nothing.
+
+        If one copy fails, the copies already made are deleted (except ``keep``, the
+        marker of a folder being replaced) and the first error is raised, so a failed
+        rename leaves no half-copied destination that could pass for the result.
+        """
+        def copy(move: tuple[str, str]) -> QarnotException | None:
+            try:
+                self.bucket.copy(*move)
+            except QarnotException as error:
+                return error
+            return None
+
+        outcomes = list(self._pool.map(copy, moves))
+        failures = [error for error in outcomes if error is not None]
+        if not failures:
+            return
+        made = [move[1] for move, error in zip(moves, outcomes, strict=True)
+                if error is None and move[1] != keep]
+        log.error("rename failed after %d of %d copies (undoing them): %s",
+                  len(made), len(moves), failures[0])
+        try:
+            self.bucket.delete_many(made)
+        except QarnotException as error:
+            log.error("could not undo the copies of a failed rename: %s", error)
+        raise failures[0]
 
     # == attributes ======================================================================
 

@@ -7,6 +7,11 @@ entries and whole folder listings live ``ttl`` seconds, "does not exist" answers
 :meth:`MetaCache.remove`, which also patch the cached listing of the parent folder, so they
 show at once; the TTLs bound how long changes made by others stay unseen. A TTL of 0
 disables that map. Thread-safe (one internal lock, never held while calling out).
+
+What the mount *observes* (a HEAD, a LIST) goes through the ``learn*`` methods with the
+generation read before the request: an observation is dropped if the mount changed that
+path, its folder or an ancestor meanwhile, so a slow LIST that started before our own
+upload can never hide the uploaded file (or bring back a deleted one) for a TTL.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from cachetools import TTLCache
+from cachetools import LRUCache, TTLCache
 
 from .attrs import Attributes
 from .keys import is_within, name_of, parent_of
@@ -71,6 +76,28 @@ class MetaCache:
         self._missing = _Map(negative_ttl, maxsize, timer)
         # Listings are heavier (one dict each): a smaller share of the budget.
         self._listings = _Map(ttl, max(1, maxsize // 10), timer)
+        self._generation = 0
+        self._changed: LRUCache[str, int] = LRUCache(maxsize=max(1, maxsize))
+
+    def generation(self) -> int:
+        """Read this before asking the bucket; pass it to the ``learn*`` methods."""
+        with self._lock:
+            return self._generation
+
+    def _mark(self, path: str) -> None:
+        self._generation += 1
+        self._changed[path] = self._generation
+        if path != "/":
+            self._changed[parent_of(path)] = self._generation
+
+    def _stale(self, path: str, since: int) -> bool:
+        """True if the mount changed ``path``, its folder or an ancestor after ``since``."""
+        while True:
+            if self._changed.get(path, 0) > since:
+                return True
+            if path == "/":
+                return False
+            path = parent_of(path)
 
     def get(self, path: str) -> Node | None:
         """The cached node of ``path`` (a copy), or None if unknown or expired."""
@@ -94,25 +121,53 @@ class MetaCache:
     def put(self, path: str, node: Node) -> None:
         """Record that ``path`` exists with these attributes (and patch its parent's listing)."""
         with self._lock:
-            self._entries.set(path, node.copy())
-            self._missing.pop(path)
-            if path != "/":
-                children = self._listings.get(parent_of(path))
-                if isinstance(children, dict):
-                    children[name_of(path)] = node.copy()
+            self._mark(path)
+            self._store(path, node)
+
+    def learn(self, path: str, node: Node, since: int) -> None:
+        """Record an observation of ``path`` made after generation ``since``."""
+        with self._lock:
+            if not self._stale(path, since):
+                self._store(path, node)
+
+    def learn_missing(self, path: str, since: int) -> None:
+        """Record that the bucket had nothing at ``path`` (observed after ``since``)."""
+        with self._lock:
+            if not self._stale(path, since):
+                self._entries.pop(path)
+                self._missing.set(path, True)
+
+    def learn_listing(self, folder: str, children: dict[str, Node], since: int) -> None:
+        """Record the content of ``folder`` listed after generation ``since``."""
+        with self._lock:
+            if not self._stale(folder, since):
+                self._store_listing(folder, children)
+
+    def _store(self, path: str, node: Node) -> None:
+        self._entries.set(path, node.copy())
+        self._missing.pop(path)
+        if path != "/":
+            children = self._listings.get(parent_of(path))
+            if isinstance(children, dict):
+                children[name_of(path)] = node.copy()
 
     def put_listing(self, folder: str, children: dict[str, Node]) -> None:
-        """Record the full content of ``folder``; each child becomes an entry too."""
+        """Record the full content of ``folder`` as the mount made it (mkdir)."""
         with self._lock:
-            self._listings.set(folder, {name: node.copy() for name, node in children.items()})
-            for name, node in children.items():
-                path = f"{folder.rstrip('/')}/{name}"
-                self._entries.set(path, node.copy())
-                self._missing.pop(path)
+            self._mark(folder)
+            self._store_listing(folder, children)
+
+    def _store_listing(self, folder: str, children: dict[str, Node]) -> None:
+        self._listings.set(folder, {name: node.copy() for name, node in children.items()})
+        for name, node in children.items():
+            path = f"{folder.rstrip('/')}/{name}"
+            self._entries.set(path, node.copy())
+            self._missing.pop(path)
 
     def remove(self, path: str, tree: bool = False) -> None:
         """Record that ``path`` no longer exists (with everything under it if ``tree``)."""
         with self._lock:
+            self._mark(path)
             for cache in (self._entries, self._listings, self._missing):
                 if tree:
                     cache.drop_tree(path)
@@ -126,6 +181,7 @@ class MetaCache:
     def forget(self, path: str) -> None:
         """Drop what is known about ``path`` and under it, and its parent's listing."""
         with self._lock:
+            self._mark(path)
             for cache in (self._entries, self._listings, self._missing):
                 cache.drop_tree(path)
             self._listings.pop(parent_of(path))

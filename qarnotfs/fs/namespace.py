@@ -68,16 +68,17 @@ class Namespace:
     def fetch(self, path: str) -> Node:
         """Ask the bucket what is at ``path`` (folder first), and cache the answer."""
         prefix = self.keys.dir_prefix(path)
+        since = self.cache.generation()
         if self.bucket.has_objects_under(prefix):
             marker = self.bucket.stat(prefix)
             node = Node(dir_attributes(self.defaults, marker), exact=True)
         else:
             info = self.bucket.stat(self.keys.file_key(path))
             if info is None:
-                self.cache.remove(path)
+                self.cache.learn_missing(path, since)
                 raise FsError(errno.ENOENT, path)
             node = Node(object_attributes(info, self.defaults), exact=True)
-        self.cache.put(path, node)
+        self.cache.learn(path, node, since)
         return node
 
     def exact(self, path: str) -> Node:
@@ -93,6 +94,7 @@ class Namespace:
         if cached is not None:
             return cached
         prefix = self.keys.dir_prefix(folder)
+        since = self.cache.generation()
         entries = self.keys.entries(prefix, self.bucket.list_folder(prefix))
         children: dict[str, Node] = {}
         probes = []
@@ -112,21 +114,22 @@ class Namespace:
                 probes.append(info.key)
             else:
                 children[name] = Node(object_attributes(info, self.defaults))
-        for key, result in zip(probes, self._pool.map(self.bucket.stat, probes)):
+        for key, result in zip(probes, self._pool.map(self.bucket.stat, probes), strict=True):
             name = key[len(prefix):].rstrip("/")
             if key.endswith("/"):
                 children[name] = Node(dir_attributes(self.defaults, result), exact=True)
             elif result is not None:  # None: deleted since the listing
                 children[name] = Node(object_attributes(result, self.defaults), exact=True)
         if entries.marker is not None and folder != "/":
-            self._refresh_folder(folder, prefix)
-        self.cache.put_listing(folder, children)
+            self._refresh_folder(folder, prefix, since)
+        self.cache.learn_listing(folder, children, since)
         return children
 
-    def _refresh_folder(self, folder: str, prefix: str) -> None:
+    def _refresh_folder(self, folder: str, prefix: str, since: int) -> None:
         known = self.cache.get(folder)
         if known is not None and known.exact:
             return
         marker = self.bucket.stat(prefix)
         if marker is not None:
-            self.cache.put(folder, Node(dir_attributes(self.defaults, marker), exact=True))
+            self.cache.learn(folder, Node(dir_attributes(self.defaults, marker), exact=True),
+                             since)

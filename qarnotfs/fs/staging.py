@@ -9,12 +9,16 @@ whose upload failed stays, and its path is logged so nothing is lost.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import re
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+
+from .errors import FsError
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +71,25 @@ class StagingArea:
         base.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.root = Path(tempfile.mkdtemp(prefix="mount-", dir=base))
         os.chmod(self.root, 0o700)
+
+    @contextlib.contextmanager
+    def guard(self, what: str) -> Iterator[None]:
+        """Turn a local disk error inside the block into FsError, with one log line.
+
+        A full staging disk is an expected condition, not a bug: it is reported as
+        ENOSPC (EDQUOT...) to the caller and named in the log, without a traceback.
+        """
+        try:
+            yield
+        except OSError as error:
+            code = error.errno or errno.EIO
+            if code in (errno.ENOSPC, errno.EDQUOT):
+                log.error("%s failed: the staging area %s is full (%s)", what, self.root,
+                          error.strerror or os.strerror(code))
+            else:
+                log.error("staging area %s: %s failed: %s", self.root, what,
+                          error.strerror or error)
+            raise FsError(code, f"{what}: {error.strerror or error}") from error
 
     def new_path(self, label: str) -> Path:
         """A new empty file (0600) named after ``label`` for people reading the folder."""

@@ -82,6 +82,8 @@ class Mount(ABC):
     """One tool mounting one bucket on one mountpoint, for the length of one measurement."""
 
     name: str
+    serves_in_foreground = False
+    """True: the command serves the mount until unmounted (we start it in the background)."""
 
     def __init__(self, endpoint: Endpoint, bucket: str, mountpoint: Path, workdir: Path) -> None:
         self.endpoint = endpoint
@@ -90,6 +92,7 @@ class Mount(ABC):
         self.workdir = workdir
         self.pid: int | None = None
         self._profiler: subprocess.Popen[bytes] | None = None
+        self._process: subprocess.Popen[bytes] | None = None
 
     @classmethod
     def missing(cls) -> str | None:
@@ -107,6 +110,9 @@ class Mount(ABC):
         self.mountpoint.mkdir(parents=True, exist_ok=True)
         before = fuse_daemons()
         args, env = self._mount_command()
+        if self.serves_in_foreground:
+            self._start_in_background(args, env)
+            return
         result = subprocess.run(
             args, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True,
             timeout=MOUNT_TIMEOUT, check=False,
@@ -117,6 +123,20 @@ class Mount(ABC):
             )
         wait_for(lambda: is_mounted(self.mountpoint), MOUNT_TIMEOUT, f"{self.name} mount")
         self.pid = self._find_daemon(before)
+
+    def _start_in_background(self, args: list[str], env: dict[str, str]) -> None:
+        """Run a daemon that stays in the foreground as our child; ready once mounted."""
+        with (self.workdir / f"{self.name}.log").open("ab") as log:
+            self._process = subprocess.Popen(
+                args, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                start_new_session=True,  # Ctrl-C reaches us, and we unmount it cleanly
+            )
+        self.pid = self._process.pid
+        process = self._process
+        wait_for(lambda: is_mounted(self.mountpoint) or process.poll() is not None,
+                 MOUNT_TIMEOUT, f"{self.name} mount")
+        if process.poll() is not None:
+            raise BenchError(f"{self.name} mount exited {process.returncode}; see its log")
 
     def _find_daemon(self, before: set[int]) -> int | None:
         new = fuse_daemons() - before
@@ -159,15 +179,19 @@ class Mount(ABC):
                        check=False)
         try:
             wait_for(lambda: not is_mounted(self.mountpoint), 30, f"{self.name} unmount")
-            if self.pid:
+            if self._process:
+                self._process.wait(timeout=UNMOUNT_TIMEOUT)
+            elif self.pid:
                 wait_for(lambda: not Path(f"/proc/{self.pid}").exists(), UNMOUNT_TIMEOUT,
                          f"{self.name} daemon exit")
-        except BenchError:
+        except (BenchError, subprocess.TimeoutExpired):
             subprocess.run(["fusermount3", "-uz", str(self.mountpoint)], capture_output=True,
                            check=False)
             if self.pid:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(self.pid, signal.SIGKILL)
+            if self._process:
+                self._process.wait()
             raise
 
 
@@ -217,9 +241,11 @@ class RcloneMount(Mount):
 
     ``--vfs-cache-mode writes`` uploads after close; ``--vfs-write-back 0s`` makes it start
     at once (its default waits 5 s), the best setting when timing "until in the bucket".
+    Not ``--daemon``: its readiness wait never saw the mount here, so we watch for it.
     """
 
     name = "rclone"
+    serves_in_foreground = True
 
     @classmethod
     def missing(cls) -> str | None:
@@ -241,9 +267,8 @@ class RcloneMount(Mount):
             "RCLONE_CONFIG_BENCH_REGION": "us-east-1",
         }
         args = [str(venv_tool("rclone")), "mount", f"bench:{self.bucket}", str(self.mountpoint),
-                "--daemon", "--vfs-cache-mode", "writes", "--vfs-write-back", "0s",
-                "--cache-dir", str(self.workdir / "rclone-cache"), "--log-level", "ERROR",
-                "--log-file", str(self.workdir / "rclone.log")]
+                "--vfs-cache-mode", "writes", "--vfs-write-back", "0s",
+                "--cache-dir", str(self.workdir / "rclone-cache"), "--log-level", "ERROR"]
         return args, env
 
 

@@ -18,9 +18,15 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 import boto3
 from botocore.config import Config
+
+if TYPE_CHECKING:
+    from botocore.awsrequest import AWSPreparedRequest
+    from mypy_boto3_s3 import S3Client
 
 REPO = Path(__file__).resolve().parents[2]
 LOOPBACK = "127.0.0.1"
@@ -158,6 +164,22 @@ class RequestLog:
 
     def mark(self) -> int:
         return self._path.stat().st_size if self._path else 0
+
+    @contextlib.contextmanager
+    def own_requests(self, client: S3Client) -> Iterator[Counter[str]]:
+        """Count the requests this client sends inside the block, to leave them out."""
+        counts: Counter[str] = Counter()
+
+        def count(request: AWSPreparedRequest, **_: object) -> None:
+            target = urlsplit(request.url)
+            path = target.path + (f"?{target.query}" if target.query else "")
+            counts[request_kind(str(request.method), path)] += 1
+
+        client.meta.events.register("before-send.s3", count)
+        try:
+            yield counts
+        finally:
+            client.meta.events.unregister("before-send.s3", count)
 
     def between(self, start: int, end: int) -> Counter[str] | None:
         if self._path is None:
