@@ -24,6 +24,7 @@ from .checksums import SHA1_METADATA_KEY, fingerprint
 from .exceptions import (
     MissingBucketException,
     MissingObjectException,
+    QarnotException,
     QarnotGenericException,
     StorageUnreachableException,
     error_code,
@@ -110,10 +111,11 @@ class Bucket:
             for entry in page.get("Contents", []):
                 yield ObjectInfo.from_listing(cast(dict[str, Any], entry), self._name)
 
-    def list_folder(self, prefix: str = "") -> Listing:
-        """One folder level: the objects directly under ``prefix`` and its sub-prefixes."""
+    def list_folder(self, prefix: str = "", start_after: str = "") -> Listing:
+        """One folder level: the objects directly under ``prefix`` and its sub-prefixes
+        (only those after the key ``start_after`` when given)."""
         listing = Listing()
-        for page in self._pages(prefix, delimiter="/"):
+        for page in self._pages(prefix, delimiter="/", start_after=start_after):
             listing.objects.extend(
                 ObjectInfo.from_listing(cast(dict[str, Any], entry), self._name)
                 for entry in page.get("Contents", [])
@@ -127,11 +129,30 @@ class Bucket:
             answer = self._s3.list_objects_v2(Bucket=self._name, Prefix=prefix, MaxKeys=1)
         return bool(answer.get("KeyCount", 0))
 
-    def _pages(self, prefix: str, delimiter: str | None) -> Iterator[dict[str, Any]]:
+    def first_keys(self, prefix: str, count: int) -> list[str]:
+        """The first ``count`` keys (at most 1,000) starting with ``prefix``: one request,
+        however many keys there are (an emptiness check needs 2, not a 1,000-key page)."""
+        with storage_errors(self._name):
+            answer = self._s3.list_objects_v2(Bucket=self._name, Prefix=prefix, MaxKeys=count)
+        return [str(entry["Key"]) for entry in answer.get("Contents", [])]
+
+    def list_page(self, prefix: str) -> tuple[list[ObjectInfo], bool]:
+        """The first page (up to 1,000) of the keys under ``prefix``, all levels, and True
+        if more keys follow."""
+        with storage_errors(self._name):
+            answer = self._s3.list_objects_v2(Bucket=self._name, Prefix=prefix)
+        objects = [ObjectInfo.from_listing(cast(dict[str, Any], entry), self._name)
+                   for entry in answer.get("Contents", [])]
+        return objects, bool(answer.get("IsTruncated"))
+
+    def _pages(self, prefix: str, delimiter: str | None, start_after: str = "") \
+            -> Iterator[dict[str, Any]]:
         paginator = self._s3.get_paginator("list_objects_v2")
         arguments: dict[str, Any] = {"Bucket": self._name, "Prefix": prefix}
         if delimiter:
             arguments["Delimiter"] = delimiter
+        if start_after:
+            arguments["StartAfter"] = start_after
         with storage_errors(self._name):
             for page in paginator.paginate(**arguments):
                 yield cast(dict[str, Any], page)
@@ -171,6 +192,19 @@ class Bucket:
                 Bucket=self._name, Key=key, Body=data, Metadata=metadata or {}
             )
         return str(answer.get("ETag", ""))
+
+    def put_marked(self, key: str, data: bytes, metadata: dict[str, str] | None = None) -> None:
+        """Store ``data`` as a one-part multipart upload: the same object as :meth:`put`,
+        but its ETag ends in ``-1``, a mark that listings show (the mount writes its
+        symbolic links this way so a listing tells them apart without a HEAD)."""
+        upload_id = self.create_multipart(key, metadata)
+        try:
+            etag = self.upload_part(key, upload_id, 1, data)
+            self.complete_multipart(key, upload_id, [(1, etag)])
+        except BaseException:
+            with contextlib.suppress(QarnotGenericException):
+                self.abort_multipart(key, upload_id)
+            raise
 
     def upload(
         self,
@@ -220,12 +254,21 @@ class Bucket:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(temporary)
 
-    def copy(self, source: str, destination: str, metadata: dict[str, str] | None = None) \
-            -> None:
-        """Server-side copy; ``metadata`` replaces the source's when given."""
+    def copy(self, source: str, destination: str, metadata: dict[str, str] | None = None,
+             size: int | None = None) -> None:
+        """Server-side copy; ``metadata`` replaces the source's when given.
+
+        With the source's ``size`` known (from a listing) and below the multipart threshold,
+        one CopyObject request; else s3transfer, which HEADs the source first to choose.
+        """
         extra: dict[str, Any] = {}
         if metadata is not None:
             extra = {"Metadata": metadata, "MetadataDirective": "REPLACE"}
+        if size is not None and size < self._connection.transfer_config.multipart_threshold:
+            with storage_errors(self._name, source):
+                self._s3.copy_object(Bucket=self._name, Key=destination,
+                                     CopySource={"Bucket": self._name, "Key": source}, **extra)
+            return
         with storage_errors(self._name, source):
             self._s3.copy(
                 {"Bucket": self._name, "Key": source}, self._name, destination,
@@ -271,6 +314,65 @@ class Bucket:
                 Delete={"Objects": [{"Key": k} for k in keys], "Quiet": True},
             )
         return cast(list[dict[str, str]], answer.get("Errors", []))
+
+    # -- multipart uploads driven by the caller (the mount's resumable uploads) ----------
+
+    def create_multipart(self, key: str, metadata: dict[str, str] | None = None) -> str:
+        """Start a multipart upload of ``key``; returns its upload id."""
+        with storage_errors(self._name, key):
+            answer = self._s3.create_multipart_upload(
+                Bucket=self._name, Key=key, Metadata=metadata or {})
+        return str(answer["UploadId"])
+
+    def upload_part(self, key: str, upload_id: str, number: int, data: bytes) -> str:
+        """Send part ``number`` (from 1) of an upload; returns its ETag."""
+        with storage_errors(self._name, key):
+            answer = self._s3.upload_part(Bucket=self._name, Key=key, UploadId=upload_id,
+                                          PartNumber=number, Body=data)
+        return str(answer["ETag"])
+
+    def list_parts(self, key: str, upload_id: str) -> dict[int, tuple[str, int]] | None:
+        """The parts the storage holds for an upload ({number: (ETag, size)}), or None if
+        the upload no longer exists (completed or aborted)."""
+        parts: dict[int, tuple[str, int]] = {}
+        paginator = self._s3.get_paginator("list_parts")
+        try:
+            with storage_errors(self._name, key):
+                for page in paginator.paginate(Bucket=self._name, Key=key, UploadId=upload_id):
+                    for part in page.get("Parts", []):
+                        parts[int(part["PartNumber"])] = (str(part["ETag"]), int(part["Size"]))
+        except QarnotException as error:
+            if "NoSuchUpload" in str(error):
+                return None
+            raise
+        return parts
+
+    def complete_multipart(self, key: str, upload_id: str, etags: list[tuple[int, str]]) \
+            -> str:
+        """Assemble the parts ([(number, ETag)], in order); returns the object's ETag."""
+        with storage_errors(self._name, key):
+            answer = self._s3.complete_multipart_upload(
+                Bucket=self._name, Key=key, UploadId=upload_id,
+                MultipartUpload={"Parts": [{"PartNumber": n, "ETag": e} for n, e in etags]})
+        return str(answer.get("ETag", ""))
+
+    def abort_multipart(self, key: str, upload_id: str) -> None:
+        """Abort an upload (already gone counts as done)."""
+        try:
+            with storage_errors(self._name, key):
+                self._s3.abort_multipart_upload(Bucket=self._name, Key=key, UploadId=upload_id)
+        except QarnotException as error:
+            if "NoSuchUpload" not in str(error):
+                raise
+
+    def list_multipart_uploads(self, prefix: str = "") -> list[tuple[str, str]]:
+        """The unfinished multipart uploads under ``prefix``, as (key, upload id)."""
+        found: list[tuple[str, str]] = []
+        paginator = self._s3.get_paginator("list_multipart_uploads")
+        with storage_errors(self._name):
+            for page in paginator.paginate(Bucket=self._name, Prefix=prefix):
+                found.extend((u["Key"], u["UploadId"]) for u in page.get("Uploads", []))
+        return found
 
     def _abort_multipart_uploads(self) -> None:
         with storage_errors(self._name):

@@ -100,6 +100,22 @@ _ERROR_CODES: dict[str, type[QarnotException]] = {
     "AllAccessDisabled": UnauthorizedException,
 }
 
+# Said when the server gives a code without a message (Ceph RGW often does).
+_DESCRIPTIONS: dict[str, str] = {
+    "InvalidBucketName": "the bucket name is not valid",
+    "BucketAlreadyExists": "the bucket name is taken by another account",
+    "BucketNotEmpty": "the bucket is not empty",
+    "NoSuchBucket": "the bucket does not exist",
+    "NoSuchKey": "no such object",
+    "AccessDenied": "access denied",
+    "InvalidAccessKeyId": "the access key is not known to the storage",
+    "SignatureDoesNotMatch": "the secret key is wrong",
+    "SlowDown": "the storage asks to slow down",
+    "EntityTooLarge": "the object is too large",
+    "KeyTooLongError": "the key is too long",
+    "QuotaExceeded": "the storage quota is exceeded",
+}
+
 _UNREACHABLE = (
     EndpointConnectionError,
     ConnectTimeoutError,
@@ -132,7 +148,7 @@ def translate(
         return QarnotGenericException(str(error))
     if isinstance(error, ClientError):
         code = error_code(error)
-        message = error.response.get("Error", {}).get("Message") or code
+        message = error.response.get("Error", {}).get("Message") or _DESCRIPTIONS.get(code, code)
         cls = _ERROR_CODES.get(code, QarnotGenericException)
         if cls is MissingObjectException and key is None:
             cls = MissingBucketException

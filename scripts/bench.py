@@ -18,6 +18,7 @@ import argparse
 import contextlib
 import os
 import shlex
+import shutil
 import signal
 import sys
 import tempfile
@@ -28,7 +29,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from benchlib.mounts import MOUNTS, Mount, QarnotfsMount, venv_tool
+from benchlib.mounts import MOUNTS, Mount, QarnotfsMount, mounts_under, venv_tool
 from benchlib.report import (
     Sample,
     Summary,
@@ -37,9 +38,9 @@ from benchlib.report import (
     requests_table,
     summarize,
     table,
+    tool_version,
     write_json,
 )
-from benchlib.report import _version as tool_version
 from benchlib.server import (
     BenchError,
     Endpoint,
@@ -260,42 +261,54 @@ def available_peers(notes: list[str]) -> list[str]:
     return peers
 
 
+def peer_versions(peers: list[str]) -> str:
+    versions = []
+    if "s3fs" in peers:
+        versions.append(f"s3fs {tool_version(['s3fs', '--version'])}")
+    if "rclone" in peers:
+        versions.append(tool_version([str(venv_tool("rclone")), "version"]))
+    return ", ".join(versions) or "none installed"
+
+
+def print_results(bench: Bench, summaries: list[Summary], peers: list[str]) -> list[str]:
+    """Print the tables, notes and errors; return the errors."""
+    print()
+    print(table(summaries, peers))
+    if bench.endpoint.log_path:
+        print()
+        print("S3 requests of each tool during the measurement (from moto's log; "
+              "the benchmark's own checks of the bucket left out):")
+        print(requests_table(summaries, ["qarnotfs", *peers]))
+    for note in bench.notes:
+        print(f"note: {note}")
+    errors = [error for summary in summaries for error in summary.errors]
+    for error in errors:
+        print(f"error: {error}")
+    return errors
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     interrupt_on_sigterm()
-    command = shlex.join([Path(sys.executable).name, *sys.argv])
-    backend = "given endpoint (--endpoint-from-env)" if args.endpoint_from_env else args.backend
-    facts = machine(backend)
-    notes: list[str] = []
-    peers = available_peers(notes) if args.peers else []
-    if args.peers:
-        facts["peers"] = ", ".join(
-            [f"s3fs {tool_version(['s3fs', '--version'])}" if "s3fs" in peers else "",
-             f"{tool_version([str(venv_tool('rclone')), 'version'])}" if "rclone" in peers
-             else ""]).strip(", ")
     why = QarnotfsMount.missing()
     if why:
         print(f"error: {why}", file=sys.stderr)
         return 2
+    command = shlex.join([Path(sys.executable).name, *sys.argv])
+    facts = machine("given endpoint (--endpoint-from-env)" if args.endpoint_from_env
+                    else args.backend)
+    notes: list[str] = []
+    peers = available_peers(notes) if args.peers else []
+    if args.peers:
+        facts["peers"] = peer_versions(peers)
     scratch = Path(tempfile.mkdtemp(prefix="qarnotfs-bench-", dir=args.workdir))
     try:
         with server(args, scratch) as endpoint:
             bench = Bench(args, endpoint, scratch)
             bench.notes += notes
-            print(header(command, facts, bench.sizes, []), flush=True)
+            print(header(command, facts, bench.sizes), flush=True)
             summaries = bench.run(["qarnotfs", *peers])
-            print()
-            print(table(summaries, peers))
-            if endpoint.log_path:
-                print()
-                print("S3 requests of each tool during the measurement (from moto's log; "
-                      "the benchmark's own checks of the bucket left out):")
-                print(requests_table(summaries, ["qarnotfs", *peers]))
-            for note in bench.notes:
-                print(f"note: {note}")
-            errors = [error for summary in summaries for error in summary.errors]
-            for error in errors:
-                print(f"error: {error}")
+            errors = print_results(bench, summaries, peers)
             if args.json:
                 write_json(args.json, command, facts, bench.sizes, bench.samples, summaries,
                            bench.notes)
@@ -306,10 +319,7 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted: mounts unmounted, buckets and server cleaned up", file=sys.stderr)
         return 130
     finally:
-        if args.keep_scratch:
-            print(f"scratch folder kept: {scratch}", file=sys.stderr)
-        else:
-            _remove_tree(scratch)
+        remove_scratch(scratch, keep=args.keep_scratch)
     if errors:
         return 1
     if args.fail_on_miss and any(summary.met is False for summary in summaries):
@@ -317,14 +327,13 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _remove_tree(path: Path) -> None:
-    """Remove the scratch folder, never following into a mount left behind."""
-    import shutil
-
-    for mountpoint in path.rglob("mnt"):
-        if os.path.ismount(mountpoint):
-            print(f"warning: {mountpoint} still mounted; leaving {path}", file=sys.stderr)
-            return
+def remove_scratch(path: Path, keep: bool) -> None:
+    """Remove the scratch folder, unless asked to keep it or a mount is still inside."""
+    left = mounts_under(path)
+    if keep or left:
+        reason = f"still mounted: {', '.join(left)}" if left else "--keep-scratch"
+        print(f"scratch folder kept ({reason}): {path}", file=sys.stderr)
+        return
     shutil.rmtree(path, ignore_errors=True)
 
 

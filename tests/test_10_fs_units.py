@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import logging
 import stat
+from dataclasses import replace
 from datetime import datetime, timezone
 
 import pytest
@@ -25,6 +26,7 @@ from qarnotfs.fs.attrs import (
     encode_metadata,
     format_time,
     is_symlink,
+    may_be_symlink,
     object_attributes,
     parse_time,
 )
@@ -147,7 +149,13 @@ def test_the_type_rule() -> None:
     assert is_symlink(5, link_mode)
     assert not is_symlink(0, link_mode) and not is_symlink(4096, link_mode)
     assert not is_symlink(5, None) and not is_symlink(5, {"mode": "x"})
-    assert object_attributes(info("l", 5, link_mode), DEFAULTS).mode == stat.S_IFLNK | 0o777
+    assert object_attributes(info("l", 5, link_mode), DEFAULTS).mode == stat.S_IFREG | 0o777
+    small = replace(DEFAULTS, symlink_scan="small")
+    assert object_attributes(info("l", 5, link_mode), small).mode == stat.S_IFLNK | 0o777
+    marked = replace(info("l", 5, link_mode), e_tag='"0123456789abcdef0123456789abcdef-1"')
+    assert object_attributes(marked, DEFAULTS).mode == stat.S_IFLNK | 0o777
+    assert may_be_symlink(5, marked.e_tag, "marked") and not may_be_symlink(5, '"x"', "marked")
+    assert may_be_symlink(5, '"x"', "small") and not may_be_symlink(4096, marked.e_tag, "small")
     old_s3fs_dir = {"mode": str(stat.S_IFDIR | 0o750)}
     assert object_attributes(info("d", 0, old_s3fs_dir), DEFAULTS).mode == stat.S_IFREG | 0o750
     fifo = {"mode": str(stat.S_IFIFO | 0o600)}

@@ -48,6 +48,7 @@ from qarnotfs.exceptions import (
     UnauthorizedException,
 )
 from qarnotfs.fs import status
+from qarnotfs.fs.staging import staged_copies
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -452,7 +453,7 @@ def test_mount_upload_cut_keeps_data_staged_and_a_later_fsync_uploads_it(
                             input=data, capture_output=True, timeout=60, check=True)
     assert result.stdout.decode().strip() == "EIO", result.stderr
     assert "precious" not in bucket_keys(s3_client, bucket_name)
-    staged = [p for p in proxied_mount.staging_dir.rglob("*") if p.is_file()]
+    staged = staged_copies(proxied_mount.staging_dir)
     assert [p.read_bytes() == data for p in staged] == [True], staged
     assert staged[0].stat().st_mode & 0o777 == 0o600
     assert_serving(proxied_mount)
@@ -465,7 +466,7 @@ def test_mount_upload_cut_keeps_data_staged_and_a_later_fsync_uploads_it(
                    capture_output=True, timeout=60, check=True)
     assert bucket_bytes(s3_client, bucket_name, "precious") == data
     assert (mnt / "precious").read_bytes() == data
-    wait_until(lambda: not any(p.is_file() for p in proxied_mount.staging_dir.rglob("*")),
+    wait_until(lambda: not staged_copies(proxied_mount.staging_dir),
                timeout=10, message="the staged copy to be freed once uploaded")
 
 
@@ -480,7 +481,7 @@ def test_unmount_with_uploads_failing_keeps_the_staged_copy_and_says_where(
     result = qarnotfs("unmount", proxied_mount.mountpoint, "--timeout", "60", env=s3_env)
     assert result.returncode == 0, result.stderr
     assert proxied_mount.pid is not None and not status.process_alive(proxied_mount.pid)
-    kept = [p for p in proxied_mount.staging_dir.rglob("*") if p.is_file()]
+    kept = staged_copies(proxied_mount.staging_dir)
     assert [p.read_bytes() == data for p in kept] == [True], kept
     log = proxied_mount.log_text()
     assert f"staged copies that could not be uploaded are kept in {kept[0].parent}" in log
@@ -511,7 +512,7 @@ def test_mount_open_for_writing_fails_cleanly_when_the_download_fails(
                             capture_output=True, timeout=60, check=True)
     assert result.stdout.strip() in ("EIO", "ETIMEDOUT"), result.stdout
     assert bucket_bytes(s3_client, bucket_name, "doc") == b"original\n"
-    assert not [p for p in proxied_mount.staging_dir.rglob("*") if p.is_file()]
+    assert not staged_copies(proxied_mount.staging_dir)
     assert_serving(proxied_mount)
     proxy.clear()
     result = subprocess.run([sys.executable, "-c", append, mnt / "doc"], text=True,
@@ -627,7 +628,7 @@ def test_mount_process_killed_keeps_unsaved_writes_in_staging(
         finally:
             process.kill()
             process.wait(timeout=30)
-        kept = [p for p in mount.staging_dir.rglob("*") if p.is_file()]
+        kept = staged_copies(mount.staging_dir)
         assert [p.read_bytes() == data for p in kept] == [True], kept
         assert stat_mode(kept[0]) == 0o600
         assert "unsaved" not in bucket_keys(s3_client, bucket_name)

@@ -6,12 +6,17 @@ with type bits, ``-uid``, ``-gid``, ``-mtime``/``-atime``/``-ctime`` = decimal s
 an optional fraction), and the rule that decides an object's type:
 
 * a key ending in ``/`` or a common prefix is a folder;
-* an object is a symbolic link when its metadata mode says S_IFLNK AND its size is 1 to
-  4095 bytes (a possible link target); otherwise it is a regular file, whatever its
-  metadata says (s3fs's old ``dir`` objects, FIFOs and devices show as regular files).
+* an object is a symbolic link when its metadata mode says S_IFLNK AND it is a *link
+  candidate*: 1 to 4095 bytes (a possible link target) and, with the default
+  ``symlink_scan="marked"``, a multipart ETag (``...-1``: qarnotfs writes its links as a
+  one-part multipart upload, a mark a listing shows). With ``symlink_scan="small"`` every
+  object of 1 to 4095 bytes is a candidate (s3fs writes links with a plain PUT).
+  Otherwise it is a regular file, whatever its metadata says (s3fs's old ``dir``
+  objects, FIFOs and devices show as regular files).
 
-Keeping the type a function of (key, size, metadata) alone lets a listing and a HEAD
-agree, which the kernel requires (an inode never changes type).
+Keeping the type a function of (key, size, ETag, metadata) lets a listing and a HEAD
+agree, which the kernel requires (an inode never changes type), and lets a listing HEAD
+only the candidates.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import stat
 import time
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
+from typing import Literal
 
 from ..objects import ObjectInfo
 
@@ -31,6 +37,8 @@ SYMLINK_MAX = 4095
 BLOCK_SIZE = 4096
 _NS = 1_000_000_000
 PERMISSION_BITS = 0o7777
+SymlinkScan = Literal["marked", "small"]
+SYMLINK_SCANS: tuple[SymlinkScan, ...] = ("marked", "small")
 
 
 @dataclass
@@ -86,6 +94,8 @@ class Defaults:
     umask: int = 0o022
     time_ns: int = 0
     """Times of folders that have no marker object (the mount's start)."""
+    symlink_scan: SymlinkScan = "marked"
+    """Which objects may be links (see the module docstring)."""
 
     @property
     def file_mode(self) -> int:
@@ -139,17 +149,27 @@ def encode_metadata(attrs: Attributes) -> dict[str, str]:
     }
 
 
-def is_symlink(size: int, metadata: dict[str, str] | None) -> bool:
-    """The type rule: a link has S_IFLNK in its metadata mode and 1 to 4095 bytes."""
-    if not metadata or not 0 < size <= SYMLINK_MAX:
+def is_symlink(size: int, metadata: dict[str, str] | None, e_tag: str = "",
+               scan: SymlinkScan = "small") -> bool:
+    """The type rule: a link candidate (see :func:`may_be_symlink`) with S_IFLNK in its
+    metadata mode."""
+    if not metadata or not may_be_symlink(size, e_tag, scan):
         return False
     mode = parse_int(metadata.get("mode"))
     return mode is not None and stat.S_ISLNK(mode)
 
 
-def may_be_symlink(size: int) -> bool:
-    """True if an object of this size could be a link (worth a HEAD to find out)."""
-    return 0 < size <= SYMLINK_MAX
+def is_multipart_etag(e_tag: str) -> bool:
+    """True for the ETag of a multipart upload (``"<md5 of md5s>-<parts>"``)."""
+    return "-" in e_tag
+
+
+def may_be_symlink(size: int, e_tag: str = "", scan: SymlinkScan = "small") -> bool:
+    """True if an object could be a link (worth a HEAD to find out), from what a listing
+    shows: 1 to 4095 bytes and, unless ``scan`` is "small", a multipart ETag."""
+    if not 0 < size <= SYMLINK_MAX:
+        return False
+    return scan == "small" or is_multipart_etag(e_tag)
 
 
 def _timestamp_ns(info: ObjectInfo | None) -> int:
@@ -179,7 +199,8 @@ def _or(value: int | None, default: int) -> int:
 def object_attributes(info: ObjectInfo, defaults: Defaults) -> Attributes:
     """The attributes of a file or link object (metadata used when ``info`` has it)."""
     time_ns = _timestamp_ns(info)
-    kind = stat.S_IFLNK if is_symlink(info.size, info.metadata) else stat.S_IFREG
+    link = is_symlink(info.size, info.metadata, info.e_tag, defaults.symlink_scan)
+    kind = stat.S_IFLNK if link else stat.S_IFREG
     attrs = Attributes(mode=kind | (defaults.file_mode & PERMISSION_BITS), size=info.size,
                        uid=defaults.uid, gid=defaults.gid, atime_ns=time_ns,
                        mtime_ns=time_ns, ctime_ns=time_ns)

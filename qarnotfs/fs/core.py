@@ -3,7 +3,9 @@
 Owns: :class:`FsOptions` and :class:`Filesystem`, the semantics of every call the FUSE
 adapter forwards: which requests each call makes, when content is staged and uploaded,
 what is refused with which errno. Lookups and listings are delegated to
-:mod:`.namespace`, attributes to :mod:`.attrs`, local copies to :mod:`.staging`.
+:mod:`.namespace`, attributes to :mod:`.attrs`, local copies to :mod:`.staging` (and their
+journal), uploads and their background retries to :mod:`.uploader`, what a crashed mount
+left to :mod:`.recovery`.
 
 Thread safety. Lock order (never take an earlier lock while holding a later one):
 
@@ -27,6 +29,7 @@ import errno
 import itertools
 import logging
 import os
+import sqlite3
 import stat
 import threading
 import time
@@ -38,27 +41,35 @@ from typing import TYPE_CHECKING
 
 import platformdirs
 
+from ..connection import PART_SIZE
 from ..exceptions import QarnotException
+from . import recovery
 from .attrs import (
     PERMISSION_BITS,
     SYMLINK_MAX,
     Attributes,
     Defaults,
+    SymlinkScan,
     dir_attributes,
     encode_metadata,
+    may_be_symlink,
     now_ns,
     object_attributes,
 )
 from .errors import FsError
 from .handles import Handle, OpenFile
+from .journal import UPLOADING
 from .keys import KEY_MAX, KeyMapper, is_within, name_of, normalize, parent_of
 from .metacache import MetaCache, Node
 from .namespace import Namespace
 from .reader import Reader
 from .staging import StagedFile, StagingArea
+from .status import pending_summary
+from .uploader import RetryQueue, Uploader
 
 if TYPE_CHECKING:
     from ..bucket import Bucket
+    from ..objects import ObjectInfo
 
 log = logging.getLogger(__name__)
 
@@ -90,8 +101,18 @@ class FsOptions:
     statfs_total_inodes: int = 1 << 32
     workers: int = 16
     """Parallel requests for listings' HEADs and folder renames."""
+    read_workers: int = 16
+    """Parallel ranged GETs of the read-ahead, shared by all open files."""
+    symlink_scan: SymlinkScan = "marked"
+    """Which listed objects are HEADed to find links: "marked" (only qarnotfs's, one
+    multipart part), "small" (every object of 1 to 4095 bytes: s3fs's links too)."""
     clock: Callable[[], float] = time.monotonic
     """The caches' clock (tests inject one to expire entries without sleeping)."""
+    retry_first_delay: float = 0.5
+    retry_max_delay: float = 30.0
+    """A failed upload is retried in the background after 0.5 s, then twice as long after
+    each failure, at most every 30 s."""
+    part_size: int = PART_SIZE
 
 
 class Filesystem:
@@ -101,19 +122,33 @@ class Filesystem:
         self.bucket = bucket
         self.options = options
         self.keys = KeyMapper(options.prefix)
-        self.defaults = Defaults(options.uid, options.gid, options.umask, time_ns=now_ns())
+        self.defaults = Defaults(options.uid, options.gid, options.umask, time_ns=now_ns(),
+                                 symlink_scan=options.symlink_scan)
         self.cache = MetaCache(options.cache_ttl, options.negative_ttl, options.cache_size,
                                timer=options.clock)
         self._pool = ThreadPoolExecutor(max_workers=max(1, options.workers),
                                         thread_name_prefix="qarnotfs-fs")
+        self._read_pool = ThreadPoolExecutor(max_workers=max(1, options.read_workers),
+                                             thread_name_prefix="qarnotfs-read")
         self.namespace = Namespace(bucket, self.keys, self.cache, self.defaults, self._pool)
-        self._staging = StagingArea(options.staging_dir)
+        self._staging = StagingArea(options.staging_dir, bucket.name, self.keys.prefix)
         self._namespace_lock = threading.RLock()
         self._files: dict[str, OpenFile] = {}
         self._handles: dict[int, Handle] = {}
         self._handles_lock = threading.Lock()
         self._numbers = itertools.count(1)
         self._caller = threading.local()
+        self._uploader = Uploader(bucket, self._staging.journal, options.part_size,
+                                  bucket.connection.max_concurrency)
+        self._retries: RetryQueue[OpenFile] = RetryQueue(
+            self._retry_upload, options.retry_first_delay, options.retry_max_delay)
+        self._shut_down = False
+        self._recover()
+
+    @property
+    def staging_root(self) -> Path:
+        """This mount's staging folder (its journal is there)."""
+        return self._staging.root
 
     # == context =========================================================================
 
@@ -202,7 +237,8 @@ class Filesystem:
     def _new_handle(self, held: OpenFile, flags: int) -> int:
         number = next(self._numbers)
         with self._handles_lock:
-            self._handles[number] = Handle(number, held, flags, Reader(self.bucket))
+            self._handles[number] = Handle(number, held, flags,
+                                           Reader(self.bucket, self._read_pool))
         return number
 
     def open(self, path: str, flags: int) -> int:
@@ -263,6 +299,29 @@ class Filesystem:
     def _touch(self, held: OpenFile) -> None:
         held.dirty = True
         held.attrs.mtime_ns = held.attrs.ctime_ns = now_ns()
+        self._track(held)
+
+    def _track(self, held: OpenFile) -> int:
+        """The journal entry of ``held`` (about to be dirty), recorded the first time.
+
+        For an existing object, its ETag then is the base a recovery compares with (one
+        HEAD, unless the mount just uploaded it).
+        """
+        if held.journal_id is not None:
+            return held.journal_id
+        assert held.staged is not None
+        if held.on_bucket and held.base is None:
+            info = self.bucket.stat(held.key)
+            held.base = (info.etag, info.last_modified.isoformat()) if info else None
+        attrs = held.attrs
+        with self._staging.guard(f"journaling {held.path}"):
+            held.journal_id = self._staging.journal.add(
+                staged=held.staged.path.name, path=held.path, key=held.key,
+                bucket=self.bucket.name, prefix=self.keys.prefix,
+                base_etag=held.base[0] if held.base else None,
+                base_modified=held.base[1] if held.base else None,
+                mode=attrs.mode, uid=attrs.uid, gid=attrs.gid, mtime_ns=attrs.mtime_ns)
+        return held.journal_id
 
     def create(self, path: str, mode: int, flags: int) -> int:
         self._check_writable()
@@ -284,6 +343,11 @@ class Filesystem:
                 staged = self._staging.new_file(name_of(path))
             held = OpenFile(path, key, attrs, on_bucket=False, dirty=True, handles=1,
                             staged=staged)
+            try:
+                self._track(held)
+            except BaseException:
+                staged.discard()
+                raise
             self._files[path] = held
         return self._new_handle(held, flags)
 
@@ -305,6 +369,7 @@ class Filesystem:
             assert held.staged is not None
             if handle.appending:
                 offset = held.attrs.size
+            self._track(held)  # before the bytes land: a crash must find them
             try:
                 with self._staging.guard(f"writing {held.path}"):
                     written = held.staged.write(data, offset)
@@ -358,8 +423,12 @@ class Filesystem:
             if held.handles > 0:
                 return
         if held.dirty and not held.unlinked:
-            with contextlib.suppress(FsError):  # logged; the file stays dirty and staged
+            with contextlib.suppress(FsError):  # logged; retried in the background
                 self._upload(held)
+        self._release_if_idle(held)
+
+    def _release_if_idle(self, held: OpenFile) -> None:
+        """Free the staged copy of a file no handle holds once nothing is pending."""
         with self._namespace_lock, held.lock:
             if held.handles > 0:
                 return
@@ -368,22 +437,101 @@ class Filesystem:
                 if self._files.get(held.path) is held:
                     del self._files[held.path]
 
+    def _retry_upload(self, held: OpenFile) -> None:
+        """The background retry of a failed upload (a new failure schedules the next)."""
+        try:
+            self._upload(held)
+        except FsError:
+            return
+        self._release_if_idle(held)
+
     def _upload(self, held: OpenFile) -> None:
-        """Upload the staged copy if it is newer than the object; FsError(EIO) on failure."""
+        """Upload the staged copy if it is newer than the object; FsError(EIO) on failure
+        (the copy and its journal entry stay, and a background retry is scheduled)."""
         with held.lock:
             if not held.dirty or held.unlinked or held.staged is None:
                 return
             attrs = held.current_attrs()
             try:
-                self.bucket.upload(held.key, held.staged.path, encode_metadata(attrs))
-            except (QarnotException, OSError) as error:
-                log.error("upload of %r failed (the staged copy %s is kept, a later "
-                          "close or fsync retries): %s", held.key, held.staged.path, error)
+                entry_id = self._track(held)
+                self._staging.journal.update(
+                    entry_id, state=UPLOADING, mode=attrs.mode, uid=attrs.uid, gid=attrs.gid,
+                    mtime_ns=attrs.mtime_ns)
+                if held.recovered:
+                    self._settle(held, entry_id)
+                if held.dirty:
+                    self._uploader.upload(entry_id, held.key, held.staged.path,
+                                          encode_metadata(attrs))
+            except (QarnotException, OSError, sqlite3.Error, FsError) as error:
+                self._upload_failed(held, error)
                 raise FsError(errno.EIO, f"upload of {held.key} failed: {error}") from error
+            self._staging.journal.remove(entry_id)
+            held.journal_id, held.base, held.recovered = None, None, False
+            self._retries.forget(held)
+            if held.dirty:
+                log.info("uploaded %r (%d bytes)", held.key, attrs.size)
             held.dirty = False
             held.on_bucket = True
-            log.info("uploaded %r (%d bytes)", held.key, attrs.size)
             self.cache.put(held.path, Node(attrs, exact=True))
+
+    def _upload_failed(self, held: OpenFile, error: BaseException) -> None:
+        assert held.staged is not None
+        if held.journal_id is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._staging.journal.failed(held.journal_id, str(error))
+        delay = self._retries.schedule(held)
+        log.error("upload of %r failed (the staged copy %s is kept and retried in the "
+                  "background in %.1f s): %s", held.key, held.staged.path, delay, error)
+
+    def _settle(self, held: OpenFile, entry_id: int) -> None:
+        """Before the first upload of a recovered file: where it goes (a conflict moves
+        it to a new name), or nothing to send (``held.dirty`` cleared)."""
+        old_path = held.path
+        if not recovery.settle(self.bucket, held, self.options.part_size):
+            held.dirty = False
+            return
+        if held.path != old_path:
+            self._staging.journal.update(entry_id, path=held.path, key=held.key)
+            with self._namespace_lock:
+                if self._files.get(old_path) is held:
+                    del self._files[old_path]
+                self._files[held.path] = held
+
+    def _recover(self) -> None:
+        """Take over what crashed mounts left: their dirty files become pending uploads
+        (retried at once in the background), their unfinished uploads are resumed or
+        aborted."""
+        journal = self._staging.journal
+        with self._staging.orphans() as orphans:
+            for folder, other in orphans:
+                for entry in other.entries():
+                    if (folder / entry.staged).is_file():
+                        os.replace(folder / entry.staged, self._staging.root / entry.staged)
+                        journal.adopt(entry, other.parts(entry.id))
+                    other.remove(entry.id, abandon=False)
+        entries = journal.entries()
+        kept: set[str] = set()
+        for entry in entries:
+            staged = self._staging.root / entry.staged
+            if not staged.is_file() or entry.path in self._files:
+                log.error("the journal names %s for %r, but it is %s", staged, entry.key,
+                          "missing" if not staged.is_file() else "a duplicate")
+                journal.remove(entry.id, abandon=True)
+                continue
+            kept.add(entry.staged)
+            held = recovery.reopen(entry, staged)
+            self._files[held.path] = held
+            self._retries.schedule(held, now=True)
+        self._staging.remove_strays(kept)
+        if kept:
+            log.warning("a previous mount stopped with %d file(s) not uploaded; uploading "
+                        "them now: %s", len(kept), ", ".join(sorted(
+                            e.path for e in entries if e.staged in kept)[:10]))
+        if kept or journal.abandoned():
+            try:
+                self._uploader.clean_orphans(self.keys.prefix)
+            except QarnotException as error:
+                log.warning("could not check for unfinished uploads: %s", error)
 
     # == namespace changes ===============================================================
 
@@ -408,10 +556,19 @@ class Filesystem:
                 self._stage(held)  # its handles must keep reading after the delete
             held.unlinked = True
             held.dirty = False
+            self._forget_journal(held)
             if self._files.get(held.path) is held:
                 del self._files[held.path]
             if held.handles == 0:
                 held.discard_staged()
+
+    def _forget_journal(self, held: OpenFile) -> None:
+        """Nothing of ``held`` is to be uploaded any more (deleted, or uploaded aside)."""
+        self._retries.forget(held)
+        if held.journal_id is not None:
+            self._staging.journal.remove(held.journal_id, abandon=True)
+            held.journal_id = None
+        held.base = None
 
     def _keep_folder(self, folder: str) -> None:
         """Write the marker of ``folder`` if removing its last entry made it vanish.
@@ -421,7 +578,7 @@ class Filesystem:
         """
         if folder == "/":
             return
-        if self.cache.listing(folder):
+        if self.cache.listing_size(folder):
             return
         if any(is_within(held.path, folder) for held in self._files.values()):
             return
@@ -470,9 +627,8 @@ class Filesystem:
                for held in self._files.values()):
             raise FsError(errno.ENOTEMPTY, path)
         prefix = self.keys.dir_prefix(path)
-        for info in itertools.islice(self.bucket.iter_objects(prefix), 2):
-            if info.key != prefix:
-                raise FsError(errno.ENOTEMPTY, path)
+        if any(key != prefix for key in self.bucket.first_keys(prefix, 2)):
+            raise FsError(errno.ENOTEMPTY, path)
         return prefix
 
     def symlink(self, target: str, link_path: str) -> None:
@@ -491,7 +647,8 @@ class Filesystem:
             uid, gid = self._owner()
             now = now_ns()
             attrs = Attributes(stat.S_IFLNK | 0o777, len(body), uid, gid, now, now, now)
-            self.bucket.put(key, body, encode_metadata(attrs))
+            # Marked, so that listings tell it is a link without a HEAD (attrs.py).
+            self.bucket.put_marked(key, body, encode_metadata(attrs))
             self.cache.put(path, Node(attrs, exact=True))
 
     def link(self, target: str, link_path: str) -> None:
@@ -539,13 +696,14 @@ class Filesystem:
         held = self._files.get(old)
         attrs = source.attrs
         if held is None:
-            self.bucket.copy(old_key, new_key)
+            self._copy_key(old_key, new_key, attrs.size, link=attrs.is_link)
         else:
             with held.lock:
                 attrs = held.current_attrs()
                 if held.dirty and held.staged is not None:
                     self.bucket.upload(new_key, held.staged.path, encode_metadata(attrs))
                     held.dirty = False
+                    self._forget_journal(held)
                 else:
                     self.bucket.copy(old_key, new_key)
                 held.path, held.key, held.on_bucket = new, new_key, True
@@ -563,7 +721,7 @@ class Filesystem:
         moves = [(info.key, new_prefix + info.key[len(old_prefix):]) for info in infos]
         if any(len(key.encode("utf-8")) > KEY_MAX for _, key in moves):
             raise FsError(errno.ENAMETOOLONG, f"a key under {new} would be too long")
-        self._copy_all(moves, keep=new_prefix if replacing else None)
+        self._copy_all(moves, infos, keep=new_prefix if replacing else None)
         if not infos:  # a folder the mount knows but the bucket has no key for yet
             self.bucket.put(new_prefix, b"", encode_metadata(source.attrs))
         for held in [h for h in self._files.values() if is_within(h.path, old)]:
@@ -572,26 +730,44 @@ class Filesystem:
                 held.path = new + held.path[len(old):]
                 held.key = self.keys.file_key(held.path)
                 self._files[held.path] = held
+                if held.journal_id is not None:
+                    self._staging.journal.update(held.journal_id, path=held.path, key=held.key)
         self.bucket.delete_many(key for key, _ in moves)
         self.cache.remove(old, tree=True)
         self.cache.forget(new)
         self.cache.put(new, source)
 
-    def _copy_all(self, moves: list[tuple[str, str]], keep: str | None) -> None:
+    def _copy_key(self, source: str, destination: str, size: int | None, link: bool,
+                  metadata: dict[str, str] | None = None) -> None:
+        """Server-side copy (one request when ``size`` is known), except for links: a
+        CopyObject would drop their mark (the multipart ETag), so they are written again."""
+        if not link:
+            self.bucket.copy(source, destination, metadata, size=size)
+            return
+        if metadata is None:
+            info = self.bucket.stat(source)
+            if info is None:
+                raise FsError(errno.ENOENT, source)
+            metadata = info.metadata or {}
+        self.bucket.put_marked(destination, self.bucket.read(source), metadata)
+
+    def _copy_all(self, moves: list[tuple[str, str]], infos: list[ObjectInfo],
+                  keep: str | None) -> None:
         """Copy every (source, destination) in parallel; all or nothing.
 
         If one copy fails, the copies already made are deleted (except ``keep``, the
         marker of a folder being replaced) and the first error is raised, so a failed
         rename leaves no half-copied destination that could pass for the result.
         """
-        def copy(move: tuple[str, str]) -> QarnotException | None:
+        def copy(move: tuple[str, str], info: ObjectInfo) -> QarnotException | FsError | None:
+            marked = may_be_symlink(info.size, info.e_tag, "marked")
             try:
-                self.bucket.copy(*move)
-            except QarnotException as error:
+                self._copy_key(*move, size=info.size, link=marked)
+            except (QarnotException, FsError) as error:
                 return error
             return None
 
-        outcomes = list(self._pool.map(copy, moves))
+        outcomes = list(self._pool.map(copy, moves, infos))
         failures = [error for error in outcomes if error is not None]
         if not failures:
             return
@@ -644,6 +820,7 @@ class Filesystem:
                     change(held.attrs)
                     held.attrs.ctime_ns = now_ns()
                     held.dirty = True
+                    self._track(held)
                 return
             node = self.namespace.lookup(path)
             if node.attrs.is_dir:
@@ -665,7 +842,8 @@ class Filesystem:
         attrs = object_attributes(info, self.defaults)
         change(attrs)
         attrs.ctime_ns = now_ns()
-        self.bucket.copy(key, key, {**(info.metadata or {}), **encode_metadata(attrs)})
+        self._copy_key(key, key, info.size, may_be_symlink(info.size, info.e_tag, "marked"),
+                       {**(info.metadata or {}), **encode_metadata(attrs)})
         return attrs
 
     # == lifecycle =======================================================================
@@ -675,7 +853,16 @@ class Filesystem:
         return sorted(h.path for h in list(self._files.values()) if h.dirty and not h.unlinked)
 
     def shutdown(self) -> None:
-        """Upload what is pending (one last try), close every copy, free the staging area."""
+        """Upload what is pending (one last try), close every copy, free the staging area
+        (kept, with its journal, if something could not be uploaded: the next mount of
+        the bucket and prefix with this staging folder uploads it)."""
+        if self._shut_down:
+            return
+        self._shut_down = True
+        self._retries.stop()
+        summary = pending_summary(str(self._staging.root))
+        if summary:
+            log.info("waiting for %s", summary)
         failed = False
         for held in list(self._files.values()):
             try:
@@ -697,4 +884,7 @@ class Filesystem:
                     handle.file.discard_staged()
             self._handles.clear()
         self._pool.shutdown(wait=True)
+        self._read_pool.shutdown(wait=True, cancel_futures=True)
+        with contextlib.suppress(QarnotException, sqlite3.Error):
+            self._uploader.abort_abandoned()
         self._staging.close(keep=failed)

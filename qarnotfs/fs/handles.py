@@ -1,9 +1,9 @@
 """Open files and their handles: the state the core keeps while files are open or dirty.
 
 Owns: :class:`OpenFile` (one per path that is open or has content not yet uploaded: its
-current path and key, attributes, staged copy, dirty and unlinked flags, handle count and
-lock) and :class:`Handle` (one per open(2): flags and read-ahead reader). Several handles
-of one path share one OpenFile, so they all see the same bytes.
+current path and key, attributes, staged copy, dirty and unlinked flags, handle count,
+lock and journal entry) and :class:`Handle` (one per open(2): flags and read-ahead
+reader). Several handles of one path share one OpenFile, so they all see the same bytes.
 """
 
 from __future__ import annotations
@@ -31,6 +31,13 @@ class OpenFile:
     unlinked: bool = False
     handles: int = 0
     lock: threading.RLock = field(default_factory=threading.RLock)
+    journal_id: int | None = None
+    """Its entry in the staging journal, while it is dirty."""
+    base: tuple[str, str] | None = None
+    """ETag and LastModified of the object its staged content derives from, once known
+    (None with ``on_bucket`` False: there was no object)."""
+    recovered: bool = False
+    """Left dirty by a mount that crashed: check for a conflict before uploading."""
 
     def current_attrs(self) -> Attributes:
         """The attributes as stat shows them now (nlink 0 once unlinked).

@@ -118,6 +118,22 @@ class MetaCache:
                 return None
             return {name: node.copy() for name, node in children.items()}
 
+    def child(self, folder: str, name: str) -> tuple[bool, Node | None]:
+        """(True, its node or None if absent) when ``folder``'s listing is cached, else
+        (False, None); copies one node, not the whole listing."""
+        with self._lock:
+            children = self._listings.get(folder)
+            if not isinstance(children, dict):
+                return False, None
+            node = children.get(name)
+        return True, node.copy() if isinstance(node, Node) else None
+
+    def listing_size(self, folder: str) -> int | None:
+        """How many entries the cached listing of ``folder`` has (None if not cached)."""
+        with self._lock:
+            children = self._listings.get(folder)
+            return len(children) if isinstance(children, dict) else None
+
     def put(self, path: str, node: Node) -> None:
         """Record that ``path`` exists with these attributes (and patch its parent's listing)."""
         with self._lock:

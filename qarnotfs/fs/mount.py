@@ -128,6 +128,14 @@ def _flag(text: str) -> bool:
     raise ValueError(text)
 
 
+def _symlink_scan(text: str) -> str:
+    from .attrs import SYMLINK_SCANS
+
+    if text not in SYMLINK_SCANS:
+        raise ValueError(text)
+    return text
+
+
 @dataclass(frozen=True)
 class _Option:
     name: str
@@ -148,9 +156,13 @@ _OPTIONS: dict[str, _Option] = {o.name: o for o in (
     _Option("cache_ttl", _seconds, "a number of seconds >= 0"),
     _Option("negative_ttl", _seconds, "a number of seconds >= 0"),
     _Option("cache_size", _count, "a whole number >= 0"),
+    _Option("symlink_scan", _symlink_scan, "marked or small"),
     _Option("attr_timeout", _seconds, "a number of seconds >= 0"),
     _Option("entry_timeout", _seconds, "a number of seconds >= 0"),
     _Option("log_file", _path, "a file"),
+    _Option("connect_timeout", _seconds, "a number of seconds >= 0"),
+    _Option("read_timeout", _seconds, "a number of seconds >= 0"),
+    _Option("retries", _count, "a whole number >= 0"),
     _Option("config", _path, "a configuration file"),
 )}
 _ALIASES = {"ro": "read_only", "staging": "staging_dir", "conf": "config"}
@@ -221,10 +233,14 @@ class MountRequest:
     cache_ttl: float | None = None
     negative_ttl: float | None = None
     cache_size: int | None = None
+    symlink_scan: str | None = None
     attr_timeout: float = 1.0
     entry_timeout: float = 1.0
     log_file: str | None = None
     config: str | None = None
+    connect_timeout: float | None = None
+    read_timeout: float | None = None
+    retries: int | None = None
     kernel_flags: list[str] = field(default_factory=list)
 
     @property
@@ -301,7 +317,7 @@ def check_storage(request: MountRequest) -> None:
     from ..connection import Connection
 
     try:
-        connection = Connection(fileconf=request.config, retry_count=1,
+        connection = Connection(fileconf=request.config, retry_count=0,
                                 connect_timeout=CHECK_CONNECT_TIMEOUT,
                                 read_timeout=CHECK_READ_TIMEOUT)
     except QarnotException as error:
@@ -362,7 +378,7 @@ def _fs_options(request: MountRequest) -> Any:
         "uid": os.getuid() if request.uid is None else request.uid,
         "gid": os.getgid() if request.gid is None else request.gid,
     }
-    for name in ("umask", "cache_ttl", "negative_ttl", "cache_size"):
+    for name in ("umask", "cache_ttl", "negative_ttl", "cache_size", "symlink_scan"):
         if getattr(request, name) is not None:
             values[name] = getattr(request, name)
     if request.staging_dir is not None:
@@ -379,7 +395,9 @@ def serve(request: MountRequest, on_ready: Callable[[], None] | None = None) -> 
     from .fuse_ops import serve as serve_fuse
 
     try:
-        connection = Connection(fileconf=request.config)
+        connection = Connection(fileconf=request.config, retry_count=request.retries,
+                                connect_timeout=request.connect_timeout,
+                                read_timeout=request.read_timeout)
         filesystem = Filesystem(Bucket(connection, request.bucket, create=False),
                                 _fs_options(request))
     except QarnotException as error:
@@ -392,7 +410,7 @@ def serve(request: MountRequest, on_ready: Callable[[], None] | None = None) -> 
         flags=tuple(request.kernel_flags))
     record = status.MountRecord(pid=os.getpid(), source=request.source,
                                 mountpoint=request.mountpoint, log_file=request.log_file,
-                                started=time.time())
+                                started=time.time(), staging=str(filesystem.staging_root))
 
     mounted = False
 
@@ -532,6 +550,12 @@ def unmount(mountpoint: str, lazy: bool = False, timeout: float | None = None) -
         reason = result.stderr.strip().splitlines()[-1] if result.stderr.strip() else ""
         reason = reason.removeprefix("fusermount3: ")
         raise MountError(f"cannot unmount {path}: {reason or 'fusermount3 failed'}")
+    if record is not None and record.staging:
+        waiting = status.pending_summary(record.staging)
+        if waiting:
+            message = f"waiting for {waiting}"
+            log.info("%s", message)
+            print(f"qarnotfs: {message}", file=sys.stderr)
     if record is not None and not status.wait_for_exit(record.pid, timeout):
         raise MountError(f"{path} is unmounted, but its process {record.pid} is still "
                          f"uploading after {timeout:g} s; see {record.log_file}")
@@ -555,9 +579,20 @@ _MOUNT_VALUES: tuple[tuple[str, str, str], ...] = (
     ("--cache-ttl", "cache_ttl", "seconds metadata stays cached (default 60)"),
     ("--negative-ttl", "negative_ttl", "seconds a missing name stays cached (default 5)"),
     ("--cache-size", "cache_size", "entries in the metadata cache"),
+    ("--symlink-scan", "symlink_scan", "which listed objects are checked for being symbolic "
+                                       "links: marked (default: those qarnotfs wrote) or small "
+                                       "(every object of 1-4095 bytes: s3fs's links too; one "
+                                       "HEAD each)"),
     ("--attr-timeout", "attr_timeout", "seconds the kernel caches attributes (default 1)"),
     ("--entry-timeout", "entry_timeout", "seconds the kernel caches names (default 1)"),
     ("--log-file", "log_file", "write logs to this file"),
+    ("--connect-timeout", "connect_timeout", "seconds to connect to the storage (default 10, "
+                                             "or $QARNOTFS_CONNECT_TIMEOUT)"),
+    ("--read-timeout", "read_timeout", "seconds to wait for each answer of the storage "
+                                       "(default 60, or $QARNOTFS_READ_TIMEOUT)"),
+    ("--retries", "retries", "retries of a failed request (default 5, or "
+                             "$QARNOTFS_RETRY_COUNT); failed uploads are also retried in the "
+                             "background until they succeed"),
 )
 
 
@@ -601,7 +636,12 @@ def add_mount_commands(subparsers: Any) -> None:
                         help="stop waiting for pending uploads after this long")
     parser.set_defaults(func=_unmount_command)
 
-    parser = subparsers.add_parser("status", help="list the qarnotfs mounts of this user")
+    parser = subparsers.add_parser(
+        "status", help="list the qarnotfs mounts of this user and their pending uploads",
+        description="List the live qarnotfs mounts (or only MOUNTPOINT's) and, for each, "
+                    "the files not in the bucket yet: bytes, upload state, retries and the "
+                    "last error.")
+    parser.add_argument("mountpoint", metavar="MOUNTPOINT", nargs="?", default=None)
     parser.set_defaults(func=_status_command)
 
 
@@ -642,7 +682,15 @@ def _unmount_command(args: argparse.Namespace) -> int:
 
 def _status_command(args: argparse.Namespace) -> int:
     records = [r for r in status.all_records() if status.is_qarnotfs_mount(r.mountpoint)]
+    if args.mountpoint is not None:
+        wanted = os.path.abspath(args.mountpoint)
+        records = [r for r in records if r.mountpoint == wanted]
+        if not records:
+            print(f"qarnotfs: error: {wanted} is not a live qarnotfs mount", file=sys.stderr)
+            return 1
     for record in records:
         print(f"{record.mountpoint}\t{record.source}\tpid {record.pid}\t"
               f"log {record.log_file or '-'}")
+        for line in status.pending_lines(record.staging):
+            print(f"  {line}")
     return 0

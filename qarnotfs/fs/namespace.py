@@ -3,15 +3,23 @@
 Owns: answering "what is at this path" and "what is in this folder" from the metadata
 cache, else from the bucket, by THE attribute rule of the mount:
 
-* a folder listing is one paginated ``list_folder``; it gives each entry's type, size and
-  modification time with no request per entry, except objects of 1 to 4095 bytes, which
-  are HEADed (in parallel) because only their metadata tells whether they are symbolic
-  links (and a kernel inode may never change type later), and sub-folders, whose marker
-  is HEADed (in parallel) for the mode, owner and times a folder's metadata holds;
+* a folder is listed by one LIST of all the keys under it (every level, one page of up to
+  1,000 keys), continued, when there are more, by a delimited listing after the last key
+  seen. Each sub-folder whose keys all fit in that first page is listed too (a ``find``
+  or ``ls -R`` of a small tree costs one request); the entries' type, size and times come
+  from the listing, with no request per entry except:
+
+  - *link candidates* (``attrs.may_be_symlink``: 1 to 4095 bytes and, by default, the
+    multipart ETag qarnotfs gives its links), HEADed in parallel because only their
+    metadata tells whether they are symbolic links (and a kernel inode never changes type);
+  - sub-folders with a marker object (or not listed, so not known to have none), whose
+    marker is HEADed in parallel for the mode, owner and times a folder's metadata holds;
+
 * other entries show the default mode and owner until the mount learns their metadata (a
   lookup of a name not listed yet, an open, a chmod...: each of those HEADs the object);
-* a lookup that the cache cannot answer costs a HEAD of the key and a one-key LIST of
-  ``key/`` (a folder wins over a file of the same name).
+* a lookup the cache cannot answer (nor the parent's cached listing) costs a HEAD of the
+  key and a two-key LIST of ``key/`` sent together (a folder wins over a file of the same
+  name), plus a HEAD of the folder's marker when the LIST shows one.
 
 Open files are not this module's business: the core overlays them.
 """
@@ -21,17 +29,46 @@ from __future__ import annotations
 import errno
 import logging
 from concurrent.futures import Executor
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from ..objects import Listing, ObjectInfo
 from .attrs import Defaults, dir_attributes, may_be_symlink, object_attributes
 from .errors import FsError
-from .keys import KeyMapper, join, name_of, parent_of
+from .keys import KeyMapper, join, name_of, parent_of, unrepresentable
 from .metacache import MetaCache, Node
 
 if TYPE_CHECKING:
     from ..bucket import Bucket
 
 log = logging.getLogger(__name__)
+
+
+def split_tree(prefix: str, objects: list[ObjectInfo], truncated: bool) -> dict[str, Listing]:
+    """Delimited listings (as ``list_folder`` gives them) of ``prefix`` and of every
+    sub-prefix, built from a listing of all the keys under ``prefix`` in key order.
+
+    When ``truncated``, the prefixes that contain the last key may have more keys: they
+    are left out, except ``prefix`` itself (the caller completes it).
+    """
+    listings: dict[str, Listing] = {prefix: Listing()}
+    seen: set[str] = set()
+    for info in objects:
+        folder = prefix
+        names = info.key[len(prefix):].split("/")
+        for name in names[:-1]:
+            sub = f"{folder}{name}/"
+            if sub not in seen:
+                seen.add(sub)
+                listings[folder].prefixes.append(sub)
+                listings[sub] = Listing()
+            folder = sub
+        listings[folder].objects.append(info)
+    if truncated and objects:
+        last = objects[-1].key
+        for sub in [p for p in listings if p != prefix and last.startswith(p)]:
+            del listings[sub]
+    return listings
 
 
 class Namespace:
@@ -57,26 +94,29 @@ class Namespace:
             return node
         if self.cache.is_missing(path):
             raise FsError(errno.ENOENT, path)
-        siblings = self.cache.listing(parent_of(path))
-        if siblings is not None:
-            node = siblings.get(name_of(path))
-            if node is None:
+        listed, sibling = self.cache.child(parent_of(path), name_of(path))
+        if listed:
+            if sibling is None:
                 raise FsError(errno.ENOENT, path)
-            return node
+            return sibling
         return self.fetch(path)
 
     def fetch(self, path: str) -> Node:
         """Ask the bucket what is at ``path`` (folder first), and cache the answer."""
         prefix = self.keys.dir_prefix(path)
+        key = self.keys.file_key(path)
         since = self.cache.generation()
-        if self.bucket.has_objects_under(prefix):
-            marker = self.bucket.stat(prefix)
+        # Both questions at once: a lookup is one round trip, not two.
+        head = self._pool.submit(self.bucket.stat, key)
+        under = self.bucket.first_keys(prefix, 1)
+        info = head.result()
+        if under:
+            marker = self.bucket.stat(prefix) if under[0] == prefix else None
             node = Node(dir_attributes(self.defaults, marker), exact=True)
+        elif info is None:
+            self.cache.learn_missing(path, since)
+            raise FsError(errno.ENOENT, path)
         else:
-            info = self.bucket.stat(self.keys.file_key(path))
-            if info is None:
-                self.cache.learn_missing(path, since)
-                raise FsError(errno.ENOENT, path)
             node = Node(object_attributes(info, self.defaults), exact=True)
         self.cache.learn(path, node, since)
         return node
@@ -89,41 +129,76 @@ class Namespace:
         return self.fetch(path)
 
     def children(self, folder: str) -> dict[str, Node]:
-        """The entries of ``folder`` (normalized) by name, from the cache or one listing."""
+        """The entries of ``folder`` (normalized) by name, from the cache or the bucket."""
         cached = self.cache.listing(folder)
         if cached is not None:
             return cached
         prefix = self.keys.dir_prefix(folder)
         since = self.cache.generation()
-        entries = self.keys.entries(prefix, self.bucket.list_folder(prefix))
+        objects, truncated = self.bucket.list_page(prefix)
+        listings = split_tree(prefix, objects, truncated)
+        if truncated:
+            rest = self.bucket.list_folder(prefix, start_after=objects[-1].key)
+            top = listings[prefix]
+            known = set(top.prefixes)
+            top.objects.extend(rest.objects)
+            top.prefixes.extend(p for p in rest.prefixes if p not in known)
+        probes: list[_Probe] = []
+        found: dict[str, dict[str, Node]] = {}
+        paths = {prefix: folder}
+        for sub in sorted(listings, key=len):  # each folder after its parent
+            if sub != prefix:
+                parent = sub[:sub.rfind("/", 0, len(sub) - 1) + 1]
+                name = sub[len(parent):-1]
+                if parent not in paths or unrepresentable(name):
+                    continue  # a hidden sub-folder (keys.py): not listed
+                paths[sub] = join(paths[parent], name)
+            found[paths[sub]] = self._nodes(paths[sub], sub, listings[sub], listings, probes)
+        self._probe(probes)
+        if folder != "/" and any(info.key == prefix for info in listings[prefix].objects):
+            self._refresh_folder(folder, prefix, since)
+        for path, children in found.items():
+            self.cache.learn_listing(path, children, since)
+        return found[folder]
+
+    def _nodes(self, folder: str, prefix: str, listing: Listing,
+               listings: dict[str, Listing], probes: list[_Probe]) -> dict[str, Node]:
+        """The entries of one listed folder; those that need a HEAD (link candidates,
+        sub-folders that may have a marker) are added to ``probes`` meanwhile."""
+        entries = self.keys.entries(prefix, listing)
         children: dict[str, Node] = {}
-        probes = []
         for name in entries.folders:
             known = self.cache.get(join(folder, name))
+            sub = f"{prefix}{name}/"
             if known is not None and known.exact and known.attrs.is_dir:
                 children[name] = known
-            else:
-                children[name] = Node(dir_attributes(self.defaults))
-                probes.append(f"{prefix}{name}/")
+                continue
+            children[name] = Node(dir_attributes(self.defaults), exact=True)
+            if sub not in listings or any(o.key == sub for o in listings[sub].objects):
+                probes.append(_Probe(children, name, sub))
         for name, info in entries.files.items():
             known = self.cache.get(join(folder, name))
             if known is not None and known.exact and not known.attrs.is_dir \
                     and known.attrs.size == info.size:
                 children[name] = known
-            elif may_be_symlink(info.size):
-                probes.append(info.key)
-            else:
-                children[name] = Node(object_attributes(info, self.defaults))
-        for key, result in zip(probes, self._pool.map(self.bucket.stat, probes), strict=True):
-            name = key[len(prefix):].rstrip("/")
-            if key.endswith("/"):
-                children[name] = Node(dir_attributes(self.defaults, result), exact=True)
-            elif result is not None:  # None: deleted since the listing
-                children[name] = Node(object_attributes(result, self.defaults), exact=True)
-        if entries.marker is not None and folder != "/":
-            self._refresh_folder(folder, prefix, since)
-        self.cache.learn_listing(folder, children, since)
+                continue
+            children[name] = Node(object_attributes(info, self.defaults))
+            if may_be_symlink(info.size, info.e_tag, self.defaults.symlink_scan):
+                probes.append(_Probe(children, name, info.key))
         return children
+
+    def _probe(self, probes: list[_Probe]) -> None:
+        """HEAD every probed key (in parallel) and put in the attributes they tell."""
+        results = self._pool.map(self.bucket.stat, [probe.key for probe in probes])
+        for probe, result in zip(probes, results, strict=True):
+            if probe.key.endswith("/"):
+                probe.children[probe.name] = Node(dir_attributes(self.defaults, result),
+                                                  exact=True)
+            elif result is not None:
+                probe.children[probe.name] = Node(object_attributes(result, self.defaults),
+                                                  exact=True)
+            else:  # deleted since the listing
+                del probe.children[probe.name]
 
     def _refresh_folder(self, folder: str, prefix: str, since: int) -> None:
         known = self.cache.get(folder)
@@ -133,3 +208,12 @@ class Namespace:
         if marker is not None:
             self.cache.learn(folder, Node(dir_attributes(self.defaults, marker), exact=True),
                              since)
+
+
+@dataclass(frozen=True)
+class _Probe:
+    """An entry of ``children`` whose attributes need a HEAD of ``key``."""
+
+    children: dict[str, Node]
+    name: str
+    key: str

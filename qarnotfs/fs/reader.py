@@ -1,33 +1,56 @@
-"""Reads of objects that are not staged: ranged GETs with a simple read-ahead window.
+"""Reads of objects that are not staged: ranged GETs with a parallel read-ahead window.
 
-Owns: :class:`Reader`, one per open handle. Sequential reads grow the window (doubling up
-to 8 MiB) so a large file is fetched in few requests; a jump resets it. The buffer holds
-one window of one key, so memory per handle is bounded.
+Owns: :class:`Reader`, one per open handle. The object is fetched in *pieces* (ranged
+GETs). A read that finds no piece fetches one at once (256 KiB, or the rest of a small
+file: one GET for a small file). While reads stay sequential each piece is twice as big
+as the last (up to 8 MiB: few requests per file, as boto3's download makes), and once
+256 KiB were read in a row, pieces ahead of the reader are fetched in parallel on a
+shared pool: one more per 256 KiB read, up to 4. A seek drops the pieces and starts again
+with a small piece. Pieces behind the reader are dropped, so a handle holds at most 6
+pieces (about 48 MiB): memory per open file is bounded, whatever the file's size.
 """
 
 from __future__ import annotations
 
 import threading
+from concurrent.futures import CancelledError, Executor, Future
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from ..bucket import Bucket
 
 KIB = 1024
-INITIAL_WINDOW = 256 * KIB
-MAXIMUM_WINDOW = 8 * KIB * KIB
+MIB = KIB * KIB
+INITIAL_PIECE = 256 * KIB
+MAXIMUM_PIECE = 8 * MIB
+MAXIMUM_AHEAD = 4
+"""Pieces fetched in parallel ahead of a sequential reader (one more per 256 KiB read)."""
+LATE_READS = 1 * MIB
+"""Pieces ending less than this before a read are kept for reads arriving late."""
+
+
+@dataclass
+class _Piece:
+    start: int
+    end: int
+    data: Future[bytes]
 
 
 class Reader:
-    """Serves reads of one handle from a read-ahead buffer filled by ranged GETs."""
+    """Serves reads of one handle from pieces of the object fetched ahead of it."""
 
-    def __init__(self, bucket: Bucket) -> None:
+    def __init__(self, bucket: Bucket, pool: Executor | None = None) -> None:
         self._bucket = bucket
+        self._pool = pool
         self._lock = threading.Lock()
         self._key = ""
-        self._start = 0
-        self._data = b""
-        self._window = INITIAL_WINDOW
+        self._pieces: list[_Piece] = []
+        self._next = 0
+        """Where a sequential read would start."""
+        self._streak = 0
+        """Bytes read sequentially until now."""
+        self._piece_size = INITIAL_PIECE
 
     def read(self, key: str, size: int, offset: int, file_size: int) -> bytes:
         """Up to ``size`` bytes at ``offset`` of ``key``, an object of ``file_size`` bytes."""
@@ -35,19 +58,90 @@ class Reader:
             return b""
         size = min(size, file_size - offset)
         with self._lock:
-            if key == self._key and self._start <= offset \
-                    and offset + size <= self._start + len(self._data):
-                begin = offset - self._start
-                return self._data[begin:begin + size]
-            sequential = key == self._key and offset == self._start + len(self._data)
-            self._window = min(self._window * 2, MAXIMUM_WINDOW) if sequential \
-                else INITIAL_WINDOW
-            length = min(max(size, self._window), file_size - offset)
-            data = self._bucket.read(key, offset, length)
-            self._key, self._start, self._data = key, offset, data
-            return data[:size]
+            if key != self._key:
+                self._drop()
+                self._key, self._next, self._streak = key, 0, 0
+                self._piece_size = INITIAL_PIECE
+            # The kernel sends read-ahead requests in parallel, so they may arrive a
+            # little out of order: a read inside the pieces still counts as sequential.
+            if offset == self._next or any(p.start <= offset < p.end for p in self._pieces):
+                self._streak += size
+            else:
+                self._streak = size
+                self._piece_size = INITIAL_PIECE
+                self._drop()
+            self._next = offset + size
+            self._pieces = [p for p in self._pieces if p.end > offset - LATE_READS]
+            wanted = self._covering(offset, offset + size, file_size)
+            self._ahead(offset + size, min(self._streak // INITIAL_PIECE, MAXIMUM_AHEAD),
+                        file_size)
+        try:
+            chunks = [self._result(key, piece) for piece in wanted]
+        except BaseException:
+            with self._lock:  # a failed GET is not kept: the next read tries again
+                self._pieces = [p for p in self._pieces if p not in wanted]
+            raise
+        data = b"".join(chunks) if len(chunks) > 1 else chunks[0]
+        begin = offset - wanted[0].start
+        return data[begin:begin + size]
+
+    def _result(self, key: str, piece: _Piece) -> bytes:
+        try:
+            return piece.data.result()
+        except CancelledError:  # dropped by a seek of a parallel read: fetch it here
+            return self._bucket.read(key, piece.start, piece.end - piece.start)
+
+    def _covering(self, start: int, end: int, file_size: int) -> list[_Piece]:
+        """The pieces holding [start, end), fetching (now) the parts no piece holds."""
+        wanted: list[_Piece] = []
+        position = start
+        while position < end:
+            piece = next((p for p in self._pieces if p.start <= position < p.end), None)
+            if piece is None:
+                following = min((p.start for p in self._pieces if p.start > position),
+                                default=file_size)
+                stop = min(position + max(self._piece_size, end - position), following,
+                           file_size)
+                piece = self._fetch(position, stop, now=True)
+            wanted.append(piece)
+            position = piece.end
+        return wanted
+
+    def _ahead(self, after: int, count: int, file_size: int) -> None:
+        """Have ``count`` pieces beyond ``after`` fetched or being fetched (in parallel)."""
+        if self._pool is None or not self._pieces:
+            return
+        waiting = sum(1 for p in self._pieces if p.start >= after)
+        position = max(p.end for p in self._pieces)
+        while waiting < count and position < file_size:
+            stop = min(position + self._piece_size, file_size)
+            self._fetch(position, stop, now=False)
+            position = stop
+            waiting += 1
+
+    def _fetch(self, start: int, end: int, now: bool) -> _Piece:
+        key = self._key
+        future: Future[bytes]
+        if now or self._pool is None:
+            future = Future()
+            future.set_result(self._bucket.read(key, start, end - start))
+        else:
+            future = self._pool.submit(self._bucket.read, key, start, end - start)
+        piece = _Piece(start, end, future)
+        self._pieces.append(piece)
+        # Each piece of a sequential read is twice the last: few requests for big files,
+        # no waste for small reads.
+        self._piece_size = min(2 * self._piece_size, MAXIMUM_PIECE)
+        return piece
+
+    def _drop(self) -> None:
+        """Forget the pieces, cancelling the GETs not started yet."""
+        for piece in self._pieces:
+            piece.data.cancel()
+        self._pieces = []
 
     def forget(self) -> None:
-        """Drop the buffer (the object changed)."""
+        """Drop the pieces (the object changed)."""
         with self._lock:
-            self._key, self._data = "", b""
+            self._drop()
+            self._key = ""

@@ -1,9 +1,11 @@
 """Which qarnotfs mounts are live, and which process serves each one.
 
 Owns: the small per-mount state files a serving process writes (its pid, source, mount
-point and log file) and removes when it exits, reading them back for ``qarnotfs status``
-and ``qarnotfs unmount`` (which waits for that process: it uploads pending data after the
-kernel has let go of the mount), and the kernel's own view of mounts (/proc mountinfo).
+point, log file and staging folder) and removes when it exits, reading them back for
+``qarnotfs status`` and ``qarnotfs unmount`` (which waits for that process: it uploads
+pending data after the kernel has let go of the mount), the summary of a mount's pending
+uploads read from its staging journal, and the kernel's own view of mounts (/proc
+mountinfo).
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from pathlib import Path
 
 from platformdirs import user_cache_path
 
+from .journal import read_entries
+
 FSTYPE = "fuse.qarnotfs"
 
 
@@ -31,6 +35,48 @@ class MountRecord:
     mountpoint: str
     log_file: str | None
     started: float
+    staging: str | None = None
+    """The mount's staging folder (its journal lists the pending uploads)."""
+
+
+def _pending(staging: str | None) -> list[tuple[str, int, str, int, str | None]]:
+    """(path, bytes, state, retries, last error) of each file not in the bucket yet."""
+    if not staging:
+        return []
+    pending = []
+    for entry in read_entries(Path(staging)):
+        try:
+            size = os.stat(Path(staging) / entry.staged).st_size
+        except OSError:
+            size = 0
+        pending.append((entry.path, size, entry.state, entry.retries, entry.last_error))
+    return pending
+
+
+def pending_summary(staging: str | None) -> str:
+    """'N upload(s) (X MiB): a, b, ...' ('' when nothing is pending)."""
+    pending = _pending(staging)
+    if not pending:
+        return ""
+    total = sum(size for _, size, *_ in pending)
+    names = ", ".join(sorted(path.lstrip("/") for path, *_ in pending)[:10])
+    more = ", ..." if len(pending) > 10 else ""
+    return f"{len(pending)} upload(s) ({total / (1 << 20):.1f} MiB): {names}{more}"
+
+
+def pending_lines(staging: str | None) -> list[str]:
+    """One line per pending upload, for ``qarnotfs status``."""
+    pending = _pending(staging)
+    if not pending:
+        return ["no pending uploads"]
+    lines = [f"{len(pending)} pending upload(s), "
+             f"{sum(size for _, size, *_ in pending)} bytes:"]
+    for path, size, state, retries, error in pending:
+        line = f"{path}\t{size} bytes\t{state}\tretries {retries}"
+        if error:
+            line += f"\tlast error: {error.splitlines()[0] if error.strip() else error}"
+        lines.append(line)
+    return lines
 
 
 def state_dir() -> Path:

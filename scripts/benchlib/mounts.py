@@ -24,10 +24,19 @@ MOUNT_TIMEOUT = 60.0
 UNMOUNT_TIMEOUT = 300.0  # unmount waits for pending uploads: a big file takes a while
 
 
-def is_mounted(path: Path) -> bool:
-    target = os.fsencode(str(path))
+def mount_points() -> list[str]:
+    # Field 5 of mountinfo; spaces and other odd bytes in it are octal-escaped (\040).
     with open("/proc/self/mountinfo", "rb") as mountinfo:
-        return any(line.split()[4] == target for line in mountinfo)
+        return [line.split()[4].decode("unicode_escape") for line in mountinfo]
+
+
+def is_mounted(path: Path) -> bool:
+    return str(path) in mount_points()
+
+
+def mounts_under(folder: Path) -> list[str]:
+    inside = str(folder).rstrip("/") + "/"
+    return [point for point in mount_points() if point.startswith(inside)]
 
 
 def fuse_daemons() -> set[int]:

@@ -116,7 +116,8 @@ def _columns(rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def _version(command: list[str]) -> str:
+def tool_version(command: list[str]) -> str:
+    """First line of a tool's version output, or why there is none."""
     try:
         out = subprocess.run(command, capture_output=True, text=True, timeout=10, check=False)
     except OSError:
@@ -152,7 +153,7 @@ def machine(backend: str) -> dict[str, str]:
     }
 
 
-def header(command: str, facts: dict[str, str], sizes: Sizes, notes: list[str]) -> str:
+def header(command: str, facts: dict[str, str], sizes: Sizes) -> str:
     lines = [f"command: {command}"]
     lines += [f"{key}: {value}" for key, value in facts.items()]
     lines.append(
@@ -160,7 +161,6 @@ def header(command: str, facts: dict[str, str], sizes: Sizes, notes: list[str]) 
         f"ls of {sizes.listed_files}, walk of {sizes.tree_files} in {sizes.tree_folders} "
         f"folders, rename of {sizes.renamed_files}, rm -r of {sizes.removed_files}"
     )
-    lines += [f"note: {note}" for note in notes]
     return "\n".join(lines)
 
 

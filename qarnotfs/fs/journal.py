@@ -1,0 +1,251 @@
+"""The staging journal: a durable record of every staged file whose content the bucket lacks.
+
+Owns: ``journal.sqlite3`` in a mount's staging folder (0600; SQLite in WAL mode with
+``synchronous=FULL``, so each committed change survives a kill -9 or a power cut) and the
+:class:`Entry` rows in it. A row is written when a file first becomes dirty, and updated at
+each step of its upload: ``dirty`` -> ``uploading`` (with the multipart upload id and every
+part the storage acknowledged) -> ``committed`` (the object is in the bucket; the row and the
+staged copy are then removed). Each row keeps what the next mount needs to finish the job
+after a crash: the bucket, prefix, key and path, the staged attributes, and the object's
+ETag and LastModified when staging started (``base_etag`` None: there was no object), which
+tell whether the object changed in the bucket meanwhile.
+
+Reading the journal from another process (``qarnotfs status``) is safe: WAL lets readers
+run while the mount writes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+JOURNAL_NAME = "journal.sqlite3"
+DIRTY, UPLOADING, COMMITTED = "dirty", "uploading", "committed"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS entries (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    staged TEXT NOT NULL,
+    path TEXT NOT NULL,
+    key TEXT NOT NULL,
+    bucket TEXT NOT NULL,
+    prefix TEXT NOT NULL,
+    state TEXT NOT NULL,
+    base_etag TEXT,
+    base_modified TEXT,
+    mode INTEGER NOT NULL,
+    uid INTEGER NOT NULL,
+    gid INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    upload_id TEXT,
+    upload_key TEXT,
+    part_size INTEGER,
+    signature TEXT,
+    retries INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT,
+    updated REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS parts (
+    entry INTEGER NOT NULL REFERENCES entries(id) ON DELETE CASCADE,
+    number INTEGER NOT NULL,
+    etag TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    PRIMARY KEY (entry, number)
+);
+CREATE TABLE IF NOT EXISTS abandoned (
+    upload_id TEXT PRIMARY KEY,
+    key TEXT NOT NULL
+);
+"""
+_ABANDON = ("INSERT OR IGNORE INTO abandoned (upload_id, key) SELECT upload_id, upload_key "
+            "FROM entries WHERE id = ? AND upload_id IS NOT NULL")
+
+
+@dataclass
+class Entry:
+    """One staged file the bucket does not have yet."""
+
+    id: int
+    staged: str
+    """The staged copy's file name, inside the staging folder."""
+    path: str
+    key: str
+    bucket: str
+    prefix: str
+    state: str
+    base_etag: str | None
+    base_modified: str | None
+    mode: int
+    uid: int
+    gid: int
+    mtime_ns: int
+    upload_id: str | None = None
+    upload_key: str | None = None
+    part_size: int | None = None
+    signature: str | None = None
+    """``size:mtime_ns`` of the staged copy when the multipart upload started: its parts
+    can be reused only if the copy has not changed since."""
+    retries: int = 0
+    last_error: str | None = None
+    updated: float = 0.0
+
+
+_COLUMNS = [f.name for f in fields(Entry)]
+
+
+class Journal:
+    """The journal of one staging folder (thread-safe; every change is durable on return)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.path = Path(folder) / JOURNAL_NAME
+        # Created 0600 before SQLite opens it: its -wal and -shm files copy the mode.
+        os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
+        self._lock = threading.Lock()
+        self._db = _connect(self.path)
+        with self._lock:
+            self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def add(self, **values: Any) -> int:
+        """Record a newly dirty file; returns its entry id."""
+        values = {"state": DIRTY, "updated": time.time(), **values}
+        names = ", ".join(values)
+        marks = ", ".join("?" for _ in values)
+        with self._transaction() as db:
+            cursor = db.execute(f"INSERT INTO entries ({names}) VALUES ({marks})",
+                                list(values.values()))
+            return int(cursor.lastrowid or 0)
+
+    def adopt(self, entry: Entry, parts: dict[int, tuple[str, int]]) -> int:
+        """Copy an entry (and its acknowledged parts) from another journal; its new id."""
+        values = {name: getattr(entry, name) for name in _COLUMNS if name != "id"}
+        entry_id = self.add(**values)
+        for number, (etag, size) in parts.items():
+            self.add_part(entry_id, number, etag, size)
+        return entry_id
+
+    def update(self, entry_id: int, **values: Any) -> None:
+        values["updated"] = time.time()
+        assignments = ", ".join(f"{name} = ?" for name in values)
+        with self._transaction() as db:
+            db.execute(f"UPDATE entries SET {assignments} WHERE id = ?",
+                       [*values.values(), entry_id])
+
+    def start_upload(self, entry_id: int, upload_id: str, key: str, part_size: int,
+                     signature: str) -> None:
+        """Record a new multipart upload (replacing any earlier one and its parts)."""
+        with self._transaction() as db:
+            db.execute("DELETE FROM parts WHERE entry = ?", (entry_id,))
+            db.execute("UPDATE entries SET state = ?, upload_id = ?, upload_key = ?, "
+                       "part_size = ?, signature = ?, updated = ? WHERE id = ?",
+                       (UPLOADING, upload_id, key, part_size, signature, time.time(),
+                        entry_id))
+
+    def forget_upload(self, entry_id: int) -> None:
+        """Drop the entry's multipart upload, remembering it as abandoned (to abort)."""
+        with self._transaction() as db:
+            db.execute(_ABANDON, (entry_id,))
+            db.execute("DELETE FROM parts WHERE entry = ?", (entry_id,))
+            db.execute("UPDATE entries SET upload_id = NULL, upload_key = NULL, "
+                       "part_size = NULL, signature = NULL WHERE id = ?", (entry_id,))
+
+    def add_part(self, entry_id: int, number: int, etag: str, size: int) -> None:
+        with self._transaction() as db:
+            db.execute("INSERT OR REPLACE INTO parts (entry, number, etag, size) "
+                       "VALUES (?, ?, ?, ?)", (entry_id, number, etag, size))
+
+    def parts(self, entry_id: int) -> dict[int, tuple[str, int]]:
+        with self._lock:
+            rows = self._db.execute("SELECT number, etag, size FROM parts WHERE entry = ?",
+                                    (entry_id,)).fetchall()
+        return {int(n): (str(e), int(s)) for n, e, s in rows}
+
+    def failed(self, entry_id: int, error: str) -> None:
+        with self._transaction() as db:
+            db.execute("UPDATE entries SET retries = retries + 1, last_error = ?, "
+                       "updated = ? WHERE id = ?", (error[:500], time.time(), entry_id))
+
+    def remove(self, entry_id: int, abandon: bool = False) -> None:
+        """Drop an entry: committed (its content is in the bucket), or given up
+        (``abandon``: the file was deleted; its multipart upload is to be aborted)."""
+        with self._transaction() as db:
+            if abandon:
+                db.execute(_ABANDON, (entry_id,))
+            db.execute("DELETE FROM parts WHERE entry = ?", (entry_id,))
+            db.execute("DELETE FROM entries WHERE id = ?", (entry_id,))
+
+    def get(self, entry_id: int) -> Entry | None:
+        with self._lock:
+            row = self._db.execute(f"SELECT {', '.join(_COLUMNS)} FROM entries WHERE id = ?",
+                                   (entry_id,)).fetchone()
+        return None if row is None else Entry(*row)
+
+    def entries(self) -> list[Entry]:
+        with self._lock:
+            return _entries(self._db)
+
+    def abandoned(self) -> list[tuple[str, str]]:
+        """Multipart uploads given up but maybe not aborted yet, as (key, upload id)."""
+        with self._lock:
+            rows = self._db.execute("SELECT key, upload_id FROM abandoned").fetchall()
+        return [(str(key), str(upload_id)) for key, upload_id in rows]
+
+    def aborted(self, upload_id: str) -> None:
+        with self._transaction() as db:
+            db.execute("DELETE FROM abandoned WHERE upload_id = ?", (upload_id,))
+
+    def upload_ids(self) -> set[str]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT upload_id FROM entries WHERE upload_id IS NOT NULL").fetchall()
+        return {str(row[0]) for row in rows}
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=FULL")
+    db.execute("PRAGMA foreign_keys=ON")
+    return db
+
+
+def _entries(db: sqlite3.Connection) -> list[Entry]:
+    rows = db.execute(f"SELECT {', '.join(_COLUMNS)} FROM entries ORDER BY id").fetchall()
+    return [Entry(*row) for row in rows]
+
+
+def read_entries(folder: Path) -> list[Entry]:
+    """The entries of the journal in ``folder`` (none if there is no journal), for
+    ``qarnotfs status`` and the tests; safe while a mount process writes it."""
+    path = Path(folder) / JOURNAL_NAME
+    if not path.is_file():
+        return []
+    db = sqlite3.connect(path, isolation_level=None, timeout=30)
+    try:
+        db.execute("PRAGMA journal_mode=WAL")
+        return _entries(db)
+    except sqlite3.DatabaseError:
+        return []
+    finally:
+        db.close()
