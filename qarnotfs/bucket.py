@@ -21,6 +21,7 @@ from typing import IO, TYPE_CHECKING, Any, Union, cast
 from botocore.exceptions import ClientError
 
 from .checksums import SHA1_METADATA_KEY, fingerprint
+from .connection import PART_SIZE
 from .exceptions import (
     MissingBucketException,
     MissingObjectException,
@@ -213,11 +214,20 @@ class Bucket:
         metadata: dict[str, str] | None = None,
         progress: ProgressArg = None,
     ) -> None:
-        """Upload a local file or binary file object; multipart in parallel from 8 MiB."""
+        """Upload a local file or binary file object; multipart in parallel from 8 MiB.
+
+        A local file under 8 MiB is one PutObject: boto3's transfer manager would cost
+        more to set up and tear down than the request itself.
+        """
         extra = {"Metadata": metadata} if metadata else None
         total = _size_of(source)
         with Progress(progress, total, key) as counter, storage_errors(self._name, key):
-            if isinstance(source, (str, os.PathLike)):
+            if isinstance(source, (str, os.PathLike)) and total < PART_SIZE:
+                with open(source, "rb") as handle:
+                    self._s3.put_object(Bucket=self._name, Key=key, Body=handle.read(),
+                                        Metadata=metadata or {})
+                counter(total)
+            elif isinstance(source, (str, os.PathLike)):
                 self._s3.upload_file(
                     os.fspath(source), self._name, key, ExtraArgs=extra,
                     Callback=counter, Config=self._connection.transfer_config,

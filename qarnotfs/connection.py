@@ -37,6 +37,7 @@ from .exceptions import (
     storage_errors,
 )
 from .quickack import install_quickack
+from .timestamps import install_fast_timestamps
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -181,6 +182,7 @@ class Connection:
             verify = False
         elif settings.storage_custom_certificate:
             verify = settings.storage_custom_certificate
+        install_fast_timestamps(session._session)
         client = session.client(
             "s3",
             endpoint_url=self.storage_url,

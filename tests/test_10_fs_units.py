@@ -11,6 +11,7 @@ from datetime import datetime, timezone
 
 import pytest
 from botocore.exceptions import ReadTimeoutError
+from fs_helpers import FakeClock
 
 from qarnotfs.exceptions import (
     MissingBucketException,
@@ -34,20 +35,6 @@ from qarnotfs.fs.errors import FsError, errno_for
 from qarnotfs.fs.keys import KeyMapper, is_within, normalize, parent_of, split_path
 from qarnotfs.fs.metacache import MetaCache, Node
 from qarnotfs.objects import Listing, ObjectInfo
-
-
-class FakeClock:
-    """The caches' clock, advanced by the test instead of sleeping."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
 
 WHEN = datetime(2024, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
 DEFAULTS = Defaults(uid=1000, gid=100, umask=0o022, time_ns=7)

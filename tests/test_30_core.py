@@ -7,6 +7,7 @@ import errno
 import logging
 import os
 import stat
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -179,7 +180,10 @@ def test_truncate_by_path_and_by_handle(make_fs: MakeFs, s3_client: S3Client,
 def test_unlink(make_fs: MakeFs, s3_client: S3Client, bucket_name: str) -> None:
     fs = make_fs()
     write_file(fs, "/gone", b"x")
-    fs.unlink("/gone")
+    fs.unlink("/gone")  # the delete is batched (deletes.py): sent within delete_delay
+    deadline = time.monotonic() + 10
+    while keys(s3_client, bucket_name) and time.monotonic() < deadline:
+        time.sleep(0.01)  # a poll interval, the deadline bounds it
     assert keys(s3_client, bucket_name) == []
     fails_with(errno.ENOENT, fs.getattr, "/gone")
     fails_with(errno.ENOENT, fs.unlink, "/gone")
@@ -189,7 +193,7 @@ def test_unlink(make_fs: MakeFs, s3_client: S3Client, bucket_name: str) -> None:
 
 def test_unlinked_open_file_stays_usable_and_is_never_uploaded(
         make_fs: MakeFs, s3_client: S3Client, bucket_name: str) -> None:
-    fs = make_fs()
+    fs = make_fs(delete_delay=0)  # unlinks delete at once: the bucket is checked below
     write_file(fs, "/reader", b"still here")
     reader = fs.open("/reader", os.O_RDONLY)
     writer = fs.create("/writer", stat.S_IFREG | 0o644, CREATE)
@@ -805,3 +809,129 @@ def test_no_request_after_our_own_upload(make_fs: MakeFs, monkeypatch: pytest.Mo
     assert fs.getattr("/d/f").size == 5 and fs.getattr("/d/l").is_link
     assert names(fs, "/d") == ["f", "l"]
     assert calls == [], "the mount knows what it wrote"
+
+
+# -- the staging journal and background retries (see also tests/test_70_crash.py) ----------
+
+
+def test_journal_records_each_dirty_file_until_it_is_in_the_bucket(
+        make_fs: MakeFs, s3_client: S3Client, bucket_name: str) -> None:
+    from qarnotfs.fs.journal import read_entries
+
+    s3_client.put_object(Bucket=bucket_name, Key="old", Body=b"v1")
+    etag = s3_client.head_object(Bucket=bucket_name, Key="old")["ETag"].strip('"')
+    fs = make_fs()
+    new = fs.create("/new", stat.S_IFREG | 0o600, CREATE)
+    [entry] = read_entries(fs.staging_root)  # recorded at create, before any byte
+    assert (entry.path, entry.key, entry.state, entry.base_etag, entry.mode & 0o777) == \
+        ("/new", "new", "dirty", None, 0o600)
+    old = fs.open("/old", os.O_WRONLY)
+    assert len(read_entries(fs.staging_root)) == 1  # opening is not dirtying
+    fs.write(old, b"v2", 0)
+    bases = {e.path: e.base_etag for e in read_entries(fs.staging_root)}
+    assert bases == {"/new": None, "/old": etag}  # what a recovery compares with
+    fs.release(new)
+    fs.release(old)
+    assert read_entries(fs.staging_root) == []
+    assert body(s3_client, bucket_name, "old") == b"v2"
+    assert staged_copies(tmp_staging(fs)) == []
+
+
+def tmp_staging(fs: Filesystem) -> Path:
+    return fs.staging_root.parent
+
+
+def test_failed_upload_is_retried_in_the_background(
+        make_fs: MakeFs, s3_client: S3Client, bucket_name: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from mounting import wait_until
+
+    from qarnotfs.fs.journal import read_entries
+
+    fs = make_fs(retry_first_delay=0.01)
+    real_upload = fs.bucket.upload
+    failures = [3]
+
+    def flaky(*args: object, **kwargs: object) -> None:
+        if failures[0]:
+            failures[0] -= 1
+            raise QarnotGenericException("injected: try again")
+        real_upload(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(fs.bucket, "upload", flaky)
+    fh = fs.create("/later", stat.S_IFREG | 0o644, CREATE)
+    fs.write(fh, b"eventually", 0)
+    fails_with(errno.EIO, fs.flush, fh)  # the caller is told, once
+    fs.release(fh)  # nobody touches the file again
+    wait_until(lambda: "later" in keys(s3_client, bucket_name), timeout=10,
+               message="the background retry")
+    assert body(s3_client, bucket_name, "later") == b"eventually"
+    assert failures == [0]
+    wait_until(lambda: fs.pending_uploads() == [], timeout=10, message="nothing pending")
+    assert read_entries(fs.staging_root) == []
+    assert staged_copies(tmp_staging(fs)) == []
+
+
+def test_two_live_filesystems_of_one_bucket_use_separate_staging_slots(
+        make_fs: MakeFs) -> None:
+    first, second = make_fs(), make_fs()
+    assert first.staging_root != second.staging_root
+    assert second.staging_root.name == f"{first.staging_root.name}.1"
+
+
+MIB = 1 << 20
+
+
+def failing_part(fs: Filesystem, monkeypatch: pytest.MonkeyPatch, bad: int) -> list[int]:
+    """Make part ``bad`` of every multipart upload fail; returns the part numbers sent."""
+    real = fs.bucket.upload_part
+    sent: list[int] = []
+
+    def upload_part(key: str, upload_id: str, number: int, data: bytes) -> str:
+        if number == bad:
+            raise QarnotGenericException(f"injected: part {number} refused")
+        sent.append(number)
+        return real(key, upload_id, number, data)
+
+    monkeypatch.setattr(fs.bucket, "upload_part", upload_part)
+    return sent
+
+
+def test_failed_multipart_upload_resumes_with_the_missing_parts_only(
+        make_fs: MakeFs, s3_client: S3Client, bucket_name: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    fs = make_fs(part_size=5 * MIB, retry_first_delay=3600)  # no background retry here
+    sent = failing_part(fs, monkeypatch, bad=2)
+    data = os.urandom(11 * MIB)
+    fh = fs.create("/big", stat.S_IFREG | 0o644, CREATE)
+    fs.write(fh, data, 0)
+    fails_with(errno.EIO, fs.flush, fh)
+    assert sorted(sent) == [1, 3]
+    [upload] = s3_client.list_multipart_uploads(Bucket=bucket_name)["Uploads"]
+    monkeypatch.undo()
+    sent = failing_part(fs, monkeypatch, bad=0)
+    fs.fsync(fh, False)
+    assert sent == [2]  # parts 1 and 3 were not sent again
+    fs.release(fh)
+    assert body(s3_client, bucket_name, "big") == data
+    assert "Uploads" not in s3_client.list_multipart_uploads(Bucket=bucket_name)
+    assert upload["Key"] == "big"
+
+
+def test_a_changed_file_starts_a_new_upload_and_aborts_the_old_one(
+        make_fs: MakeFs, s3_client: S3Client, bucket_name: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    fs = make_fs(part_size=5 * MIB, retry_first_delay=3600)
+    failing_part(fs, monkeypatch, bad=2)
+    data = os.urandom(11 * MIB)
+    fh = fs.create("/big", stat.S_IFREG | 0o644, CREATE)
+    fs.write(fh, data, 0)
+    fails_with(errno.EIO, fs.flush, fh)
+    [old] = s3_client.list_multipart_uploads(Bucket=bucket_name)["Uploads"]
+    monkeypatch.undo()
+    sent = failing_part(fs, monkeypatch, bad=0)
+    fs.write(fh, b"changed", 0)
+    fs.release(fh)
+    assert sorted(sent) == [1, 2, 3]  # the old parts no longer match the file
+    assert body(s3_client, bucket_name, "big") == b"changed" + data[7:]
+    assert "Uploads" not in s3_client.list_multipart_uploads(Bucket=bucket_name), old

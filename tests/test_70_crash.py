@@ -119,7 +119,7 @@ def mounts(bucket_name: str, env: dict[str, str], tmp_path: Path) -> Iterator[Mo
 WRITER = """
 import errno, os, sys
 fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
-data = sys.stdin.buffer.read()
+data = sys.stdin.buffer.read(int(sys.argv[3]))
 view = memoryview(data)
 while view:
     view = view[os.write(fd, view):]
@@ -138,7 +138,8 @@ else:
 def start_writer(path: Path, data: bytes, then: str) -> subprocess.Popen[bytes]:
     """A process writing ``data`` to ``path``, then closing it (``then="close"``) or
     keeping it open; it prints "written" once the bytes are in the mount."""
-    process = subprocess.Popen([sys.executable, "-c", WRITER, os.fspath(path), then],
+    process = subprocess.Popen([sys.executable, "-c", WRITER, os.fspath(path), then,
+                                str(len(data))],
                                stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     assert process.stdin is not None
     process.stdin.write(data)
@@ -186,13 +187,14 @@ def test_file_open_when_killed_is_uploaded_by_the_next_mount(
     assert kept.read_bytes() == data and kept.stat().st_mode & 0o777 == 0o600
     assert mounts.slot.stat().st_mode & 0o777 == 0o700
     assert (mounts.slot / JOURNAL_NAME).stat().st_mode & 0o777 == 0o600
+    assert {p.stat().st_mode & 0o777 for p in mounts.slot.iterdir()} == {0o600}  # -wal, -shm
 
     mount = mounts.start()
     wait_until(lambda: "unsaved.bin" in bucket_keys(s3_client, bucket_name), timeout=30,
                message="the recovered file to be uploaded")
     assert bucket_bytes(s3_client, bucket_name, "unsaved.bin") == data
     head = s3_client.head_object(Bucket=bucket_name, Key="unsaved.bin")
-    assert int(head["Metadata"]["mode"], 8) & 0o777 == 0o640
+    assert int(head["Metadata"]["mode"]) & 0o777 == 0o640
     wait_until(lambda: not mounts.entries(), timeout=10, message="the journal to empty")
     assert (mount.mountpoint / "unsaved.bin").read_bytes() == data
     assert staged_copies(mounts.workdir / "staging") == []
@@ -359,18 +361,19 @@ def test_status_of_a_folder_that_is_not_a_mount_is_an_error(
 
 
 def test_deleting_a_pending_file_stops_its_retries(
-        mounts: Mounts, proxy: FaultProxy, s3_client: Any, bucket_name: str) -> None:
+        mounts: Mounts, proxy: FaultProxy, s3_client: Any, bucket_name: str,
+        env: dict[str, str]) -> None:
     mount = mounts.start(*FAIL_FAST)
     proxy.inject("status", match=r"^PUT ", status=500, code="InternalError")
     assert write_and_close(mount.mountpoint / "gone.txt", b"x" * 1000) == "EIO"
-    proxy.clear()
-    proxy.inject("status", match=r"^PUT ", status=500, code="InternalError")
     os.unlink(mount.mountpoint / "gone.txt")
     assert mounts.entries() == []
     assert staged_copies(mounts.workdir / "staging") == []
     proxy.clear()
-    mount.stop()
+    result = qarnotfs("unmount", mount.mountpoint, env=env)  # nothing left to upload
+    assert result.returncode == 0 and "waiting" not in result.stderr, result.stderr
     assert "gone.txt" not in bucket_keys(s3_client, bucket_name)
+    assert not mounts.slot.exists()
 
 
 # -- options -------------------------------------------------------------------------------

@@ -37,9 +37,10 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import platformdirs
+from cachetools import LRUCache
 
 from ..connection import PART_SIZE
 from ..exceptions import QarnotException
@@ -56,9 +57,10 @@ from .attrs import (
     now_ns,
     object_attributes,
 )
+from .deletes import DEFAULT_DELAY, DeferredDeletes
 from .errors import FsError
 from .handles import Handle, OpenFile
-from .journal import UPLOADING
+from .journal import UPLOADING, Journal, Tolerant
 from .keys import KEY_MAX, KeyMapper, is_within, name_of, normalize, parent_of
 from .metacache import MetaCache, Node
 from .namespace import Namespace
@@ -103,6 +105,8 @@ class FsOptions:
     """Parallel requests for listings' HEADs and folder renames."""
     read_workers: int = 16
     """Parallel ranged GETs of the read-ahead, shared by all open files."""
+    delete_delay: float = DEFAULT_DELAY
+    """Seconds an unlink's delete waits to be batched with others (0: sent at once)."""
     symlink_scan: SymlinkScan = "marked"
     """Which listed objects are HEADed to find links: "marked" (only qarnotfs's, one
     multipart part), "small" (every object of 1 to 4095 bytes: s3fs's links too)."""
@@ -119,7 +123,10 @@ class Filesystem:
     """A bucket (or a prefix of it) as a tree of folders, files and symbolic links."""
 
     def __init__(self, bucket: Bucket, options: FsOptions) -> None:
-        self.bucket = bucket
+        # Every part of the core uses this bucket: unlinks are batched, and any other
+        # request sends the waiting deletes first (deletes.py).
+        self._deletes = DeferredDeletes(bucket, options.delete_delay)
+        bucket = self.bucket = cast("Bucket", self._deletes)
         self.options = options
         self.keys = KeyMapper(options.prefix)
         self.defaults = Defaults(options.uid, options.gid, options.umask, time_ns=now_ns(),
@@ -136,9 +143,14 @@ class Filesystem:
         self._files: dict[str, OpenFile] = {}
         self._handles: dict[int, Handle] = {}
         self._handles_lock = threading.Lock()
+        # The ETag of each path at its last open, for keep_cache (bounded like the cache).
+        self._opened_etags: LRUCache[str, str] = LRUCache(maxsize=max(1, options.cache_size))
         self._numbers = itertools.count(1)
         self._caller = threading.local()
-        self._uploader = Uploader(bucket, self._staging.journal, options.part_size,
+        # Steps of uploads already under way are journaled when possible: a full staging
+        # disk must not stop an upload (it only loses the ability to resume it).
+        self._steps = cast(Journal, Tolerant(self._staging.journal))
+        self._uploader = Uploader(bucket, self._steps, options.part_size,
                                   bucket.connection.max_concurrency)
         self._retries: RetryQueue[OpenFile] = RetryQueue(
             self._retry_upload, options.retry_first_delay, options.retry_max_delay)
@@ -263,6 +275,18 @@ class Filesystem:
             raise
         return self._new_handle(held, flags)
 
+    def keep_cache(self, fh: int) -> bool:
+        """True if the kernel may keep the pages it cached of this file at its last open:
+        the file is not being written and its object's ETag is the one seen then."""
+        held = self._handle(fh).file
+        node = None if held.staged is not None or held.dirty else self.cache.get(held.path)
+        etag = node.etag if node is not None else ""
+        with self._handles_lock:
+            previous = self._opened_etags.pop(held.path, None)
+            if etag:
+                self._opened_etags[held.path] = etag
+        return bool(etag) and previous == etag
+
     def _hold(self, path: str) -> OpenFile:
         """The OpenFile of an existing file at ``path``, with one more handle counted."""
         with self._namespace_lock:
@@ -301,13 +325,14 @@ class Filesystem:
         held.attrs.mtime_ns = held.attrs.ctime_ns = now_ns()
         self._track(held)
 
-    def _track(self, held: OpenFile) -> int:
-        """The journal entry of ``held`` (about to be dirty), recorded the first time.
+    def _track(self, held: OpenFile) -> int | None:
+        """The journal entry of ``held`` (about to be dirty), recorded the first time
+        (None for an unlinked file: it is never uploaded).
 
         For an existing object, its ETag then is the base a recovery compares with (one
         HEAD, unless the mount just uploaded it).
         """
-        if held.journal_id is not None:
+        if held.journal_id is not None or held.unlinked:
             return held.journal_id
         assert held.staged is not None
         if held.on_bucket and held.base is None:
@@ -448,31 +473,35 @@ class Filesystem:
     def _upload(self, held: OpenFile) -> None:
         """Upload the staged copy if it is newer than the object; FsError(EIO) on failure
         (the copy and its journal entry stay, and a background retry is scheduled)."""
+        if held.recovered:
+            self._settle(held)
         with held.lock:
             if not held.dirty or held.unlinked or held.staged is None:
                 return
             attrs = held.current_attrs()
             try:
                 entry_id = self._track(held)
-                self._staging.journal.update(
+                assert entry_id is not None  # not unlinked
+                self._steps.update(
                     entry_id, state=UPLOADING, mode=attrs.mode, uid=attrs.uid, gid=attrs.gid,
                     mtime_ns=attrs.mtime_ns)
-                if held.recovered:
-                    self._settle(held, entry_id)
-                if held.dirty:
-                    self._uploader.upload(entry_id, held.key, held.staged.path,
-                                          encode_metadata(attrs))
+                self._uploader.upload(entry_id, held.key, held.staged.path,
+                                      encode_metadata(attrs))
             except (QarnotException, OSError, sqlite3.Error, FsError) as error:
                 self._upload_failed(held, error)
                 raise FsError(errno.EIO, f"upload of {held.key} failed: {error}") from error
-            self._staging.journal.remove(entry_id)
-            held.journal_id, held.base, held.recovered = None, None, False
-            self._retries.forget(held)
-            if held.dirty:
-                log.info("uploaded %r (%d bytes)", held.key, attrs.size)
-            held.dirty = False
-            held.on_bucket = True
+            self._committed(held)
+            log.info("uploaded %r (%d bytes)", held.key, attrs.size)
             self.cache.put(held.path, Node(attrs, exact=True))
+
+    def _committed(self, held: OpenFile) -> None:
+        """The bucket has the staged content: the journal entry goes, the file is clean."""
+        if held.journal_id is not None:
+            self._steps.remove(held.journal_id)
+        held.journal_id, held.base, held.recovered = None, None, False
+        self._retries.forget(held)
+        held.dirty = False
+        held.on_bucket = True
 
     def _upload_failed(self, held: OpenFile, error: BaseException) -> None:
         assert held.staged is not None
@@ -483,16 +512,24 @@ class Filesystem:
         log.error("upload of %r failed (the staged copy %s is kept and retried in the "
                   "background in %.1f s): %s", held.key, held.staged.path, delay, error)
 
-    def _settle(self, held: OpenFile, entry_id: int) -> None:
+    def _settle(self, held: OpenFile) -> None:
         """Before the first upload of a recovered file: where it goes (a conflict moves
-        it to a new name), or nothing to send (``held.dirty`` cleared)."""
-        old_path = held.path
-        if not recovery.settle(self.bucket, held, self.options.part_size):
-            held.dirty = False
-            return
-        if held.path != old_path:
-            self._staging.journal.update(entry_id, path=held.path, key=held.key)
-            with self._namespace_lock:
+        it to a new name, so the namespace lock is taken), or nothing to send."""
+        with self._namespace_lock, held.lock:
+            if not held.recovered or not held.dirty or held.unlinked or held.staged is None:
+                return
+            old_path = held.path
+            try:
+                needed = recovery.settle(self.bucket, held, self.options.part_size)
+            except (QarnotException, OSError) as error:
+                self._upload_failed(held, error)
+                raise FsError(errno.EIO, f"upload of {held.key} failed: {error}") from error
+            held.recovered = False
+            if not needed:
+                self._committed(held)
+            elif held.path != old_path:
+                assert held.journal_id is not None
+                self._steps.update(held.journal_id, path=held.path, key=held.key)
                 if self._files.get(old_path) is held:
                     del self._files[old_path]
                 self._files[held.path] = held
@@ -566,7 +603,7 @@ class Filesystem:
         """Nothing of ``held`` is to be uploaded any more (deleted, or uploaded aside)."""
         self._retries.forget(held)
         if held.journal_id is not None:
-            self._staging.journal.remove(held.journal_id, abandon=True)
+            self._steps.remove(held.journal_id, abandon=True)
             held.journal_id = None
         held.base = None
 
@@ -617,7 +654,7 @@ class Filesystem:
             if not self._node(path).attrs.is_dir:
                 raise FsError(errno.ENOTDIR, path)
             prefix = self._require_empty(path)
-            self.bucket.delete(prefix)
+            self._deletes.delete_now(prefix)
             self.cache.remove(path, tree=True)
             self._keep_folder(parent_of(path))
 
@@ -709,7 +746,7 @@ class Filesystem:
                 held.path, held.key, held.on_bucket = new, new_key, True
                 del self._files[old]
                 self._files[new] = held
-        self.bucket.delete(old_key)
+        self._deletes.delete_now(old_key)  # a rename is complete when it returns
         self.cache.remove(old)
         self.cache.put(new, Node(attrs, exact=source.exact or held is not None))
 
@@ -731,7 +768,7 @@ class Filesystem:
                 held.key = self.keys.file_key(held.path)
                 self._files[held.path] = held
                 if held.journal_id is not None:
-                    self._staging.journal.update(held.journal_id, path=held.path, key=held.key)
+                    self._steps.update(held.journal_id, path=held.path, key=held.key)
         self.bucket.delete_many(key for key, _ in moves)
         self.cache.remove(old, tree=True)
         self.cache.forget(new)
@@ -885,6 +922,7 @@ class Filesystem:
             self._handles.clear()
         self._pool.shutdown(wait=True)
         self._read_pool.shutdown(wait=True, cancel_futures=True)
+        self._deletes.close()
         with contextlib.suppress(QarnotException, sqlite3.Error):
             self._uploader.abort_abandoned()
         self._staging.close(keep=failed)

@@ -292,6 +292,13 @@ class FuseOperations(mfusepy.Operations):
     def open(self, path: str, flags: int) -> int:
         return self.filesystem.open(path, flags)
 
+    def keep_cache(self, fh: int) -> bool:
+        try:
+            return self.filesystem.keep_cache(fh)
+        except Exception:  # only an optimisation: dropping the pages is always right
+            log.debug("keep_cache(%d) failed", fh, exc_info=True)
+            return False
+
     @_operation
     def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
         return self.filesystem.read(fh, size, offset)
@@ -328,6 +335,13 @@ class _Fuse(mfusepy.FUSE):
 
     def rename_fuse_3(self, old: bytes, new: bytes, flags: int) -> int:
         return int(self.operations.rename(self._path(old), self._path(new), flags))
+
+    def open(self, path: bytes, fip: Any) -> int:
+        """Open, and tell the kernel whether the pages it cached of the file are still
+        good (``keep_cache``: the object did not change since the last open)."""
+        result = int(super().open(path, fip))
+        fip.contents.keep_cache = int(self.operations.keep_cache(fip.contents.fh))
+        return result
 
     def truncate_fuse_3(self, path: bytes | None, length: int, fip: Any) -> int:
         fh = fip.contents.fh if fip else None

@@ -17,6 +17,7 @@ run while the mount writes.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sqlite3
 import threading
@@ -25,6 +26,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 JOURNAL_NAME = "journal.sqlite3"
 DIRTY, UPLOADING, COMMITTED = "dirty", "uploading", "committed"
@@ -222,6 +225,27 @@ class Journal:
         return {str(row[0]) for row in rows}
 
 
+class Tolerant:
+    """A journal whose writes may fail without failing the caller (logged): an upload
+    must go on when the staging disk is full, it only loses the ability to resume."""
+
+    def __init__(self, journal: Journal) -> None:
+        self.journal = journal
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self.journal, name)
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return method(*args, **kwargs)
+            except sqlite3.Error as error:
+                log.warning("the staging journal %s could not record a step (%s): %s",
+                            self.journal.path, name, error)
+                return None
+
+        return call
+
+
 def _connect(path: Path) -> sqlite3.Connection:
     db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
     db.execute("PRAGMA journal_mode=WAL")
@@ -243,7 +267,6 @@ def read_entries(folder: Path) -> list[Entry]:
         return []
     db = sqlite3.connect(path, isolation_level=None, timeout=30)
     try:
-        db.execute("PRAGMA journal_mode=WAL")
         return _entries(db)
     except sqlite3.DatabaseError:
         return []

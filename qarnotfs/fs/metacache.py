@@ -29,13 +29,15 @@ from .keys import is_within, name_of, parent_of
 
 @dataclass(frozen=True)
 class Node:
-    """A path's attributes; ``exact`` when they come from its metadata or our own write."""
+    """A path's attributes; ``exact`` when they come from its metadata or our own write;
+    ``etag`` the object's ETag when the bucket told it (a listing or a HEAD)."""
 
     attrs: Attributes
     exact: bool = False
+    etag: str = ""
 
     def copy(self) -> Node:
-        return Node(replace(self.attrs), self.exact)
+        return Node(replace(self.attrs), self.exact, self.etag)
 
 
 class _Map:

@@ -117,7 +117,7 @@ class Namespace:
             self.cache.learn_missing(path, since)
             raise FsError(errno.ENOENT, path)
         else:
-            node = Node(object_attributes(info, self.defaults), exact=True)
+            node = Node(object_attributes(info, self.defaults), exact=True, etag=info.etag)
         self.cache.learn(path, node, since)
         return node
 
@@ -179,10 +179,10 @@ class Namespace:
         for name, info in entries.files.items():
             known = self.cache.get(join(folder, name))
             if known is not None and known.exact and not known.attrs.is_dir \
-                    and known.attrs.size == info.size:
-                children[name] = known
+                    and known.attrs.size == info.size and known.etag in ("", info.etag):
+                children[name] = Node(known.attrs, exact=True, etag=info.etag)
                 continue
-            children[name] = Node(object_attributes(info, self.defaults))
+            children[name] = Node(object_attributes(info, self.defaults), etag=info.etag)
             if may_be_symlink(info.size, info.e_tag, self.defaults.symlink_scan):
                 probes.append(_Probe(children, name, info.key))
         return children
@@ -196,7 +196,7 @@ class Namespace:
                                                   exact=True)
             elif result is not None:
                 probe.children[probe.name] = Node(object_attributes(result, self.defaults),
-                                                  exact=True)
+                                                  exact=True, etag=result.etag)
             else:  # deleted since the listing
                 del probe.children[probe.name]
 

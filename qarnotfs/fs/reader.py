@@ -2,8 +2,8 @@
 
 Owns: :class:`Reader`, one per open handle. The object is fetched in *pieces* (ranged
 GETs). A read that finds no piece fetches one at once (256 KiB, or the rest of a small
-file: one GET for a small file). While reads stay sequential each piece is twice as big
-as the last (up to 8 MiB: few requests per file, as boto3's download makes), and once
+file: one GET for a small file). While reads stay sequential each piece is four times as
+big as the last (up to 8 MiB: few requests per file, as boto3's download makes), and once
 256 KiB were read in a row, pieces ahead of the reader are fetched in parallel on a
 shared pool: one more per 256 KiB read, up to 4. A seek drops the pieces and starts again
 with a small piece. Pieces behind the reader are dropped, so a handle holds at most 6
@@ -24,6 +24,8 @@ KIB = 1024
 MIB = KIB * KIB
 INITIAL_PIECE = 256 * KIB
 MAXIMUM_PIECE = 8 * MIB
+GROWTH = 4
+"""Each piece of a sequential read is this many times the last (up to the maximum)."""
 MAXIMUM_AHEAD = 4
 """Pieces fetched in parallel ahead of a sequential reader (one more per 256 KiB read)."""
 LATE_READS = 1 * MIB
@@ -129,9 +131,8 @@ class Reader:
             future = self._pool.submit(self._bucket.read, key, start, end - start)
         piece = _Piece(start, end, future)
         self._pieces.append(piece)
-        # Each piece of a sequential read is twice the last: few requests for big files,
-        # no waste for small reads.
-        self._piece_size = min(2 * self._piece_size, MAXIMUM_PIECE)
+        # Growing pieces: few requests for big files, little waste for small reads.
+        self._piece_size = min(GROWTH * self._piece_size, MAXIMUM_PIECE)
         return piece
 
     def _drop(self) -> None:

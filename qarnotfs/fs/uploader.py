@@ -35,10 +35,16 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
+VOLATILE_METADATA = frozenset({"atime", "ctime"})
+"""Metadata that may differ between an upload and its resumption without mattering."""
+
+
 def signature(path: Path, metadata: dict[str, str]) -> str:
-    """What an upload's parts depend on: the staged copy's size and mtime, the metadata."""
+    """What an upload's parts depend on: the staged copy's size and mtime, the metadata
+    (but access and change times: a recovered file's are not the original ones)."""
     info = os.stat(path)
-    digest = hashlib.sha256(json.dumps(metadata, sort_keys=True).encode()).hexdigest()[:16]
+    kept = {k: v for k, v in metadata.items() if k not in VOLATILE_METADATA}
+    digest = hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:16]
     return f"{info.st_size}:{info.st_mtime_ns}:{digest}"
 
 
@@ -109,7 +115,7 @@ class Uploader:
                 and entry.part_size == self.part_size):
             held = self.bucket.list_parts(key, entry.upload_id)
             if held is not None:
-                recorded = self.journal.parts(entry_id)
+                recorded = self.journal.parts(entry_id) or {}
                 done = {n: part for n, part in recorded.items()
                         if n in held and normalize_etag(held[n][0]) == normalize_etag(part[0])
                         and held[n][1] == part[1]}

@@ -1,0 +1,282 @@
+"""How many requests each filesystem call costs (the "Speed" issue), counted, not timed.
+
+Every S3 request the core sends is recorded through a botocore event hook on the test's
+client, so each test states its budget as request counts: a listing is one LIST per page
+and no HEAD per entry, a lookup after a listing is free, a missing name is asked once,
+``rm -r`` of N files is about N/1000 DeleteObjects. Also: the read-ahead's request
+pattern and memory bound, the link mark that lets listings skip HEADs, and the memory of
+a cache holding 100,000 entries.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import tracemalloc
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from qarnotfs.fs.attrs import Attributes
+from qarnotfs.fs.errors import FsError
+from qarnotfs.fs.metacache import MetaCache, Node
+from qarnotfs.fs.reader import MAXIMUM_AHEAD, MAXIMUM_PIECE, Reader
+
+if TYPE_CHECKING:
+    from fs_helpers import FakeClock, MakeFs
+    from mypy_boto3_s3 import S3Client
+
+    from qarnotfs.connection import Connection
+
+pytest_plugins = ("fs_helpers",)
+CREATE = os.O_CREAT | os.O_WRONLY
+
+
+class Requests:
+    """The S3 operations sent by one client since the last :meth:`take`."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, dict[str, Any]]] = []
+
+    def record(self, model: Any, params: dict[str, Any], **_: Any) -> None:
+        self.seen.append((model.name, params))
+
+    def take(self) -> Counter[str]:
+        counted = Counter(name for name, _ in self.seen)
+        self.seen.clear()
+        return counted
+
+
+@pytest.fixture
+def requests(connection: Connection) -> Iterator[Requests]:
+    recorder = Requests()
+    # Fired once per API call (not per retry), with the call's own parameters.
+    connection.s3.meta.events.register("before-parameter-build.s3", recorder.record)
+    yield recorder
+    connection.s3.meta.events.unregister("before-parameter-build.s3", recorder.record)
+
+
+def populate(s3_client: S3Client, bucket_name: str, keys: list[str], body: bytes) -> None:
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(lambda key: s3_client.put_object(Bucket=bucket_name, Key=key, Body=body),
+                      keys))
+
+
+def write_file(fs: Any, path: str, data: bytes) -> None:
+    fh = fs.create(path, stat.S_IFREG | 0o644, CREATE)
+    fs.write(fh, data, 0)
+    fs.release(fh)
+
+
+def test_ls_l_of_a_big_folder_is_one_list_per_page_and_lookups_are_free(
+        make_fs: MakeFs, s3_client: S3Client, bucket_name: str, requests: Requests) -> None:
+    count = 1001  # two pages
+    names = [f"f{index:04d}" for index in range(count)]
+    populate(s3_client, bucket_name, [f"big/{name}" for name in names], b"tiny")
+    fs = make_fs()
+    requests.take()
+    assert fs.getattr("/big").is_dir
+    assert requests.take() == {"HeadObject": 1, "ListObjectsV2": 1}, "one round trip"
+    entries = dict(fs.readdir("/big"))
+    assert sorted(entries) == [".", "..", *names]
+    assert all(entries[name].size == 4 for name in names)
+    assert requests.take() == {"ListObjectsV2": 2}, "a LIST per page, no HEAD per small file"
+    for name in names:
+        assert fs.getattr(f"/big/{name}").size == 4
+    with pytest.raises(FsError) as missing:
+        fs.getattr("/big/absent")
+    assert missing.value.errno == errno.ENOENT
+    assert requests.take() == {}, "lookups after a listing are answered from it"
+
+
+def test_negative_lookups_are_cached(make_fs: MakeFs, requests: Requests) -> None:
+    fs = make_fs()
+    requests.take()
+    for _ in range(3):
+        with pytest.raises(FsError):
+            fs.getattr("/nothing/here")
+    assert requests.take() == {"HeadObject": 1, "ListObjectsV2": 1}, "asked once"
+
+
+def test_a_tree_is_listed_by_its_first_page(make_fs: MakeFs, s3_client: S3Client,
+                                            bucket_name: str, requests: Requests) -> None:
+    keys = [f"tree/d{index % 5}/f{index:03d}" for index in range(100)]
+    populate(s3_client, bucket_name, keys, b"y" * 100)
+    s3_client.put_object(Bucket=bucket_name, Key="tree/d0/", Body=b"",
+                         Metadata={"mode": str(stat.S_IFDIR | 0o700)})
+    fs = make_fs()
+    fs.getattr("/tree")
+    requests.take()
+    walked = {name for name, _ in fs.readdir("/tree")} - {".", ".."}
+    for folder in sorted(walked):
+        assert len(fs.readdir(f"/tree/{folder}")) == 2 + 20
+    heads = [params["Key"] for name, params in requests.seen if name == "HeadObject"]
+    assert requests.take() == {"ListObjectsV2": 1, "HeadObject": 1}, "find: one LIST"
+    assert heads == ["tree/d0/"], "only the folder that has a marker is HEADed"
+    assert fs.getattr("/tree/d0").mode == stat.S_IFDIR | 0o700
+    assert fs.getattr("/tree/d1").mode == stat.S_IFDIR | 0o755
+
+
+def test_links_are_marked_so_listings_need_no_head_per_small_file(
+        make_fs: MakeFs, s3_client: S3Client, bucket_name: str, requests: Requests) -> None:
+    s3fs_link = {"mode": str(stat.S_IFLNK | 0o777)}
+    s3_client.put_object(Bucket=bucket_name, Key="d/s3fs-link", Body=b"small",
+                         Metadata=s3fs_link)
+    s3_client.put_object(Bucket=bucket_name, Key="d/small", Body=b"small")
+    make_fs().symlink("small", "/d/ours")
+    etag = s3_client.head_object(Bucket=bucket_name, Key="d/ours")["ETag"]
+    assert etag.endswith('-1"'), "qarnotfs writes its links as one multipart part"
+
+    fs = make_fs()  # a remount: only the bucket knows
+    fs.getattr("/d")
+    requests.take()
+    listed = dict(fs.readdir("/d"))
+    assert [params["Key"] for name, params in requests.seen if name == "HeadObject"] \
+        == ["d/ours"], "only the marked candidate is HEADed"
+    assert listed["ours"].is_link and fs.readlink("/d/ours") == "small"
+    assert listed["s3fs-link"].is_file, "an unmarked link is a file by default"
+    assert listed["small"].is_file
+    scanning = make_fs(symlink_scan="small")
+    listed = dict(scanning.readdir("/d"))
+    assert listed["s3fs-link"].is_link and listed["ours"].is_link and listed["small"].is_file
+
+    # The mark survives what copies objects: a rename, a folder rename, chown -h.
+    fs.rename("/d/ours", "/d/moved")
+    fs.chown("/d/moved", 1234, -1)
+    fs.rename("/d", "/e")
+    again = make_fs()
+    assert again.getattr("/e/moved").is_link and again.getattr("/e/moved").uid == 1234
+    assert again.readlink("/e/moved") == "small"
+    assert dict(again.readdir("/e"))["moved"].is_link
+
+
+def test_rm_r_batches_deletes_and_keeps_the_order_of_requests(
+        make_fs: MakeFs, s3_client: S3Client, bucket_name: str, requests: Requests) -> None:
+    count = 300
+    populate(s3_client, bucket_name, [f"gone/f{index:03d}" for index in range(count)], b"w")
+    s3_client.put_object(Bucket=bucket_name, Key="gone/", Body=b"")
+    fs = make_fs(delete_delay=600)  # batches leave only when a request needs them out
+    names = [name for name, _ in fs.readdir("/gone")][2:]
+    requests.take()
+    for name in names[:-1]:
+        fs.getattr(f"/gone/{name}")
+        fs.unlink(f"/gone/{name}")
+    assert requests.take() == {}, "unlink sends nothing by itself"
+    assert len(s3_client.list_objects_v2(Bucket=bucket_name)["Contents"]) == count + 1
+    fs.unlink(f"/gone/{names[-1]}")
+    # The last one checks whether the folder still has a key (to keep it): the batch first.
+    assert requests.take() == {"DeleteObjects": 1, "ListObjectsV2": 1}
+    fs.rmdir("/gone")
+    assert requests.take() == {"ListObjectsV2": 1, "DeleteObject": 1}
+    assert "Contents" not in s3_client.list_objects_v2(Bucket=bucket_name)
+
+    # A name written again after its unlink is never deleted by the late batch.
+    write_file(fs, "/again", b"first")
+    fs.unlink("/again")
+    write_file(fs, "/again", b"second")
+    fs.shutdown()  # sends anything still queued
+    assert s3_client.get_object(Bucket=bucket_name, Key="again")["Body"].read() == b"second"
+
+
+def test_emptiness_checks_ask_for_two_keys(make_fs: MakeFs, s3_client: S3Client,
+                                           bucket_name: str, requests: Requests) -> None:
+    populate(s3_client, bucket_name, [f"full/f{index:04d}" for index in range(30)], b"x")
+    fs = make_fs()
+    fs.getattr("/full")
+    requests.take()
+    with pytest.raises(FsError) as refused:
+        fs.rmdir("/full")
+    assert refused.value.errno == errno.ENOTEMPTY
+    assert [(name, params.get("MaxKeys")) for name, params in requests.seen] \
+        == [("ListObjectsV2", 2)]
+
+
+def test_folder_rename_copies_with_one_request_per_key(
+        make_fs: MakeFs, s3_client: S3Client, bucket_name: str, requests: Requests) -> None:
+    count = 40
+    populate(s3_client, bucket_name, [f"src/f{index:02d}" for index in range(count)], b"z" * 10)
+    fs = make_fs()
+    fs.getattr("/src")
+    requests.take()
+    fs.rename("/src", "/dst")
+    counted = requests.take()
+    assert counted["CopyObject"] == count and counted["HeadObject"] <= 1, counted
+    assert counted["DeleteObjects"] == 1 and "DeleteObject" not in counted
+
+
+class FakeBucket:
+    """Answers ranged reads with zeros and remembers them."""
+
+    def __init__(self) -> None:
+        self.reads: list[tuple[int, int]] = []
+
+    def read(self, key: str, offset: int, length: int) -> bytes:
+        self.reads.append((offset, length))
+        return bytes(length)
+
+
+def test_sequential_reads_grow_the_pieces_and_fetch_ahead() -> None:
+    size = 256 << 20
+    bucket = FakeBucket()
+    with ThreadPoolExecutor(8) as pool:
+        reader = Reader(bucket, pool)  # type: ignore[arg-type]
+        for offset in range(0, size, 128 << 10):
+            assert len(reader.read("k", 128 << 10, offset, size)) == 128 << 10
+            held = sum(p.end - p.start for p in reader._pieces)
+            assert held <= (MAXIMUM_AHEAD + 2) * MAXIMUM_PIECE, "memory per file bounded"
+    assert sum(length for _, length in bucket.reads) == size, "every byte fetched once"
+    assert len(bucket.reads) <= size // MAXIMUM_PIECE + 4, "few requests (as boto3 makes)"
+    assert [offset for offset, _ in bucket.reads] == sorted(o for o, _ in bucket.reads)
+
+
+def test_small_and_random_reads_fetch_little() -> None:
+    bucket = FakeBucket()
+    reader = Reader(bucket)  # type: ignore[arg-type]
+    assert reader.read("small", 128 << 10, 0, 4096) == bytes(4096)
+    assert bucket.reads == [(0, 4096)], "a small file is one GET"
+    bucket.reads.clear()
+    for offset in (50 << 20, 10 << 20, 90 << 20):
+        reader.read("big", 4096, offset, 100 << 20)
+    assert all(length == 256 << 10 for _, length in bucket.reads), "a seek starts small"
+
+
+def test_a_cache_of_100000_entries_stays_small() -> None:
+    cache = MetaCache(ttl=60, negative_ttl=5, maxsize=100_000)
+    attrs = Attributes(stat.S_IFREG | 0o644, 100, 0, 0, 1, 1, 1)
+    tracemalloc.start()
+    try:
+        for folder in range(100):
+            children = {f"file-{index:05d}": Node(attrs) for index in range(1000)}
+            cache.learn_listing(f"/folder-{folder:03d}", children, cache.generation())
+        current, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert cache.get("/folder-099/file-00999") is not None
+    # Measured about 80 MB (each entry is held by the listing and the entries map).
+    assert current < 150 * 1024 * 1024, f"{current / 2**20:.0f} MiB for 100,000 entries"
+
+
+def test_the_kernel_keeps_its_page_cache_only_while_the_object_is_unchanged(
+        make_fs: MakeFs, s3_client: S3Client, bucket_name: str, clock: FakeClock) -> None:
+    s3_client.put_object(Bucket=bucket_name, Key="data", Body=b"version 1")
+    fs = make_fs()
+
+    def opened_keeps_cache() -> bool:
+        fh = fs.open("/data", os.O_RDONLY)
+        try:
+            return fs.keep_cache(fh)
+        finally:
+            fs.release(fh)
+
+    assert not opened_keeps_cache(), "first open: nothing cached to keep"
+    assert opened_keeps_cache(), "same ETag: the pages stay"
+    s3_client.put_object(Bucket=bucket_name, Key="data", Body=b"version 2")
+    clock.advance(fs.options.cache_ttl + 1)  # the mount learns of the change
+    assert not opened_keeps_cache(), "changed by another machine: pages dropped"
+    assert opened_keeps_cache()
+    write_file(fs, "/data", b"version 3")
+    assert not opened_keeps_cache(), "written through the mount: pages dropped"
