@@ -814,6 +814,11 @@ def test_no_request_after_our_own_upload(make_fs: MakeFs, monkeypatch: pytest.Mo
 # -- the staging journal and background retries (see also tests/test_70_crash.py) ----------
 
 
+def tmp_staging(fs: Filesystem) -> Path:
+    """The staging directory the filesystem's own folder is in."""
+    return fs.staging_root.parent
+
+
 def test_journal_records_each_dirty_file_until_it_is_in_the_bucket(
         make_fs: MakeFs, s3_client: S3Client, bucket_name: str) -> None:
     from qarnotfs.fs.journal import read_entries
@@ -835,10 +840,6 @@ def test_journal_records_each_dirty_file_until_it_is_in_the_bucket(
     assert read_entries(fs.staging_root) == []
     assert body(s3_client, bucket_name, "old") == b"v2"
     assert staged_copies(tmp_staging(fs)) == []
-
-
-def tmp_staging(fs: Filesystem) -> Path:
-    return fs.staging_root.parent
 
 
 def test_failed_upload_is_retried_in_the_background(
@@ -935,3 +936,29 @@ def test_a_changed_file_starts_a_new_upload_and_aborts_the_old_one(
     assert sorted(sent) == [1, 2, 3]  # the old parts no longer match the file
     assert body(s3_client, bucket_name, "big") == b"changed" + data[7:]
     assert "Uploads" not in s3_client.list_multipart_uploads(Bucket=bucket_name), old
+
+
+def test_a_new_filesystem_takes_over_what_a_stopped_one_left_in_another_slot(
+        make_fs: MakeFs, s3_client: S3Client, bucket_name: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from mounting import wait_until
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise QarnotGenericException("injected: down")
+
+    first, second = make_fs(), make_fs()
+    left_behind = second.staging_root
+    monkeypatch.setattr(second.bucket, "upload", broken)
+    fh = second.create("/kept", stat.S_IFREG | 0o644, CREATE)
+    second.write(fh, b"left by the second mount", 0)
+    second.release(fh)  # the last close fails: logged, kept, retried
+    second.shutdown()  # one last try fails too: the slot stays, with its journal
+    assert [p.read_bytes() for p in staged_copies(left_behind)] == [b"left by the second mount"]
+    first.shutdown()
+    monkeypatch.undo()
+    third = make_fs(retry_first_delay=0.01)
+    assert third.staging_root == first.staging_root  # slot 0, free again
+    assert not left_behind.exists()  # its entry was adopted, the slot removed
+    wait_until(lambda: "kept" in keys(s3_client, bucket_name), timeout=10,
+               message="the adopted file to be uploaded")
+    assert body(s3_client, bucket_name, "kept") == b"left by the second mount"

@@ -19,15 +19,14 @@ import itertools
 import os
 import shutil
 import stat
-import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING
 
 import hypothesis.strategies as st
-from hypothesis import HealthCheck, event, settings
+from hypothesis import HealthCheck, settings
 from hypothesis.stateful import (
     RuleBasedStateMachine,
     invariant,
@@ -35,10 +34,10 @@ from hypothesis.stateful import (
     rule,
     run_state_machine_as_test,
 )
+from model_common import DATA, OFFSETS, OPEN_MODES, PATHS, same
 
 from qarnotfs.bucket import Bucket
 from qarnotfs.fs.core import Filesystem, FsOptions
-from qarnotfs.fs.errors import errno_for
 from qarnotfs.fs.keys import is_within, parent_of
 
 if TYPE_CHECKING:
@@ -50,17 +49,6 @@ pytest_plugins = ("fs_helpers",)
 EXAMPLES = int(os.environ.get("QARNOTFS_MODEL_EXAMPLES", "30"))
 STEPS = int(os.environ.get("QARNOTFS_MODEL_STEPS", "40"))
 CACHE_TTL = 30.0
-T = TypeVar("T")
-
-NAMES = st.sampled_from(["a", "b", "c"])
-PATHS = st.lists(NAMES, min_size=1, max_size=2).map(lambda names: "/" + "/".join(names))
-DATA = st.binary(max_size=48)
-OFFSETS = st.integers(min_value=0, max_value=80)
-OPEN_MODES = st.sampled_from([
-    ("r", os.O_RDONLY), ("rw", os.O_RDWR), ("w", os.O_WRONLY), ("a", os.O_WRONLY | os.O_APPEND),
-    ("trunc", os.O_RDWR | os.O_TRUNC),
-])
-
 
 @dataclass
 class Pair:
@@ -78,31 +66,6 @@ class Pair:
     @property
     def writable(self) -> bool:
         return (self.flags & os.O_ACCMODE) != os.O_RDONLY
-
-
-class Outcome:
-    """The result of a call, or the errno it failed with."""
-
-    def __init__(self, call: Callable[[], T]) -> None:
-        self.value: Any = None
-        self.errno = 0
-        try:
-            self.value = call()
-        except Exception as error:  # both worlds' errors are compared by errno
-            self.errno = errno_for(error)
-            if not isinstance(error, OSError) and self.errno == errno.EIO:
-                raise
-
-
-def same(local: Callable[[], T], core: Callable[[], Any]) -> Any:
-    """Run both; they must both succeed or fail with one errno. Returns the core's value."""
-    expected, got = Outcome(local), Outcome(core)
-    caller = sys._getframe(1).f_code.co_name
-    event(f"{caller}: {errno.errorcode.get(expected.errno, 'ok')}")
-    assert got.errno == expected.errno, (
-        f"errno {errno.errorcode.get(got.errno, got.errno)} from the core, "
-        f"{errno.errorcode.get(expected.errno, expected.errno)} from the model")
-    return expected.value, got.value
 
 
 class CoreModel(RuleBasedStateMachine):

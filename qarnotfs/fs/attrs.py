@@ -41,7 +41,7 @@ SymlinkScan = Literal["marked", "small"]
 SYMLINK_SCANS: tuple[SymlinkScan, ...] = ("marked", "small")
 
 
-@dataclass
+@dataclass(slots=True)
 class Attributes:
     """What stat(2) reports for one file, folder or link."""
 

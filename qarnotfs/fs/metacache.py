@@ -27,7 +27,7 @@ from .attrs import Attributes
 from .keys import is_within, name_of, parent_of
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Node:
     """A path's attributes; ``exact`` when they come from its metadata or our own write;
     ``etag`` the object's ETag when the bucket told it (a listing or a HEAD)."""
@@ -161,13 +161,16 @@ class MetaCache:
             if not self._stale(folder, since):
                 self._store_listing(folder, children)
 
+    # Stored nodes are never changed in place (callers get copies), so the entries map
+    # and a listing share one copy: half the memory per cached entry.
     def _store(self, path: str, node: Node) -> None:
-        self._entries.set(path, node.copy())
+        stored = node.copy()
+        self._entries.set(path, stored)
         self._missing.pop(path)
         if path != "/":
             children = self._listings.get(parent_of(path))
             if isinstance(children, dict):
-                children[name_of(path)] = node.copy()
+                children[name_of(path)] = stored
 
     def put_listing(self, folder: str, children: dict[str, Node]) -> None:
         """Record the full content of ``folder`` as the mount made it (mkdir)."""
@@ -176,10 +179,11 @@ class MetaCache:
             self._store_listing(folder, children)
 
     def _store_listing(self, folder: str, children: dict[str, Node]) -> None:
-        self._listings.set(folder, {name: node.copy() for name, node in children.items()})
-        for name, node in children.items():
+        stored = {name: node.copy() for name, node in children.items()}
+        self._listings.set(folder, stored)
+        for name, node in stored.items():
             path = f"{folder.rstrip('/')}/{name}"
-            self._entries.set(path, node.copy())
+            self._entries.set(path, node)
             self._missing.pop(path)
 
     def remove(self, path: str, tree: bool = False) -> None:
