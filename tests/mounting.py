@@ -45,7 +45,7 @@ def run(args: Sequence[str | os.PathLike[str]], *, env: dict[str, str] | None = 
                             stdin=None if input is not None else subprocess.DEVNULL)
     if check and result.returncode != 0:
         raise AssertionError(
-            f"{' '.join(map(os.fspath, args))} exited with {result.returncode}\n"
+            f"{' '.join(os.fspath(arg) for arg in args)} exited with {result.returncode}\n"
             f"stdout: {result.stdout}\nstderr: {result.stderr}")
     return result
 

@@ -703,7 +703,7 @@ def test_full_staging_disk_is_logged_as_one_clear_line(
 def test_timeouts_and_retries_from_arguments_or_environment(
         s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> None:
     with connect(s3_server) as conn:
-        config = conn.s3.meta.config
+        config: Any = conn.s3.meta.config  # botocore-stubs lack these attributes
         assert (config.connect_timeout, config.read_timeout) == (10.0, 60.0)
         assert config.retries == {"total_max_attempts": 6, "mode": "standard"}
     monkeypatch.setenv("QARNOTFS_CONNECT_TIMEOUT", "2.5")
