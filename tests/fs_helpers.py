@@ -12,6 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from fakeclock import FakeClock
 
 from qarnotfs.bucket import Bucket
 from qarnotfs.connection import Connection
@@ -20,17 +21,6 @@ from qarnotfs.fs.core import Filesystem, FsOptions
 MakeFs = Callable[..., Filesystem]
 
 
-class FakeClock:
-    """A clock the caches read; tests advance it instead of sleeping."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 def connect(server: object) -> Connection:

@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 
 import pytest
 from botocore.exceptions import ReadTimeoutError
-from fs_helpers import FakeClock
+from fakeclock import FakeClock
 
 from qarnotfs.exceptions import (
     MissingBucketException,
