@@ -45,11 +45,12 @@ class Outcome:
                 raise
 
 
-def same(local: Callable[[], T], tested: Callable[[], Any]) -> Any:
+def same(local: Callable[[], T], tested: Callable[[], Any], name: str | None = None) -> Any:
     """Run both; they must both succeed or fail with one errno. Returns both values
-    (the model's, then the tested one's)."""
+    (the model's, then the tested one's). ``name`` (default: the caller's) labels the
+    call in failures and in Hypothesis' statistics."""
     expected, got = Outcome(local), Outcome(tested)
-    caller = sys._getframe(1).f_code.co_name
+    caller = name or sys._getframe(1).f_code.co_name
     event(f"{caller}: {errno.errorcode.get(expected.errno, 'ok')}")
     assert got.errno == expected.errno, (
         f"{caller}: errno {errno.errorcode.get(got.errno, got.errno)} from the system under "

@@ -11,6 +11,7 @@ a cache holding 100,000 entries.
 from __future__ import annotations
 
 import errno
+import itertools
 import os
 import stat
 import tracemalloc
@@ -21,6 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from qarnotfs.bucket import Bucket
+from qarnotfs.exceptions import QarnotGenericException
 from qarnotfs.fs.attrs import Attributes
 from qarnotfs.fs.errors import FsError
 from qarnotfs.fs.metacache import MetaCache, Node
@@ -230,7 +233,11 @@ def test_sequential_reads_grow_the_pieces_and_fetch_ahead() -> None:
             assert held <= (MAXIMUM_AHEAD + 2) * MAXIMUM_PIECE, "memory per file bounded"
     assert sum(length for _, length in bucket.reads) == size, "every byte fetched once"
     assert len(bucket.reads) <= size // MAXIMUM_PIECE + 4, "few requests (as boto3 makes)"
-    assert [offset for offset, _ in bucket.reads] == sorted(o for o, _ in bucket.reads)
+    # Fetch-ahead runs in threads, so the order of requests varies; the pieces must tile
+    # the object exactly, with no gap and no overlap.
+    pieces = sorted(bucket.reads)
+    assert all(offset + length == following for (offset, length), (following, _)
+               in itertools.pairwise(pieces))
 
 
 def test_small_and_random_reads_fetch_little() -> None:
@@ -297,3 +304,37 @@ def test_a_first_page_inside_a_big_sub_folder_still_lists_everything(
     assert [name for name, _ in fs.readdir("/top/b")] == [".", "..", "x"]
     assert len(fs.readdir("/top/a")) == 2 + 1001
     assert requests.take() == {"ListObjectsV2": 1 + 2}, "each listed on its own"
+
+
+def test_fsyncdir_sends_queued_deletes_and_reports_their_failure(
+        make_fs: MakeFs, s3_client: S3Client, bucket_name: str, requests: Requests,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    populate(s3_client, bucket_name, ["d/a", "d/b", "d/c"], b"x")
+    fs = make_fs(delete_delay=600)
+    fs.readdir("/d")
+    fs.unlink("/d/a")
+    requests.take()
+    fs.fsyncdir("/d")
+    assert requests.take() == {"DeleteObjects": 1}
+    assert s3_client.list_objects_v2(Bucket=bucket_name, Prefix="d/a").get("KeyCount") == 0
+
+    def refuse(self: Bucket, keys: object) -> None:
+        raise QarnotGenericException("AccessDenied: deletes are refused")
+
+    monkeypatch.setattr(Bucket, "delete_many", refuse)  # the failure, injected
+    fs.unlink("/d/b")
+    with pytest.raises(QarnotGenericException):
+        fs.fsyncdir("/d")
+    # Nothing is lost: the refused delete leaves the object where it was.
+    assert s3_client.get_object(Bucket=bucket_name, Key="d/b")["Body"].read() == b"x"
+
+
+def test_a_delete_delay_of_zero_deletes_before_unlink_returns(
+        make_fs: MakeFs, s3_client: S3Client, bucket_name: str, requests: Requests) -> None:
+    populate(s3_client, bucket_name, ["d/a", "d/b"], b"x")
+    fs = make_fs(delete_delay=0)
+    fs.getattr("/d/a")
+    requests.take()
+    fs.unlink("/d/a")
+    assert requests.take()["DeleteObject"] == 1
+    assert s3_client.list_objects_v2(Bucket=bucket_name, Prefix="d/a").get("KeyCount") == 0

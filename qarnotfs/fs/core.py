@@ -434,6 +434,10 @@ class Filesystem:
     def fsync(self, fh: int, datasync: bool) -> None:
         self._upload(self._handle(fh).file)
 
+    def fsyncdir(self, path: str) -> None:
+        """Make the folder's unlinks durable: send queued deletes, raise if they fail."""
+        self._deletes.flush(raise_errors=True)
+
     def release(self, fh: int) -> None:
         with self._handles_lock:
             handle = self._handles.pop(fh, None)

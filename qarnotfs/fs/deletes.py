@@ -13,7 +13,9 @@ What it changes for others: a file unlinked through the mount disappears for oth
 machines up to ``delay`` seconds (plus the request) after ``unlink`` returned. A batch
 that fails is logged as an error naming its keys; those files stay in the bucket (nothing
 is lost, but the unlink did not happen) and the mount shows them again after its
-negative cache expires.
+negative cache expires. A program that must know calls ``fsync`` on the folder
+(``fsyncdir``), which sends the queued deletes and returns their error; ``delay`` 0 makes
+every unlink delete before it returns.
 """
 
 from __future__ import annotations
@@ -63,9 +65,13 @@ class DeferredDeletes:
         self.flush()
         self._bucket.delete(key)
 
-    def flush(self) -> None:
-        """Send every queued delete and return once it is done. A refusal is logged, not
-        raised: it belongs to earlier unlinks, not to the call that flushes."""
+    def flush(self, raise_errors: bool = False) -> None:
+        """Send every queued delete and return once it is done.
+
+        A refusal is logged; it is raised only with ``raise_errors`` (``fsyncdir``, which
+        asks for exactly that). Other callers go on: the failure belongs to earlier
+        unlinks, not to the call that happens to flush.
+        """
         with self._sending:
             with self._lock:
                 keys, self._queued = list(self._queued), {}
@@ -78,6 +84,8 @@ class DeferredDeletes:
                 more = f" and {len(keys) - 10} more" if len(keys) > 10 else ""
                 log.error("deleting %d unlinked file(s) failed, they stay in the bucket "
                           "(%s%s): %s", len(keys), shown, more, error)
+                if raise_errors:
+                    raise
 
     def close(self) -> None:
         """Send what is queued and stop the background thread."""

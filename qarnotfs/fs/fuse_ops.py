@@ -318,6 +318,11 @@ class FuseOperations(mfusepy.Operations):
         return 0
 
     @_operation
+    def fsyncdir(self, path: str, datasync: int, fh: int) -> int:
+        self.filesystem.fsyncdir(path)
+        return 0
+
+    @_operation
     def release(self, path: str, fh: int) -> int:
         self.filesystem.release(fh)
         return 0

@@ -156,6 +156,7 @@ _OPTIONS: dict[str, _Option] = {o.name: o for o in (
     _Option("cache_ttl", _seconds, "a number of seconds >= 0"),
     _Option("negative_ttl", _seconds, "a number of seconds >= 0"),
     _Option("cache_size", _count, "a whole number >= 0"),
+    _Option("delete_delay", _seconds, "a number of seconds >= 0"),
     _Option("symlink_scan", _symlink_scan, "marked or small"),
     _Option("attr_timeout", _seconds, "a number of seconds >= 0"),
     _Option("entry_timeout", _seconds, "a number of seconds >= 0"),
@@ -234,6 +235,7 @@ class MountRequest:
     negative_ttl: float | None = None
     cache_size: int | None = None
     symlink_scan: str | None = None
+    delete_delay: float | None = None
     attr_timeout: float = 1.0
     entry_timeout: float = 1.0
     log_file: str | None = None
@@ -378,7 +380,8 @@ def _fs_options(request: MountRequest) -> Any:
         "uid": os.getuid() if request.uid is None else request.uid,
         "gid": os.getgid() if request.gid is None else request.gid,
     }
-    for name in ("umask", "cache_ttl", "negative_ttl", "cache_size", "symlink_scan"):
+    for name in ("umask", "cache_ttl", "negative_ttl", "cache_size", "symlink_scan",
+                 "delete_delay"):
         if getattr(request, name) is not None:
             values[name] = getattr(request, name)
     if request.staging_dir is not None:
@@ -583,6 +586,9 @@ _MOUNT_VALUES: tuple[tuple[str, str, str], ...] = (
                                        "links: marked (default: those qarnotfs wrote) or small "
                                        "(every object of 1-4095 bytes: s3fs's links too; one "
                                        "HEAD each)"),
+    ("--delete-delay", "delete_delay", "seconds an unlink waits for others to join one "
+                                       "batched delete (default 0.05; 0: each unlink deletes "
+                                       "before it returns)"),
     ("--attr-timeout", "attr_timeout", "seconds the kernel caches attributes (default 1)"),
     ("--entry-timeout", "entry_timeout", "seconds the kernel caches names (default 1)"),
     ("--log-file", "log_file", "write logs to this file"),
