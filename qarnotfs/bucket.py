@@ -375,13 +375,15 @@ class Bucket:
             if "NoSuchUpload" not in str(error):
                 raise
 
-    def list_multipart_uploads(self, prefix: str = "") -> list[tuple[str, str]]:
-        """The unfinished multipart uploads under ``prefix``, as (key, upload id)."""
-        found: list[tuple[str, str]] = []
+    def list_multipart_uploads(self, prefix: str = "") -> list[tuple[str, str, float]]:
+        """The unfinished multipart uploads under ``prefix``: (key, upload id, when it was
+        initiated, in seconds since the epoch by the storage's clock)."""
+        found: list[tuple[str, str, float]] = []
         paginator = self._s3.get_paginator("list_multipart_uploads")
         with storage_errors(self._name):
             for page in paginator.paginate(Bucket=self._name, Prefix=prefix):
-                found.extend((u["Key"], u["UploadId"]) for u in page.get("Uploads", []))
+                found.extend((u["Key"], u["UploadId"], u["Initiated"].timestamp())
+                             for u in page.get("Uploads", []))
         return found
 
     def _abort_multipart_uploads(self) -> None:

@@ -22,6 +22,8 @@ if TYPE_CHECKING:
     from fs_helpers import FakeClock, MakeFs
     from mypy_boto3_s3 import S3Client
 
+    from qarnotfs.bucket import Bucket
+
 pytest_plugins = ("fs_helpers",)
 
 CREATE = os.O_WRONLY | os.O_CREAT
@@ -962,3 +964,36 @@ def test_a_new_filesystem_takes_over_what_a_stopped_one_left_in_another_slot(
     wait_until(lambda: "kept" in keys(s3_client, bucket_name), timeout=10,
                message="the adopted file to be uploaded")
     assert body(s3_client, bucket_name, "kept") == b"left by the second mount"
+
+
+def test_an_upload_created_just_before_a_crash_is_aborted_by_the_next_mount(
+        bucket: Bucket, s3_client: S3Client, bucket_name: str, tmp_path: Path) -> None:
+    # The crash window: CreateMultipartUpload answered, its id not journaled yet. The
+    # journal's intent, written before the request, is what identifies the upload later.
+    from qarnotfs.fs.journal import Journal
+    from qarnotfs.fs.uploader import Uploader
+
+    (tmp_path / "staging").mkdir(mode=0o700)
+    journal = Journal(tmp_path / "staging")
+    uploader = Uploader(bucket, journal, part_size=8 << 20, workers=2)
+    journal.intend_upload("pre/big")
+    bucket.create_multipart("pre/big", {})  # ... and the process dies here
+    s3_client.create_multipart_upload(Bucket=bucket_name, Key="pre/theirs")  # not ours
+
+    uploader.clean_orphans("pre/")
+
+    left = [u["Key"] for u in s3_client.list_multipart_uploads(Bucket=bucket_name)["Uploads"]]
+    assert left == ["pre/theirs"], "only the crashed upload of ours is aborted"
+    assert journal.intents() == [], "each intent is settled once"
+
+
+def test_a_finished_upload_leaves_no_intent(make_fs: MakeFs, bucket: Bucket,
+                                            bucket_name: str, s3_client: S3Client) -> None:
+    fs = make_fs()
+    fh = fs.create("/big", 0o644, os.O_WRONLY)
+    fs.write(fh, b"x" * (9 << 20), 0)
+    fs.flush(fh)
+    fs.release(fh)
+    journal = fs._staging.journal  # what a crash now would leave behind
+    assert journal.intents() == []
+    assert s3_client.head_object(Bucket=bucket_name, Key="big")["ContentLength"] == 9 << 20

@@ -552,6 +552,7 @@ class Filesystem:
                     other.remove(entry.id, abandon=False)
         entries = journal.entries()
         kept: set[str] = set()
+        pending: list[OpenFile] = []
         for entry in entries:
             staged = self._staging.root / entry.staged
             if not staged.is_file() or entry.path in self._files:
@@ -562,17 +563,20 @@ class Filesystem:
             kept.add(entry.staged)
             held = recovery.reopen(entry, staged)
             self._files[held.path] = held
-            self._retries.schedule(held, now=True)
+            pending.append(held)
         self._staging.remove_strays(kept)
         if kept:
             log.warning("a previous mount stopped with %d file(s) not uploaded; uploading "
                         "them now: %s", len(kept), ", ".join(sorted(
                             e.path for e in entries if e.staged in kept)[:10]))
-        if kept or journal.abandoned():
+        # Before any new upload starts, so that none can be taken for an orphan.
+        if kept or journal.abandoned() or journal.intents():
             try:
                 self._uploader.clean_orphans(self.keys.prefix)
             except QarnotException as error:
                 log.warning("could not check for unfinished uploads: %s", error)
+        for held in pending:
+            self._retries.schedule(held, now=True)
 
     # == namespace changes ===============================================================
 

@@ -66,6 +66,11 @@ CREATE TABLE IF NOT EXISTS abandoned (
     upload_id TEXT PRIMARY KEY,
     key TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS intents (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    key TEXT NOT NULL,
+    since REAL NOT NULL
+);
 """
 _ABANDON = ("INSERT OR IGNORE INTO abandoned (upload_id, key) SELECT upload_id, upload_key "
             "FROM entries WHERE id = ? AND upload_id IS NOT NULL")
@@ -217,6 +222,25 @@ class Journal:
     def aborted(self, upload_id: str) -> None:
         with self._transaction() as db:
             db.execute("DELETE FROM abandoned WHERE upload_id = ?", (upload_id,))
+
+    def intend_upload(self, key: str) -> int:
+        """Record, before CreateMultipartUpload is sent, that an upload of ``key`` may
+        start now: if the process dies before :meth:`start_upload` records its id, the
+        next mount still knows that an upload of that key around that time is ours."""
+        with self._transaction() as db:
+            cursor = db.execute("INSERT INTO intents (key, since) VALUES (?, ?)",
+                                (key, time.time()))
+        return int(cursor.lastrowid or 0)
+
+    def intent_done(self, intent_id: int) -> None:
+        with self._transaction() as db:
+            db.execute("DELETE FROM intents WHERE id = ?", (intent_id,))
+
+    def intents(self) -> list[tuple[int, str, float]]:
+        """Uploads that may have started without their id being recorded: (id, key, since)."""
+        with self._lock:
+            rows = self._db.execute("SELECT id, key, since FROM intents").fetchall()
+        return [(int(i), str(k), float(s)) for i, k, s in rows]
 
     def upload_ids(self) -> set[str]:
         with self._lock:

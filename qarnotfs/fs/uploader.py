@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+
 T = TypeVar("T")
 
 
@@ -76,8 +77,12 @@ class Uploader:
         current = signature(path, metadata)
         upload_id, done = self._resumable(entry_id, key, current)
         if upload_id is None:
-            upload_id = self.bucket.create_multipart(key, metadata)
-            self.journal.start_upload(entry_id, upload_id, key, self.part_size, current)
+            intent = self.journal.intend_upload(key)
+            try:
+                upload_id = self.bucket.create_multipart(key, metadata)
+                self.journal.start_upload(entry_id, upload_id, key, self.part_size, current)
+            finally:
+                self.journal.intent_done(intent)
         count = max(1, -(-size // self.part_size))
         missing = [n for n in range(1, count + 1) if n not in done]
         if done:
@@ -137,15 +142,42 @@ class Uploader:
 
     def clean_orphans(self, prefix: str) -> None:
         """Abort the unfinished multipart uploads under ``prefix`` that this journal gave
-        up; log the others (not started by this staging folder: left alone)."""
+        up, or that a crash left before their id was journaled; log the others (not
+        started by this staging folder: left alone)."""
         self.abort_abandoned()
         ours = self.journal.upload_ids()
-        others = [key for key, upload_id in self.bucket.list_multipart_uploads(prefix)
-                  if upload_id not in ours]
+        unknown = [(key, upload_id, initiated) for key, upload_id, initiated
+                   in self.bucket.list_multipart_uploads(prefix) if upload_id not in ours]
+        others = self._abort_unrecorded(unknown)
         if others:
             log.info("%d unfinished multipart upload(s) under %r were not started by this "
                      "staging folder and are left alone (first: %r)", len(others), prefix,
                      others[0])
+
+
+    def _abort_unrecorded(self, unknown: list[tuple[str, str, float]]) -> list[str]:
+        """Abort the uploads an intent left by a crash claims; return the other keys.
+
+        An intent says "an upload of this key was being created when the process died";
+        an unknown unfinished upload of that very key is taken for it. (The storage's
+        ``Initiated`` time cannot narrow this down: clocks differ, and some servers do not
+        keep it.) Intents are dropped afterwards: each is settled once.
+        """
+        claimed = {key for _id, key, _since in self.journal.intents()}
+        others = []
+        for key, upload_id, _initiated in unknown:
+            if key in claimed:
+                log.warning("aborting the multipart upload of %r left by a crash before "
+                            "it was journaled", key)
+                try:
+                    self.bucket.abort_multipart(key, upload_id)
+                except QarnotException as error:
+                    log.warning("could not abort it: %s", error)
+            else:
+                others.append(key)
+        for intent_id, _key, _since in self.journal.intents():
+            self.journal.intent_done(intent_id)
+        return others
 
 
 class RetryQueue(Generic[T]):
