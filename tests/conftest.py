@@ -32,6 +32,7 @@ from servers import (
 )
 
 if TYPE_CHECKING:
+    from faultproxy import FaultProxy
     from mypy_boto3_s3 import S3Client
 
 BACKENDS = ("moto", "rgw")
@@ -215,3 +216,12 @@ def bucket_name(s3_client: S3Client) -> Iterator[str]:
 def missing_bucket_name() -> str:
     """The name of a bucket that does not exist."""
     return unique_bucket_name("missing")
+
+
+@pytest.fixture
+def proxy(s3_server: S3Server) -> Iterator[FaultProxy]:
+    """A fault-injecting TCP proxy in front of the test server (tests/faultproxy.py)."""
+    from faultproxy import FaultProxy
+
+    with FaultProxy(s3_server.endpoint_url, lifetime=300) as running:
+        yield running

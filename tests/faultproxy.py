@@ -26,6 +26,7 @@ after ``lifetime`` seconds even if a test forgets it (use it as a context manage
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import re
 import select
 import socket
@@ -397,3 +398,13 @@ def closed_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def payload(size: int, seed: str = "") -> bytes:
+    """``size`` bytes that differ from block to block (a misplaced block shows)."""
+    out = bytearray()
+    counter = 0
+    while len(out) < size:
+        out += hashlib.sha256(f"{seed}:{counter}".encode()).digest() * 128
+        counter += 1
+    return bytes(out[:size])

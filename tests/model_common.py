@@ -56,3 +56,17 @@ def same(local: Callable[[], T], tested: Callable[[], Any], name: str | None = N
         f"{caller}: errno {errno.errorcode.get(got.errno, got.errno)} from the system under "
         f"test, {errno.errorcode.get(expected.errno, expected.errno)} from the model")
     return expected.value, got.value
+
+
+class OpenFlags:
+    """What the open flags of a file allow (shared by the models' open-file records)."""
+
+    flags: int
+
+    @property
+    def readable(self) -> bool:
+        return (self.flags & os.O_ACCMODE) in (os.O_RDONLY, os.O_RDWR)
+
+    @property
+    def writable(self) -> bool:
+        return (self.flags & os.O_ACCMODE) != os.O_RDONLY

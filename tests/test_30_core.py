@@ -8,8 +8,9 @@ import logging
 import os
 import stat
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -27,6 +28,16 @@ if TYPE_CHECKING:
 pytest_plugins = ("fs_helpers",)
 
 CREATE = os.O_WRONLY | os.O_CREAT
+
+
+def recorded(calls: list[str], name: str, original: Callable[..., Any]) -> Callable[..., Any]:
+    """``original``, noting ``name`` in ``calls`` at each call."""
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        calls.append(name)
+        return original(*args, **kwargs)
+
+    return call
 
 
 def write_file(fs: Filesystem, path: str, data: bytes, mode: int = 0o644) -> None:
@@ -296,7 +307,12 @@ def test_readdir_uses_one_listing_and_heads_only_small_objects_and_folders(
     fs = make_fs()
     heads: list[str] = []
     original = fs.bucket.stat
-    monkeypatch.setattr(fs.bucket, "stat", lambda key: heads.append(key) or original(key))
+
+    def counting_stat(key: str) -> Any:
+        heads.append(key)
+        return original(key)
+
+    monkeypatch.setattr(fs.bucket, "stat", counting_stat)
     assert fs.getattr("/dir").is_dir
     heads.clear()
     entries = dict(fs.readdir("/dir"))
@@ -711,8 +727,7 @@ def test_open_for_writing_transfers_nothing_until_the_first_write(
     transfers: list[str] = []
     for name in ("download", "upload"):
         original = getattr(fs.bucket, name)
-        monkeypatch.setattr(fs.bucket, name, lambda *a, _o=original, _n=name, **k: (
-            transfers.append(_n), _o(*a, **k))[1])
+        monkeypatch.setattr(fs.bucket, name, recorded(transfers, name, original))
     fh = fs.open("/big", os.O_WRONLY)  # what touch(1) does, then utimens
     fs.utimens("/big", None, 10**9)
     fs.flush(fh)
@@ -804,8 +819,7 @@ def test_no_request_after_our_own_upload(make_fs: MakeFs, monkeypatch: pytest.Mo
     calls: list[str] = []
     for name in ("stat", "list_folder", "has_objects_under", "read"):
         original = getattr(fs.bucket, name)
-        monkeypatch.setattr(fs.bucket, name, lambda *a, _o=original, _n=name, **k: (
-            calls.append(_n), _o(*a, **k))[1])
+        monkeypatch.setattr(fs.bucket, name, recorded(calls, name, original))
     write_file(fs, "/d/f", b"12345")
     fs.symlink("f", "/d/l")
     assert fs.getattr("/d/f").size == 5 and fs.getattr("/d/l").is_link

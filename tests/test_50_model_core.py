@@ -34,7 +34,7 @@ from hypothesis.stateful import (
     rule,
     run_state_machine_as_test,
 )
-from model_common import DATA, OFFSETS, OPEN_MODES, PATHS, same
+from model_common import DATA, OFFSETS, OPEN_MODES, PATHS, OpenFlags, same
 
 from qarnotfs.bucket import Bucket
 from qarnotfs.fs.core import Filesystem, FsOptions
@@ -51,21 +51,13 @@ STEPS = int(os.environ.get("QARNOTFS_MODEL_STEPS", "40"))
 CACHE_TTL = 30.0
 
 @dataclass
-class Pair:
+class Pair(OpenFlags):
     """One open file in both worlds."""
 
     local_fd: int
     fh: int
     flags: int
     path: str
-
-    @property
-    def readable(self) -> bool:
-        return (self.flags & os.O_ACCMODE) in (os.O_RDONLY, os.O_RDWR)
-
-    @property
-    def writable(self) -> bool:
-        return (self.flags & os.O_ACCMODE) != os.O_RDONLY
 
 
 class CoreModel(RuleBasedStateMachine):

@@ -39,7 +39,7 @@ from hypothesis.stateful import (
     rule,
     run_state_machine_as_test,
 )
-from model_common import DATA, OFFSETS, OPEN_MODES, PATHS, same
+from model_common import DATA, OFFSETS, OPEN_MODES, PATHS, OpenFlags, same
 from mounting import Mount, mounted
 
 if TYPE_CHECKING:
@@ -68,21 +68,13 @@ def rename(old: str, new: str, flags: int) -> None:
 
 
 @dataclass
-class Pair:
+class Pair(OpenFlags):
     """One open file (or folder) in both worlds."""
 
     local_fd: int
     mount_fd: int
     flags: int
     is_dir: bool
-
-    @property
-    def readable(self) -> bool:
-        return (self.flags & os.O_ACCMODE) in (os.O_RDONLY, os.O_RDWR)
-
-    @property
-    def writable(self) -> bool:
-        return (self.flags & os.O_ACCMODE) != os.O_RDONLY
 
     def both(self, call: Callable[[int], object]) -> tuple[object, object]:
         return same(lambda: call(self.local_fd), lambda: call(self.mount_fd),

@@ -12,7 +12,6 @@ folder; the bucket is then checked directly with boto3.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import re
 import signal
@@ -24,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from faultproxy import FaultProxy
+from faultproxy import FaultProxy, payload
 from mounting import Mount, bucket_bytes, bucket_keys, is_mounted, qarnotfs, wait_until
 
 from qarnotfs.fs import status
@@ -39,21 +38,6 @@ PART = 8 * MIB
 FAIL_FAST = ("--retries", "0", "--connect-timeout", "2", "--read-timeout", "5")
 NO_CACHE = ("--cache-ttl", "0", "--negative-ttl", "0", "--attr-timeout", "0",
             "--entry-timeout", "0")
-
-
-def payload(size: int, seed: str) -> bytes:
-    out = bytearray()
-    counter = 0
-    while len(out) < size:
-        out += hashlib.sha256(f"{seed}:{counter}".encode()).digest() * 128
-        counter += 1
-    return bytes(out[:size])
-
-
-@pytest.fixture
-def proxy(s3_server: Any) -> Iterator[FaultProxy]:
-    with FaultProxy(s3_server.endpoint_url, lifetime=300) as running:
-        yield running
 
 
 @pytest.fixture

@@ -14,7 +14,6 @@ a test process stuck in a FUSE call could not even be interrupted by pytest-time
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import re
 import signal
@@ -26,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from faultproxy import FaultProxy, closed_port
+from faultproxy import FaultProxy, closed_port, payload
 from mounting import (
     Mount,
     bucket_bytes,
@@ -68,22 +67,6 @@ GIVE_UP_WITHIN = 20.0
 def connect(server: S3Server, url: str | None = None, **options: Any) -> Connection:
     return Connection(storage_url=url or server.endpoint_url, access_key=server.access_key,
                       secret_key=server.secret_key, **options)
-
-
-def payload(size: int, seed: str = "") -> bytes:
-    """``size`` bytes that differ from block to block (a misplaced block shows)."""
-    out = bytearray()
-    counter = 0
-    while len(out) < size:
-        out += hashlib.sha256(f"{seed}:{counter}".encode()).digest() * 128
-        counter += 1
-    return bytes(out[:size])
-
-
-@pytest.fixture
-def proxy(s3_server: S3Server) -> Iterator[FaultProxy]:
-    with FaultProxy(s3_server.endpoint_url, lifetime=300) as running:
-        yield running
 
 
 # =====================================================================================
