@@ -423,7 +423,17 @@ def build_parser() -> ArgumentParser:
                         help="print only results and errors; no progress bars")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _add_transfer_commands(commands)
+    _add_bucket_commands(commands)
+    _add_mount_commands(commands)
+    return parser
 
+
+Commands = argparse._SubParsersAction  # argparse's type for the sub-command table
+
+
+def _add_transfer_commands(commands: Commands[ArgumentParser]) -> None:
+    """buckets, ls, get, put, sync: listing and moving objects."""
     commands.add_parser("buckets", help="list the buckets").set_defaults(func=cmd_buckets)
 
     ls = commands.add_parser("ls", help="list a bucket or a folder in it")
@@ -463,6 +473,10 @@ def build_parser() -> ArgumentParser:
                       help="print what would be done, change nothing")
     sync.set_defaults(func=cmd_sync)
 
+
+def _add_bucket_commands(commands: Commands[ArgumentParser]) -> None:
+    """rm, mb, rb, demo: deleting and creating, and the tour."""
+
     rm = commands.add_parser("rm", help="delete objects (or a whole prefix with -r)")
     rm.add_argument("remotes", metavar="BUCKET/KEY", nargs="+")
     rm.add_argument("-r", "--recursive", action="store_true",
@@ -491,11 +505,8 @@ def build_parser() -> ArgumentParser:
                       "kept on disk between runs (installs Debian's Ceph packages; root)")
     demo.set_defaults(func=cmd_demo)
 
-    _add_mount_commands(commands)
-    return parser
 
-
-def _add_mount_commands(commands: argparse._SubParsersAction[ArgumentParser]) -> None:
+def _add_mount_commands(commands: Commands[ArgumentParser]) -> None:
     # TODO(lead): import directly once qarnotfs.fs.mount exists; the guard is temporary.
     try:
         from .fs.mount import add_mount_commands  # type: ignore[import-not-found,unused-ignore]
