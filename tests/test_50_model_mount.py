@@ -266,9 +266,8 @@ class MountModel(RuleBasedStateMachine):
     def descriptors_agree_on_size(self) -> None:
         for pair in self.pairs:
             local = os.fstat(pair.local_fd)
-            # fstat of an open file that was unlinked fails with ESTALE through the kernel
-            # (test_fstat_of_an_unlinked_open_file below); its reads and writes still
-            # work and are compared.
+            # fstat of an open file that was unlinked fails with ESTALE (SEMANTICS.md,
+            # test_fstat_of_an_unlinked_open_file); its reads and writes are compared.
             if not pair.is_dir and local.st_nlink > 0:
                 assert os.fstat(pair.mount_fd).st_size == local.st_size
 
@@ -340,9 +339,9 @@ def test_mount_behaves_like_a_local_folder(live_mount: Mount, s3_client: S3Clien
 
 
 @pytest.mark.xfail(strict=True, raises=OSError,
-                   reason="fstat of an unlinked open file is ESTALE through the kernel: the "
-                          "mount sets hard_remove, and libfuse's high-level getattr without a "
-                          "file handle (what fstat sends) has no path for an unlinked node")
+                   reason="fstat of an unlinked open file is ESTALE: the kernel sends GETATTR "
+                          "without a file handle, and libfuse's high-level API (with "
+                          "hard_remove) has no path left for the node (SEMANTICS.md)")
 def test_fstat_of_an_unlinked_open_file(live_mount: Mount) -> None:
     """SEMANTICS.md, Unlinked open files: handles keep working, ``fstat`` with nlink 0."""
     path = live_mount.mountpoint / "unlinked"
@@ -355,3 +354,26 @@ def test_fstat_of_an_unlinked_open_file(live_mount: Mount) -> None:
         assert (attributes.st_size, attributes.st_nlink) == (4, 0)
     finally:
         os.close(fd)
+
+
+def test_calls_on_a_handle_alone_reach_the_right_file(live_mount: Mount) -> None:
+    """fchmod, fchown, futimens, fstat and readdir on descriptors reach the right file."""
+    path = live_mount.mountpoint / "by-handle"
+    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        os.write(fd, b"data")
+        os.fchmod(fd, 0o600)
+        os.fchown(fd, 1234, 5678)
+        os.utime(fd, ns=(1_000_000_000, 2_000_000_123))
+        attributes = os.fstat(fd)
+        assert (attributes.st_mode & 0o777, attributes.st_uid, attributes.st_gid) == \
+            (0o600, 1234, 5678)
+        assert attributes.st_mtime_ns == 2_000_000_123
+        folder = os.open(live_mount.mountpoint, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            assert "by-handle" in os.listdir(folder)  # readdir by the folder's handle
+        finally:
+            os.close(folder)
+    finally:
+        os.close(fd)
+    assert (os.stat(path).st_mode & 0o777, os.stat(path).st_mtime_ns) == (0o600, 2_000_000_123)
