@@ -245,7 +245,8 @@ def test_bad_mountpoints(make_mount: MakeMount, bucket_name: str) -> None:
     (["-o", "bogus"], "unknown mount option: bogus"),
     (["-o", "staging_dir"], "option staging_dir needs a value"),
     (["-o", "secret_key=hunter22"], "secret_key cannot be a mount option"),
-], ids=["value", "flag-value", "user", "unknown", "no-value", "secret"])
+    (["--statfs-size", "12Q"], "invalid value for statfs_size: '12Q'"),
+], ids=["value", "flag-value", "user", "unknown", "no-value", "secret", "size"])
 def test_bad_options(make_mount: MakeMount, bucket_name: str, options: list[str],
                      message: str) -> None:
     line = mount_fails(make_mount(bucket_name), *options)
@@ -461,3 +462,18 @@ def test_default_log_file(bucket_name: str, s3_env: dict[str, str], tmp_path: Pa
     assert f"mounted {bucket_name} on {mountpoint}" in logs[0].read_text()
     assert stat.S_IMODE(os.stat(logs[0]).st_mode) == 0o600
     assert stat.S_IMODE(os.stat(log_dir).st_mode) == 0o700
+
+
+def test_df_figures_are_consistent_and_configurable(make_mount: MakeMount,
+                                                    bucket_name: str) -> None:
+    mount = make_mount(bucket_name, "--statfs-size", "2T", "-o", "statfs_inodes=1000")
+    mount.start()
+    figures = os.statvfs(mount.mountpoint)
+    assert figures.f_blocks * figures.f_frsize == 2 << 40
+    assert figures.f_bfree == figures.f_bavail == figures.f_blocks  # used = total - free = 0
+    assert figures.f_files == figures.f_ffree == 1000
+    assert figures.f_namemax == 255
+    df = subprocess.run(["df", "-B1", "--output=size,used,avail", os.fspath(mount.mountpoint)],
+                        capture_output=True, text=True, check=True).stdout.split()
+    assert df[-3:] == [str(2 << 40), "0", str(2 << 40)]
+    mount.stop()

@@ -94,6 +94,20 @@ def _count(text: str) -> int:
     return value
 
 
+_SIZE_SUFFIXES = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40, "P": 1 << 50}
+
+
+def _size(text: str) -> int:
+    """Bytes, with an optional binary suffix: 500G, 2T, 1P."""
+    number, suffix = text.rstrip("KMGTPkmgtp"), text[len(text.rstrip("KMGTPkmgtp")):]
+    if len(suffix) > 1:
+        raise ValueError(text)
+    value = int(number, 10) * _SIZE_SUFFIXES[suffix.upper()]
+    if value <= 0:
+        raise ValueError(text)
+    return value
+
+
 def _umask(text: str) -> int:
     value = int(text, 8)
     if not 0 <= value <= 0o777:
@@ -157,6 +171,8 @@ _OPTIONS: dict[str, _Option] = {o.name: o for o in (
     _Option("negative_ttl", _seconds, "a number of seconds >= 0"),
     _Option("cache_size", _count, "a whole number >= 0"),
     _Option("delete_delay", _seconds, "a number of seconds >= 0"),
+    _Option("statfs_size", _size, "a size in bytes such as 500G or 1P"),
+    _Option("statfs_inodes", _count, "a whole number >= 0"),
     _Option("symlink_scan", _symlink_scan, "marked or small"),
     _Option("attr_timeout", _seconds, "a number of seconds >= 0"),
     _Option("entry_timeout", _seconds, "a number of seconds >= 0"),
@@ -236,6 +252,8 @@ class MountRequest:
     cache_size: int | None = None
     symlink_scan: str | None = None
     delete_delay: float | None = None
+    statfs_size: int | None = None
+    statfs_inodes: int | None = None
     attr_timeout: float = 1.0
     entry_timeout: float = 1.0
     log_file: str | None = None
@@ -386,6 +404,10 @@ def _fs_options(request: MountRequest) -> Any:
             values[name] = getattr(request, name)
     if request.staging_dir is not None:
         values["staging_dir"] = Path(request.staging_dir)
+    if request.statfs_size is not None:
+        values["statfs_total_bytes"] = request.statfs_size
+    if request.statfs_inodes is not None:
+        values["statfs_total_inodes"] = request.statfs_inodes
     return FsOptions(**values)
 
 
@@ -589,6 +611,9 @@ _MOUNT_VALUES: tuple[tuple[str, str, str], ...] = (
     ("--delete-delay", "delete_delay", "seconds an unlink waits for others to join one "
                                        "batched delete (default 0.05; 0: each unlink deletes "
                                        "before it returns)"),
+    ("--statfs-size", "statfs_size", "size df shows for the mount, e.g. 500G (default 1P; "
+                                     "all of it free)"),
+    ("--statfs-inodes", "statfs_inodes", "number of files df -i shows (default 2^32)"),
     ("--attr-timeout", "attr_timeout", "seconds the kernel caches attributes (default 1)"),
     ("--entry-timeout", "entry_timeout", "seconds the kernel caches names (default 1)"),
     ("--log-file", "log_file", "write logs to this file"),
