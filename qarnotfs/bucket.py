@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 LocalPath = Union[str, "os.PathLike[str]"]
 DELETE_BATCH = 1000
 """DeleteObjects accepts at most this many keys per request."""
+COPY_OBJECT_MAX = 5 << 30
+"""The largest object one CopyObject request copies (S3's limit)."""
 
 
 class Bucket:
@@ -268,13 +270,15 @@ class Bucket:
              size: int | None = None) -> None:
         """Server-side copy; ``metadata`` replaces the source's when given.
 
-        With the source's ``size`` known (from a listing) and below the multipart threshold,
-        one CopyObject request; else s3transfer, which HEADs the source first to choose.
+        With the source's ``size`` known (from a listing) and at most 5 GiB (the most one
+        CopyObject takes), one request: on Ceph RGW it copies no data within a bucket
+        (48 ms for 256 MiB where parts copied in parallel took 0.84 s). Else s3transfer,
+        which HEADs the source first and copies parts.
         """
         extra: dict[str, Any] = {}
         if metadata is not None:
             extra = {"Metadata": metadata, "MetadataDirective": "REPLACE"}
-        if size is not None and size < self._connection.transfer_config.multipart_threshold:
+        if size is not None and size <= COPY_OBJECT_MAX:
             with storage_errors(self._name, source):
                 self._s3.copy_object(Bucket=self._name, Key=destination,
                                      CopySource={"Bucket": self._name, "Key": source}, **extra)

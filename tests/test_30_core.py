@@ -8,7 +8,7 @@ import logging
 import os
 import stat
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -241,6 +241,137 @@ def test_two_handles_share_the_staged_bytes(make_fs: MakeFs, s3_client: S3Client
     assert body(s3_client, bucket_name, "shared") == b"abba"
     fs.release(writer)
     fs.release(reader)
+
+
+# -- libfuse's ".fuse_hidden" names for unlinked open files ---------------------------------
+# With hard_remove off, libfuse unlinks an open file by renaming it to a hidden name in its
+# folder (after a getattr that must be ENOENT), stats it by that name, and unlinks that name
+# after the last close (lib/fuse.c: hide_node, fuse_do_release).
+
+HIDDEN = "/d/.fuse_hidden0000000200000001"
+
+
+@pytest.fixture
+def sent(bucket: Bucket) -> Iterator[list[tuple[str, dict[str, Any]]]]:
+    """Every S3 call of the filesystems' client: (operation, parameters)."""
+    calls: list[tuple[str, dict[str, Any]]] = []
+
+    def record(model: Any, params: dict[str, Any], **_: Any) -> None:
+        calls.append((model.name, params))
+
+    events = bucket.connection.s3.meta.events
+    events.register("before-parameter-build.s3", record)
+    yield calls
+    events.unregister("before-parameter-build.s3", record)
+    assert not [call for call in calls if ".fuse_hidden" in repr(call)], \
+        "a .fuse_hidden name reached the bucket"
+
+
+def test_rename_to_a_hidden_name_unlinks_an_open_file_and_keeps_it_local(
+        make_fs: MakeFs, s3_client: S3Client, bucket_name: str,
+        sent: list[tuple[str, dict[str, Any]]]) -> None:
+    fs = make_fs()
+    fs.mkdir("/d", 0o755)
+    write_file(fs, "/d/f", b"content")
+    fh = fs.open("/d/f", os.O_RDWR)
+    fs.fsyncdir("/d")
+    sent.clear()
+    fails_with(errno.ENOENT, fs.getattr, HIDDEN)  # libfuse's probe of the name
+    assert sent == [], "a hidden name cannot be in the bucket: no request"
+    fs.rename("/d/f", HIDDEN)
+    fs.fsyncdir("/d")  # the delete is queued, as unlink queues it
+    assert keys(s3_client, bucket_name) == ["d/"]
+    assert names(fs, "/d") == []
+    fails_with(errno.ENOENT, fs.getattr, "/d/f")
+    sent.clear()
+    attributes = fs.getattr(HIDDEN)
+    assert (attributes.size, attributes.nlink, stat.S_ISREG(attributes.mode)) == (7, 0, True)
+    fs.write(fh, b"C", 0)
+    fs.truncate(HIDDEN, 5, fh)
+    assert fs.read(fh, 100, 0) == b"Conte"
+    assert fs.getattr(HIDDEN).size == 5
+    fs.flush(fh)
+    fs.fsync(fh, False)
+    assert sent == [], "nothing of it is uploaded, copied or looked up"
+    fs.rmdir("/d")  # the hidden file does not count
+    assert keys(s3_client, bucket_name) == []
+    assert fs.read(fh, 100, 0) == b"Conte", "its handle still reads"
+    sent.clear()
+    fs.release(fh)
+    fails_with(errno.ENOENT, fs.getattr, HIDDEN)
+    fails_with(errno.ENOENT, fs.unlink, HIDDEN)  # libfuse's, after the last release
+    assert sent == []
+    assert staged_copies(fs.staging_root) == []
+    assert names(make_fs(), "/") == []
+
+
+def test_unlink_of_a_hidden_name_drops_the_file_without_a_request(
+        make_fs: MakeFs, s3_client: S3Client, bucket_name: str,
+        sent: list[tuple[str, dict[str, Any]]]) -> None:
+    fs = make_fs()
+    fs.mkdir("/d", 0o755)
+    fh = fs.create("/d/new", stat.S_IFREG | 0o644, CREATE)
+    fs.write(fh, b"draft", 0)
+    fs.rename("/d/new", HIDDEN)
+    sent.clear()
+    fs.unlink(HIDDEN)  # libfuse unlinks hidden names left at unmount
+    assert sent == []
+    fails_with(errno.ENOENT, fs.getattr, HIDDEN)
+    assert fs.read(fh, 100, 0) == b"draft"
+    fs.release(fh)
+    assert keys(s3_client, bucket_name) == ["d/"]
+    assert fs.pending_uploads() == [] and staged_copies(fs.staging_root) == []
+
+
+def test_rename_onto_an_open_file_hides_it_first(
+        make_fs: MakeFs, s3_client: S3Client, bucket_name: str,
+        sent: list[tuple[str, dict[str, Any]]]) -> None:
+    """libfuse's order when the target is open: rename(target, hidden), then the rename."""
+    fs = make_fs()
+    fs.mkdir("/d", 0o755)
+    write_file(fs, "/d/new", b"new")
+    write_file(fs, "/d/target", b"old")
+    fh = fs.open("/d/target", os.O_RDONLY)
+    fs.rename("/d/target", HIDDEN)
+    fs.rename("/d/new", "/d/target")
+    assert keys(s3_client, bucket_name) == ["d/", "d/target"]
+    assert body(s3_client, bucket_name, "d/target") == b"new"
+    assert fs.read(fh, 100, 0) == b"old" and fs.getattr(HIDDEN).nlink == 0
+    assert names(fs, "/d") == ["target"]
+    fs.rename("/d", "/e")  # the hidden file moves with its folder, as in libfuse's tree
+    moved = "/e/" + HIDDEN.rsplit("/", 1)[1]
+    assert fs.getattr(moved).size == 3 and names(fs, "/e") == ["target"]
+    fs.release(fh)
+    fails_with(errno.ENOENT, fs.getattr, moved)
+    assert keys(s3_client, bucket_name) == ["e/", "e/target"]
+
+
+def test_names_starting_with_fuse_hidden_are_reserved(
+        make_fs: MakeFs, s3_client: S3Client, bucket_name: str,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Users cannot make them (EINVAL, nothing lost); keys others made are not shown."""
+    s3_client.put_object(Bucket=bucket_name, Key="o/.fuse_hidden_s3fs", Body=b"theirs")
+    fs = make_fs()
+    fs.mkdir("/d", 0o755)
+    write_file(fs, "/d/kept", b"kept")
+    fails_with(errno.EINVAL, fs.create, "/d/.fuse_hiddenmine", stat.S_IFREG | 0o644, CREATE)
+    fails_with(errno.EINVAL, fs.mkdir, "/d/.fuse_hidden", 0o755)
+    fails_with(errno.EINVAL, fs.symlink, "kept", "/d/.fuse_hiddenlink")
+    fails_with(errno.EINVAL, fs.rename, "/d/kept", HIDDEN)  # not open: a user's rename
+    fh = fs.open("/d/kept", os.O_RDONLY)
+    fails_with(errno.EINVAL, fs.rename, "/d/kept", "/.fuse_hidden0000000200000001")
+    fs.rename("/d/kept", HIDDEN)
+    fails_with(errno.EINVAL, fs.rename, HIDDEN, "/d/back")  # no name back once unlinked
+    fs.release(fh)
+    fails_with(errno.ENOENT, fs.rename, HIDDEN, "/d/back")
+    fs.fsyncdir("/d")
+    assert keys(s3_client, bucket_name) == ["d/", "o/.fuse_hidden_s3fs"]
+    with caplog.at_level(logging.WARNING, logger="qarnotfs.fs.keys"):
+        assert names(fs, "/o") == []
+    assert "'o/.fuse_hidden_s3fs' is hidden from the mount" in caplog.text
+    fails_with(errno.ENOENT, fs.getattr, "/o/.fuse_hidden_s3fs")
+    fails_with(errno.ENOTEMPTY, fs.rmdir, "/o")  # hidden keys are never lost by rmdir
+    assert keys(s3_client, bucket_name) == ["d/", "o/.fuse_hidden_s3fs"]
 
 
 # -- folders -------------------------------------------------------------------------------
@@ -914,19 +1045,26 @@ def failing_part(fs: Filesystem, monkeypatch: pytest.MonkeyPatch, bad: int) -> l
     return sent
 
 
-def test_failed_multipart_upload_resumes_with_the_missing_parts_only(
-        make_fs: MakeFs, s3_client: S3Client, bucket_name: str,
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    fs = make_fs(part_size=5 * MIB, retry_first_delay=3600)  # no background retry here
-    sent = failing_part(fs, monkeypatch, bad=2)
+def fail_part_two(fs: Filesystem, monkeypatch: pytest.MonkeyPatch) \
+        -> tuple[int, bytes, list[int]]:
+    """Write /big (11 MiB, parts of 5 MiB) and fail its close with part 2 refused; then
+    let every part through. Returns the handle, the data and the parts sent from now on."""
+    sent_before = failing_part(fs, monkeypatch, bad=2)
     data = os.urandom(11 * MIB)
     fh = fs.create("/big", stat.S_IFREG | 0o644, CREATE)
     fs.write(fh, data, 0)
     fails_with(errno.EIO, fs.flush, fh)
-    assert sorted(sent) == [1, 3]
-    [upload] = s3_client.list_multipart_uploads(Bucket=bucket_name)["Uploads"]
+    assert sorted(sent_before) == [1, 3]
     monkeypatch.undo()
-    sent = failing_part(fs, monkeypatch, bad=0)
+    return fh, data, failing_part(fs, monkeypatch, bad=0)
+
+
+def test_failed_multipart_upload_resumes_with_the_missing_parts_only(
+        make_fs: MakeFs, s3_client: S3Client, bucket_name: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    fs = make_fs(part_size=5 * MIB, retry_first_delay=3600)  # no background retry here
+    fh, data, sent = fail_part_two(fs, monkeypatch)
+    [upload] = s3_client.list_multipart_uploads(Bucket=bucket_name)["Uploads"]
     fs.fsync(fh, False)
     assert sent == [2]  # parts 1 and 3 were not sent again
     fs.release(fh)
@@ -935,22 +1073,31 @@ def test_failed_multipart_upload_resumes_with_the_missing_parts_only(
     assert upload["Key"] == "big"
 
 
-def test_a_changed_file_starts_a_new_upload_and_aborts_the_old_one(
+def test_a_file_changed_after_a_failure_resends_only_the_parts_that_changed(
         make_fs: MakeFs, s3_client: S3Client, bucket_name: str,
         monkeypatch: pytest.MonkeyPatch) -> None:
     fs = make_fs(part_size=5 * MIB, retry_first_delay=3600)
-    failing_part(fs, monkeypatch, bad=2)
-    data = os.urandom(11 * MIB)
-    fh = fs.create("/big", stat.S_IFREG | 0o644, CREATE)
-    fs.write(fh, data, 0)
-    fails_with(errno.EIO, fs.flush, fh)
-    [old] = s3_client.list_multipart_uploads(Bucket=bucket_name)["Uploads"]
-    monkeypatch.undo()
-    sent = failing_part(fs, monkeypatch, bad=0)
+    fh, data, sent = fail_part_two(fs, monkeypatch)
     fs.write(fh, b"changed", 0)
     fs.release(fh)
-    assert sorted(sent) == [1, 2, 3]  # the old parts no longer match the file
+    assert sorted(sent) == [1, 2]  # part 1 changed, part 2 was missing; 3 is the same
     assert body(s3_client, bucket_name, "big") == b"changed" + data[7:]
+    assert "Uploads" not in s3_client.list_multipart_uploads(Bucket=bucket_name)
+
+
+def test_new_attributes_after_a_failure_start_a_new_upload_and_abort_the_old_one(
+        make_fs: MakeFs, s3_client: S3Client, bucket_name: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # An upload's metadata is fixed when it is created: a chmod needs a new upload.
+    fs = make_fs(part_size=5 * MIB, retry_first_delay=3600)
+    fh, data, sent = fail_part_two(fs, monkeypatch)
+    [old] = s3_client.list_multipart_uploads(Bucket=bucket_name)["Uploads"]
+    fs.chmod("/big", 0o600)
+    fs.release(fh)
+    assert sorted(sent) == [1, 2, 3]
+    assert body(s3_client, bucket_name, "big") == data
+    head = s3_client.head_object(Bucket=bucket_name, Key="big")
+    assert int(head["Metadata"]["mode"]) & 0o777 == 0o600
     assert "Uploads" not in s3_client.list_multipart_uploads(Bucket=bucket_name), old
 
 
@@ -1011,3 +1158,39 @@ def test_a_finished_upload_leaves_no_intent(make_fs: MakeFs, bucket: Bucket,
     journal = fs._staging.journal  # what a crash now would leave behind
     assert journal.intents() == []
     assert s3_client.head_object(Bucket=bucket_name, Key="big")["ContentLength"] == 9 << 20
+
+
+def test_journal_checkpoint_makes_a_failed_upload_durable(
+        make_fs: MakeFs, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # A power cut cannot be staged here: what is checked is that a failed upload fsyncs
+    # the staged copy and its folder, and checkpoints the journal into its main file
+    # (SQLite fsyncs the log, then that file), which alone then holds the entry.
+    import shutil
+    import sqlite3
+
+    fs = make_fs(retry_first_delay=3600)
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise QarnotGenericException("injected: down")
+
+    monkeypatch.setattr(fs.bucket, "upload", broken)
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    fh = fs.create("/only-copy", stat.S_IFREG | 0o644, CREATE)
+    fs.write(fh, b"the only version", 0)
+    assert synced == []  # nothing is forced to disk while all goes well
+    fails_with(errno.EIO, fs.flush, fh)
+    [staged] = staged_copies(fs.staging_root)
+    assert synced == [str(staged), str(fs.staging_root)]
+    alone = tmp_path / "journal-alone.sqlite3"
+    shutil.copyfile(fs.staging_root / "journal.sqlite3", alone)  # without its -wal
+    with sqlite3.connect(alone) as db:
+        assert db.execute("SELECT path, retries FROM entries").fetchall() == [("/only-copy", 1)]
+    monkeypatch.undo()
+    fs.release(fh)

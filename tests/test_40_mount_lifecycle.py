@@ -93,6 +93,39 @@ def test_write_unmount_remount(make_mount: MakeMount, bucket_name: str, s3_clien
     mount.stop()
 
 
+# -- open files removed ------------------------------------------------------------------
+
+def test_rm_r_of_a_folder_holding_an_open_file(make_mount: MakeMount, bucket_name: str,
+                                               s3_client: Any) -> None:
+    """SEMANTICS.md, Unlinked open files: ``rm -r`` succeeds although a file of the tree
+    is open (libfuse hides it under a ``.fuse_hidden`` name, which rmdir ignores), the
+    descriptor still reads, and nothing of the tree is left in the bucket."""
+    mount = make_mount(bucket_name, "--debug").start()
+    tree = mount.mountpoint / "tree"
+    (tree / "sub").mkdir(parents=True)
+    data = os.urandom(300_000)
+    (tree / "sub" / "open.bin").write_bytes(data)
+    (tree / "other.txt").write_text("other")
+    fd = os.open(tree / "sub" / "open.bin", os.O_RDONLY)
+    try:
+        run(["rm", "-r", tree])
+        assert os.listdir(mount.mountpoint) == []
+        assert bucket_keys(s3_client, bucket_name) == set()
+        assert os.pread(fd, len(data) + 1, 0) == data
+        # Its folder is gone from libfuse's tree too: no path is left to stat it by.
+        with pytest.raises(OSError) as raised:
+            os.fstat(fd)
+        assert raised.value.errno == errno.ESTALE
+    finally:
+        os.close(fd)
+    mount.stop()
+    assert "rename('/tree/sub/open.bin', '/tree/sub/.fuse_hidden" in mount.log_text()
+    assert bucket_keys(s3_client, bucket_name) == set()
+    mount.start()
+    assert os.listdir(mount.mountpoint) == []
+    mount.stop()
+
+
 # -- unmounting --------------------------------------------------------------------------
 
 def _writer(path: Path, data: bytes) -> subprocess.Popen[bytes]:

@@ -239,6 +239,38 @@ def test_interrupted_multipart_upload_resumes_without_resending_parts(
                message="no multipart upload left")
 
 
+def test_parts_sent_while_the_file_was_written_survive_a_kill(
+        mounts: Mounts, proxy: FaultProxy, s3_client: Any, bucket_name: str) -> None:
+    data = payload(2 * PART + 3 * MIB, "streamed")
+    mounts.start()
+    writer = start_writer(mounts.mountpoint / "big.bin", data, "keep open")
+    try:
+        assert writer.stdout is not None and writer.stdout.readline() == b"written\n"
+        # The writer holds the file open: these parts went while it was being written.
+        wait_until(lambda: mounts.part_numbers() == [1, 2], timeout=60,
+                   message="parts 1 and 2 to be sent before the file is closed")
+        [upload] = s3_client.list_multipart_uploads(Bucket=bucket_name)["Uploads"]
+        assert upload["Key"] == "big.bin"
+        mounts.kill()
+    finally:
+        writer.kill()
+        writer.wait(timeout=30)
+    assert "big.bin" not in bucket_keys(s3_client, bucket_name)
+
+    mounts.start()
+    wait_until(lambda: "big.bin" in bucket_keys(s3_client, bucket_name), timeout=60,
+               message="the recovered file to be uploaded")
+    assert bucket_bytes(s3_client, bucket_name, "big.bin") == data
+    for number in (1, 2, 3):  # each part crossed the network once, over two mounts
+        assert proxy.count("forward", rf"^PUT .*partNumber={number}\b") == 1
+    assert proxy.count("forward", r"^POST [^?]*\?uploads") == 1
+    assert "resuming the upload of 'big.bin': 2 of 3 parts already sent" in mounts.log()
+    head = s3_client.head_object(Bucket=bucket_name, Key="big.bin")
+    assert int(head["Metadata"]["mode"]) & 0o777 == 0o640
+    wait_until(lambda: no_multipart_uploads(s3_client, bucket_name), timeout=10,
+               message="no multipart upload left")
+
+
 @pytest.mark.parametrize("existed", [True, False], ids=["changed", "appeared"])
 def test_object_changed_while_the_mount_was_dead_keeps_both(
         mounts: Mounts, proxy: FaultProxy, s3_client: Any, bucket_name: str,

@@ -61,7 +61,7 @@ from .deletes import DEFAULT_DELAY, DeferredDeletes
 from .errors import FsError
 from .handles import Handle, OpenFile
 from .journal import UPLOADING, Journal, Tolerant
-from .keys import KEY_MAX, KeyMapper, is_within, name_of, normalize, parent_of
+from .keys import KEY_MAX, KeyMapper, is_fuse_hidden, is_within, name_of, normalize, parent_of
 from .metacache import MetaCache, Node
 from .namespace import Namespace
 from .reader import Reader
@@ -401,7 +401,18 @@ class Filesystem:
             finally:  # a full disk may have taken part of the data
                 held.attrs.size = held.staged.size()
                 self._touch(held)
+            self._send_early(held, offset, written)
         return written
+
+    def _send_early(self, held: OpenFile, offset: int, written: int) -> None:
+        """Let the parts of a large file go while it is written (streaming.py)."""
+        if held.stream is None:
+            if held.journal_id is None:
+                return
+            assert held.staged is not None
+            held.stream = self._uploader.stream(held.journal_id, held.key, held.staged.path,
+                                                encode_metadata(held.current_attrs()))
+        held.stream.wrote(offset, written)
 
     def truncate(self, path: str, length: int, fh: int | None = None) -> None:
         self._check_writable()
@@ -420,6 +431,8 @@ class Filesystem:
                 assert held.staged is not None
                 with self._staging.guard(f"truncating {held.path}"):
                     held.staged.truncate(length)
+                if held.stream is not None:
+                    held.stream.truncated(length)
                 held.attrs.size = length
                 self._touch(held)
             if fh is None:
@@ -489,8 +502,9 @@ class Filesystem:
                 self._steps.update(
                     entry_id, state=UPLOADING, mode=attrs.mode, uid=attrs.uid, gid=attrs.gid,
                     mtime_ns=attrs.mtime_ns)
+                stream, held.stream = held.stream, None
                 self._uploader.upload(entry_id, held.key, held.staged.path,
-                                      encode_metadata(attrs))
+                                      encode_metadata(attrs), stream)
             except (QarnotException, OSError, sqlite3.Error, FsError) as error:
                 self._upload_failed(held, error)
                 raise FsError(errno.EIO, f"upload of {held.key} failed: {error}") from error
@@ -512,6 +526,11 @@ class Filesystem:
         if held.journal_id is not None:
             with contextlib.suppress(sqlite3.Error):
                 self._staging.journal.failed(held.journal_id, str(error))
+        try:  # the staged copy is now the only version of the data
+            self._staging.make_durable(held.staged)
+        except (OSError, sqlite3.Error) as sync_error:
+            log.error("could not flush the staged copy %s to disk: %s", held.staged.path,
+                      sync_error)
         delay = self._retries.schedule(held)
         log.error("upload of %r failed (the staged copy %s is kept and retried in the "
                   "background in %.1f s): %s", held.key, held.staged.path, delay, error)
@@ -584,6 +603,9 @@ class Filesystem:
         self._check_writable()
         path = normalize(path)
         with self._namespace_lock:
+            if is_fuse_hidden(path):
+                self._drop_hidden(path)
+                return
             if self._node(path).attrs.is_dir:
                 raise FsError(errno.EISDIR, path)
             key = self.keys.file_key(path)
@@ -607,9 +629,49 @@ class Filesystem:
             if held.handles == 0:
                 held.discard_staged()
 
+    def _hide(self, old: str, new: str, flags: int) -> None:
+        """A rename to or from a ``.fuse_hidden`` name (keys.py): libfuse unlinking an
+        open file (``hard_remove`` is off), which is the unlink of ``old``, the file
+        staying reachable at ``new`` for stat (nlink 0) until its last handle is closed.
+
+        Nothing of it reaches the bucket. Any other such rename is refused (EINVAL): the
+        names are libfuse's, and an unlinked file cannot get a name back."""
+        held = self._files.get(old)
+        if held is None and is_fuse_hidden(old):
+            raise FsError(errno.ENOENT, old)
+        if held is None or held.handles == 0 or not is_fuse_hidden(new) \
+                or parent_of(old) != parent_of(new):
+            raise FsError(errno.EINVAL, f"{old} -> {new}: names starting with '.fuse_hidden' "
+                          "are reserved by libfuse for open files that were unlinked")
+        replaced = self._files.get(new)
+        if replaced is held:
+            return
+        if replaced is not None:
+            if flags & RENAME_NOREPLACE:
+                raise FsError(errno.EEXIST, new)
+            self._detach(replaced)
+        if held.unlinked:
+            del self._files[old]
+        else:
+            self.unlink(old)  # deletes the object (queued) and detaches ``held``
+        with held.lock:
+            held.path = new
+            self._files[new] = held
+
+    def _drop_hidden(self, path: str) -> None:
+        """libfuse's unlink of a ``.fuse_hidden`` name after the last close (usually
+        gone already: the release dropped it): local state only, no request."""
+        held = self._files.get(path)
+        if held is None:
+            raise FsError(errno.ENOENT, path)
+        self._detach(held)
+
     def _forget_journal(self, held: OpenFile) -> None:
         """Nothing of ``held`` is to be uploaded any more (deleted, or uploaded aside)."""
         self._retries.forget(held)
+        if held.stream is not None:
+            held.stream.cancel()
+            held.stream = None
         if held.journal_id is not None:
             self._steps.remove(held.journal_id, abandon=True)
             held.journal_id = None
@@ -625,7 +687,8 @@ class Filesystem:
             return
         if self.cache.listing_size(folder):
             return
-        if any(is_within(held.path, folder) for held in self._files.values()):
+        if any(is_within(held.path, folder) and not held.unlinked
+               for held in self._files.values()):
             return
         prefix = self.keys.dir_prefix(folder)
         if self.bucket.has_objects_under(prefix):
@@ -710,6 +773,9 @@ class Filesystem:
         if "/" in (old, new):
             raise FsError(errno.EBUSY, "the root of the mount")
         with self._namespace_lock:
+            if is_fuse_hidden(old) or is_fuse_hidden(new):
+                self._hide(old, new, flags)
+                return
             source = self._node(old)
             if flags & RENAME_NOREPLACE and self._exists(new):
                 raise FsError(errno.EEXIST, new)
@@ -773,7 +839,8 @@ class Filesystem:
             with held.lock:
                 del self._files[held.path]
                 held.path = new + held.path[len(old):]
-                held.key = self.keys.file_key(held.path)
+                if not held.unlinked:  # else a .fuse_hidden name: it has no key
+                    held.key = self.keys.file_key(held.path)
                 self._files[held.path] = held
                 if held.journal_id is not None:
                     self._steps.update(held.journal_id, path=held.path, key=held.key)
@@ -866,6 +933,8 @@ class Filesystem:
                     held.attrs.ctime_ns = now_ns()
                     held.dirty = True
                     self._track(held)
+                    if held.stream is not None:
+                        held.stream.metadata_stale = True
                 return
             node = self.namespace.lookup(path)
             if node.attrs.is_dir:
@@ -929,6 +998,7 @@ class Filesystem:
                     handle.file.discard_staged()
             self._handles.clear()
         self._pool.shutdown(wait=True)
+        self._uploader.close()
         self._read_pool.shutdown(wait=True, cancel_futures=True)
         self._deletes.close()
         with contextlib.suppress(QarnotException, sqlite3.Error):

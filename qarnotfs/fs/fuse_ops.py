@@ -29,10 +29,10 @@ os.environ.setdefault("FUSE_LIBRARY_NAME", "fuse3")
 import mfusepy
 
 from ..exceptions import QarnotException
+from .attrs import BLOCK_SIZE, Attributes
 from .errors import FsError, errno_for
 
 if TYPE_CHECKING:
-    from .attrs import Attributes
     from .core import Filesystem
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,7 @@ MAX_TRANSFER = 1024 * 1024
 MAX_IDLE_THREADS = 10
 """Idle libfuse worker threads kept around (the number libfuse documents as its default)."""
 
-Listing = list[tuple[str, dict[str, int | float], int]]
+Listing = list[tuple[str, Attributes]]
 """A folder's entries as the adapter hands them to libfuse: (name, stat, 0)."""
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -120,6 +120,17 @@ def _stat_ns(attributes: Attributes) -> dict[str, int | float]:
     return stat
 
 
+def _fill_stat(st: Any, attributes: Attributes) -> None:
+    """Set a C ``struct stat`` straight from ``attributes`` (what mfusepy's
+    ``set_st_attrs`` does from a dict, without the dict: readdir fills thousands)."""
+    st.st_mode, st.st_size, st.st_nlink = attributes.mode, attributes.size, attributes.nlink
+    st.st_uid, st.st_gid = attributes.uid, attributes.gid
+    st.st_blocks, st.st_blksize = (attributes.size + 511) // 512, BLOCK_SIZE
+    st.st_atimespec.tv_sec, st.st_atimespec.tv_nsec = divmod(attributes.atime_ns, 1_000_000_000)
+    st.st_mtimespec.tv_sec, st.st_mtimespec.tv_nsec = divmod(attributes.mtime_ns, 1_000_000_000)
+    st.st_ctimespec.tv_sec, st.st_ctimespec.tv_nsec = divmod(attributes.ctime_ns, 1_000_000_000)
+
+
 def _resolve_time(value: int, now: int) -> int | None:
     if value == UTIME_OMIT:
         return None
@@ -161,8 +172,9 @@ class FuseOperations(mfusepy.Operations):
         if config is not None:
             config.attr_timeout = self.settings.attr_timeout
             config.entry_timeout = self.settings.entry_timeout
-            # An open file unlinked must not become a ".fuse_hidden" object in the bucket.
-            config.hard_remove = 1
+            # An open file unlinked is renamed to a ".fuse_hidden" name, so that fstat still
+            # has a path to ask about; the core keeps those names local (keys.py, core.py).
+            config.hard_remove = 0
             config.use_ino = 0
         log.debug("FUSE initialised (attr_timeout=%s, entry_timeout=%s)",
                   self.settings.attr_timeout, self.settings.entry_timeout)
@@ -188,8 +200,7 @@ class FuseOperations(mfusepy.Operations):
 
     @_operation
     def readdir(self, path: str, fh: int) -> Listing:
-        return [(name, _stat_ns(attributes), 0)
-                for name, attributes in self.filesystem.readdir(path)]
+        return self.filesystem.readdir(path)
 
     @_operation
     def opendir(self, path: str) -> int:
@@ -364,14 +375,14 @@ class _Fuse(mfusepy.FUSE):
         # libfuse passes the attributes on only for entries filled with their position
         # (non-zero offsets), so each entry's offset is the position after it.
         for position in range(offset, len(entries)):
-            name, attributes, _ = entries[position]
+            name, attributes = entries[position]
             ctypes.memset(ctypes.byref(st), 0, ctypes.sizeof(st))
             fill_flags = 0
             if plus and name not in (".", ".."):
-                mfusepy.set_st_attrs(st, attributes, use_ns=True)
+                _fill_stat(st, attributes)
                 fill_flags = FUSE_FILL_DIR_PLUS
             else:
-                st.st_mode = attributes["st_mode"]
+                st.st_mode = attributes.mode
             encoded = name.encode(self.encoding, self.errors)
             if filler(buf, encoded, st, position + 1, fill_flags) != 0:
                 break  # the kernel's buffer is full; it asks again from this position

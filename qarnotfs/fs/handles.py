@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import os
 import threading
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from .attrs import Attributes
 from .reader import Reader
 from .staging import StagedFile
+from .streaming import PartStream
 
 
 @dataclass(eq=False)
@@ -38,6 +39,8 @@ class OpenFile:
     (None with ``on_bucket`` False: there was no object)."""
     recovered: bool = False
     """Left dirty by a mount that crashed: check for a conflict before uploading."""
+    stream: PartStream | None = None
+    """The parts of its upload sent while it is written (once it outgrows one part)."""
 
     def current_attrs(self) -> Attributes:
         """The attributes as stat shows them now (nlink 0 once unlinked).
@@ -45,7 +48,7 @@ class OpenFile:
         ``attrs.size`` is kept equal to the staged copy's size by every write and
         truncate, so this never touches a descriptor another thread may be closing.
         """
-        attrs = replace(self.attrs)
+        attrs = self.attrs.copy()
         attrs.nlink = 0 if self.unlinked else 1
         return attrs
 

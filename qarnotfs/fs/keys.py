@@ -8,7 +8,10 @@ rule for keys that cannot be shown as file names:
 * a key is shown only if every segment after the mount prefix is a valid name: not empty
   (``a//b``), not ``.`` or ``..``, at most 255 bytes, without NUL;
 * a key ``x`` next to keys under ``x/`` (a file and a folder with one name): the folder
-  wins and the file is hidden.
+  wins and the file is hidden;
+* a name starting with ``.fuse_hidden`` is libfuse's (:data:`FUSE_HIDDEN_PREFIX`): the
+  mount never shows such a key and never makes one (``file_key``/``dir_prefix`` refuse
+  it), since it uses these names for open files that were unlinked (SEMANTICS.md).
 
 Hidden keys are logged once (warning) and left untouched in the bucket; they never break a
 listing. They still count when deciding whether a folder is empty (rmdir says ENOTEMPTY).
@@ -32,6 +35,9 @@ NAME_MAX = 255
 KEY_MAX = 1024
 """Longest S3 key in bytes."""
 _WARNED_MAX = 10_000
+FUSE_HIDDEN_PREFIX = ".fuse_hidden"
+"""libfuse renames an open file being unlinked to ``.fuse_hidden<16 hex digits>`` in its
+folder, and unlinks that name after the last close: such names stay local to the mount."""
 
 
 def split_path(path: str) -> list[str]:
@@ -60,8 +66,15 @@ def check_name(name: str) -> None:
         raise FsError(errno.ENAMETOOLONG, f"name longer than {NAME_MAX} bytes")
 
 
+def is_fuse_hidden(path: str) -> bool:
+    """True if a name of ``path`` is reserved by libfuse for unlinked open files."""
+    return any(name.startswith(FUSE_HIDDEN_PREFIX) for name in path.split("/"))
+
+
 def unrepresentable(name: str) -> str | None:
     """Why ``name`` (one segment of a stored key) cannot be shown, or None if it can."""
+    if name.startswith(FUSE_HIDDEN_PREFIX):
+        return f"names starting with {FUSE_HIDDEN_PREFIX!r} are reserved by libfuse"
     if name == "":
         return "empty name (repeated '/')"
     if name in (".", ".."):
@@ -122,14 +135,14 @@ class KeyMapper:
         names = split_path(path)
         if not names:
             raise FsError(errno.EISDIR, "the root is a folder")
-        return self._checked(self.prefix + "/".join(names))
+        return self._checked(self.prefix + "/".join(names), names)
 
     def dir_prefix(self, path: str) -> str:
         """The prefix (and marker key) of the folder at ``path``; the mount prefix for '/'."""
         names = split_path(path)
         if not names:
             return self.prefix
-        return self._checked(self.prefix + "/".join(names) + "/")
+        return self._checked(self.prefix + "/".join(names) + "/", names)
 
     def path_of(self, key: str) -> str | None:
         """The mount path of a key under the prefix (None if outside it or hidden)."""
@@ -143,7 +156,11 @@ class KeyMapper:
         return "/" + rest
 
     @staticmethod
-    def _checked(key: str) -> str:
+    def _checked(key: str, names: list[str]) -> str:
+        """``key``, unless it is too long or one of its ``names`` is libfuse's."""
+        if any(name.startswith(FUSE_HIDDEN_PREFIX) for name in names):
+            raise FsError(errno.EINVAL, f"names starting with {FUSE_HIDDEN_PREFIX!r} are "
+                          "reserved by libfuse for open files that were unlinked")
         if len(key.encode("utf-8")) > KEY_MAX:
             raise FsError(errno.ENAMETOOLONG, f"key longer than {KEY_MAX} bytes")
         return key

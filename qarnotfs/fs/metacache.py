@@ -19,7 +19,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from cachetools import LRUCache, TTLCache
 
@@ -37,7 +37,7 @@ class Node:
     etag: str = ""
 
     def copy(self) -> Node:
-        return Node(replace(self.attrs), self.exact, self.etag)
+        return Node(self.attrs.copy(), self.exact, self.etag)
 
 
 class _Map:

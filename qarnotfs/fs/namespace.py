@@ -21,7 +21,9 @@ cache, else from the bucket, by THE attribute rule of the mount:
   key and a two-key LIST of ``key/`` sent together (a folder wins over a file of the same
   name), plus a HEAD of the folder's marker when the LIST shows one.
 
-Open files are not this module's business: the core overlays them.
+Open files are not this module's business: the core overlays them. Nor are the
+``.fuse_hidden`` names libfuse gives them once unlinked: a lookup of one is ENOENT,
+without a request (keys.py).
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from typing import TYPE_CHECKING
 from ..objects import Listing, ObjectInfo
 from .attrs import Defaults, dir_attributes, may_be_symlink, object_attributes
 from .errors import FsError
-from .keys import KeyMapper, join, name_of, parent_of, unrepresentable
+from .keys import KeyMapper, is_fuse_hidden, join, name_of, parent_of, unrepresentable
 from .metacache import MetaCache, Node
 
 if TYPE_CHECKING:
@@ -89,6 +91,9 @@ class Namespace:
         """The node at ``path`` (normalized); FsError(ENOENT) if there is none."""
         if path == "/":
             return self.root()
+        if is_fuse_hidden(path):
+            # Never a key (keys.py): libfuse's probe of a hidden name costs no request.
+            raise FsError(errno.ENOENT, path)
         node = self.cache.get(path)
         if node is not None:
             return node

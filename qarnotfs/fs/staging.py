@@ -173,6 +173,18 @@ class StagingArea:
     def new_file(self, label: str) -> StagedFile:
         return StagedFile(self.new_path(label))
 
+    def make_durable(self, staged: StagedFile | None = None) -> None:
+        """Make ``staged`` (its bytes and its name) and the journal survive a power cut:
+        done when a copy becomes the only version of its data (its upload failed)."""
+        if staged is not None:
+            staged.sync()
+        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_CLOEXEC", 0))
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        self.journal.make_durable()
+
     def remove_strays(self, keep: set[str]) -> None:
         """Delete staged copies no journal entry names (clean copies of a crashed mount:
         their content is in the bucket) and unfinished downloads."""

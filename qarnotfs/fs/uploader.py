@@ -4,8 +4,10 @@ Owns: :class:`Uploader`, which sends one staged copy to its key and journals eac
 (a file up to one part in one request; a bigger one as a multipart upload whose id and
 acknowledged parts are recorded as they happen, so an upload interrupted by a crash or
 a failure resumes with only the missing parts: ListParts on the recorded id, re-send
-what the storage lacks, complete), and :class:`RetryQueue`, the background thread that
-retries failed uploads with exponential backoff until they succeed or are cancelled.
+what the storage lacks or what changed locally, complete; parts a
+:class:`~.streaming.PartStream` sent while the file was written count too), and
+:class:`RetryQueue`, the background thread that retries failed uploads with exponential
+backoff until they succeed or are cancelled.
 """
 
 from __future__ import annotations
@@ -19,12 +21,13 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import TYPE_CHECKING, Generic, TypeVar
 
 from ..checksums import normalize_etag
 from ..exceptions import QarnotException
+from .streaming import PartStream
 
 if TYPE_CHECKING:
     from ..bucket import Bucket
@@ -38,15 +41,17 @@ T = TypeVar("T")
 
 VOLATILE_METADATA = frozenset({"atime", "ctime"})
 """Metadata that may differ between an upload and its resumption without mattering."""
+TIMES = frozenset({"mtime", "atime", "ctime"})
 
 
-def signature(path: Path, metadata: dict[str, str]) -> str:
-    """What an upload's parts depend on: the staged copy's size and mtime, the metadata
-    (but access and change times: a recovered file's are not the original ones)."""
-    info = os.stat(path)
-    kept = {k: v for k, v in metadata.items() if k not in VOLATILE_METADATA}
-    digest = hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:16]
-    return f"{info.st_size}:{info.st_mtime_ns}:{digest}"
+def without(names: frozenset[str], metadata: dict[str, str]) -> dict[str, str]:
+    return {name: value for name, value in metadata.items() if name not in names}
+
+
+def metadata_digest(metadata: dict[str, str]) -> str:
+    """What a multipart upload's metadata is recorded as (it is fixed at its creation)."""
+    kept = without(VOLATILE_METADATA, metadata)
+    return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def multipart_etag(part_etags: list[str]) -> str:
@@ -56,78 +61,146 @@ def multipart_etag(part_etags: list[str]) -> str:
 
 
 class Uploader:
-    """Sends staged copies to the bucket, journaling every step."""
+    """Sends staged copies to the bucket, journaling every step.
+
+    Parts go through one pool shared by every upload, early parts included, so the memory
+    they take is bounded by its size (``workers`` parts of ``part_size`` bytes).
+    """
 
     def __init__(self, bucket: Bucket, journal: Journal, part_size: int, workers: int) -> None:
         self.bucket = bucket
         self.journal = journal
         self.part_size = part_size
         self.workers = max(1, workers)
+        self.pool = ThreadPoolExecutor(max_workers=self.workers,
+                                       thread_name_prefix="qarnotfs-part")
 
-    def upload(self, entry_id: int, key: str, path: Path, metadata: dict[str, str]) -> None:
-        """Upload the staged copy at ``path`` to ``key`` (QarnotException on failure)."""
+    def close(self) -> None:
+        self.pool.shutdown(wait=True)
+
+    def stream(self, entry_id: int, key: str, path: Path, metadata: dict[str, str]) \
+            -> PartStream:
+        """Early parts for a file being written to ``key``: its object will carry
+        ``metadata`` but the times (fixed before the writer is done: the object's
+        LastModified stands for them)."""
+        return PartStream(self, entry_id, key, path, without(TIMES, metadata))
+
+    def upload(self, entry_id: int, key: str, path: Path, metadata: dict[str, str],
+               stream: PartStream | None = None) -> None:
+        """Upload the staged copy at ``path`` to ``key`` (QarnotException on failure),
+        completing the upload ``stream`` started if it can be."""
         size = os.stat(path).st_size
+        if stream is not None:
+            upload_id = stream.finish(key, size)
+            if upload_id is not None:
+                self._send_and_complete(entry_id, key, path, size, upload_id, {}, stream)
+                if stream.metadata_stale or without(TIMES, metadata) != stream.metadata:
+                    self.bucket.copy(key, key, metadata, size=size)
+                return
         if size <= self.part_size:
+            entry = self.journal.get(entry_id)
+            if entry is not None and entry.upload_id is not None:
+                self.journal.forget_upload(entry_id)  # the file shrank: one PUT now
             self.bucket.upload(key, path, metadata)
             return
-        self._multipart(entry_id, key, path, metadata, size)
+        recorded, done = self._resumable(entry_id, key, path, metadata)
+        if recorded is None:
+            recorded = self.create(entry_id, key, metadata)
+        elif done:
+            log.info("resuming the upload of %r: %d of %d parts already sent", key, len(done),
+                     -(-size // self.part_size))
+        self._send_and_complete(entry_id, key, path, size, recorded, done)
 
-    def _multipart(self, entry_id: int, key: str, path: Path, metadata: dict[str, str],
-                   size: int) -> None:
-        current = signature(path, metadata)
-        upload_id, done = self._resumable(entry_id, key, current)
-        if upload_id is None:
-            intent = self.journal.intend_upload(key)
-            try:
-                upload_id = self.bucket.create_multipart(key, metadata)
-                self.journal.start_upload(entry_id, upload_id, key, self.part_size, current)
-            finally:
-                self.journal.intent_done(intent)
-        count = max(1, -(-size // self.part_size))
-        missing = [n for n in range(1, count + 1) if n not in done]
-        if done:
-            log.info("resuming the upload of %r: %d of %d parts already sent", key,
-                     len(done), count)
-
-        def send(number: int) -> tuple[int, str]:
-            offset = (number - 1) * self.part_size
-            with open(path, "rb") as source:
-                source.seek(offset)
-                data = source.read(self.part_size)
-            etag = self.bucket.upload_part(key, upload_id, number, data)
-            self.journal.add_part(entry_id, number, etag, len(data))
-            return number, etag
-
-        with ThreadPoolExecutor(max_workers=min(self.workers, max(1, len(missing))),
-                                thread_name_prefix="qarnotfs-part") as pool:
-            sent = dict(pool.map(send, missing))
-        etags = [(n, sent[n] if n in sent else done[n][0]) for n in range(1, count + 1)]
+    def create(self, entry_id: int, key: str, metadata: dict[str, str]) -> str:
+        """Start a multipart upload of ``key`` for the journal entry; its upload id."""
+        intent = self.journal.intend_upload(key)
         try:
-            self.bucket.complete_multipart(key, upload_id, etags)
+            upload_id = self.bucket.create_multipart(key, metadata)
+            self.journal.start_upload(entry_id, upload_id, key, self.part_size,
+                                      metadata_digest(metadata))
+        finally:
+            self.journal.intent_done(intent)
+        return upload_id
+
+    def send_part(self, key: str, path: Path, upload_id: str, number: int) -> tuple[str, int]:
+        """Read part ``number`` from the staged copy and send it: (ETag, size)."""
+        with open(path, "rb") as source:
+            source.seek((number - 1) * self.part_size)
+            data = source.read(self.part_size)
+        return self.bucket.upload_part(key, upload_id, number, data), len(data)
+
+    def _send_and_complete(self, entry_id: int, key: str, path: Path, size: int,
+                           upload_id: str, done: dict[int, tuple[str, int]],
+                           early: PartStream | None = None) -> None:
+        """Send the parts the upload lacks (``done``: those it has; ``early``: the stream
+        that sent some while the file was written), then complete it."""
+        count = max(1, -(-size // self.part_size))
+        expected = {n: min(self.part_size, size - (n - 1) * self.part_size)
+                    for n in range(1, count + 1)}
+        etags: dict[int, str] = {}
+
+        def take(parts: dict[int, tuple[str, int]]) -> None:
+            etags.update((n, etag) for n, (etag, length) in parts.items()
+                         if expected.get(n) == length and n not in etags)
+
+        def send(number: int) -> None:
+            etag, length = self.send_part(key, path, upload_id, number)
+            self.journal.add_part(entry_id, number, etag, length)
+            etags[number] = etag
+
+        take(done)
+        flying: set[int] = set()
+        if early is not None:
+            flying = early.in_flight_parts()
+            take(early.parts())
+        sending = [self.pool.submit(send, n) for n in expected
+                   if n not in etags and n not in flying]
+        if early is not None:  # then what was in flight and came back stale or failed
+            wait(early.in_flight())
+            take(early.parts())
+            sending += [self.pool.submit(send, n) for n in flying if n not in etags]
+        wait(sending)
+        for future in sending:
+            future.result()  # the first failure, if any
+        try:
+            self.bucket.complete_multipart(key, upload_id, sorted(etags.items()))
         except QarnotException as error:
             if "InvalidPart" in str(error) or "NoSuchUpload" in str(error):
                 self.journal.forget_upload(entry_id)  # start afresh at the next try
             raise
 
-    def _resumable(self, entry_id: int, key: str, current: str) \
+    def _resumable(self, entry_id: int, key: str, path: Path, metadata: dict[str, str]) \
             -> tuple[str | None, dict[int, tuple[str, int]]]:
-        """The recorded upload and the parts the storage still has, if they can be reused;
-        else (None, {}), the recorded upload (if any) being given up and aborted."""
+        """The recorded upload and the parts of it the storage holds with the staged
+        copy's content now, if it can be completed; else (None, {}), the recorded upload
+        (if any) being given up and aborted.
+
+        An upload is reused if it was started for this key with this metadata (times left
+        out if it was started early, while the file was written); a part, if its ETag is
+        the MD5 of the same bytes of the copy.
+        """
         entry = self.journal.get(entry_id)
         if entry is None or entry.upload_id is None:
             return None, {}
-        if (entry.upload_key == key and entry.signature == current
+        usable = {metadata_digest(metadata), metadata_digest(without(TIMES, metadata))}
+        if (entry.upload_key == key and entry.signature in usable
                 and entry.part_size == self.part_size):
             held = self.bucket.list_parts(key, entry.upload_id)
             if held is not None:
                 recorded = self.journal.parts(entry_id) or {}
                 done = {n: part for n, part in recorded.items()
                         if n in held and normalize_etag(held[n][0]) == normalize_etag(part[0])
-                        and held[n][1] == part[1]}
+                        and held[n][1] == part[1] and self._holds(path, n, part[0])}
                 return entry.upload_id, done
         self.journal.forget_upload(entry_id)
         self.abort_abandoned()
         return None, {}
+
+    def _holds(self, path: Path, number: int, etag: str) -> bool:
+        """Part ``number`` of the staged copy has this ETag (the MD5 of its bytes)."""
+        with open(path, "rb") as source:
+            source.seek((number - 1) * self.part_size)
+            return hashlib.md5(source.read(self.part_size)).hexdigest() == normalize_etag(etag)
 
     def abort_abandoned(self) -> None:
         """Abort the multipart uploads this journal gave up (best effort, logged)."""

@@ -1,0 +1,59 @@
+"""The serving process's memory while a large file goes in and out through a live mount.
+
+Its peak resident size (VmHWM) must stay under 200 MB whatever the size of the files:
+parts in flight are bounded by the uploads' pool, reads by the read-ahead window. The
+file here is larger than that bound, so memory growing with the file would show.
+"""
+
+from __future__ import annotations
+
+import filecmp
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mounting import mounted, run, storage_environment
+
+pytestmark = [pytest.mark.mount, pytest.mark.timeout(300)]
+
+MIB = 1 << 20
+FILE_SIZE = 512 * MIB
+MEMORY_BOUND = 200 * 1000 * 1000
+
+
+def peak_memory(pid: int) -> int:
+    """The process's peak resident set size in bytes (VmHWM)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmHWM for process {pid}")
+
+
+def write_source(path: Path, size: int) -> None:
+    """``size`` bytes that do not repeat within a part (cheap to make: a hash chain)."""
+    block = hashlib.sha512(b"qarnotfs").digest() * (MIB // 64)
+    with open(path, "wb") as out:
+        for number in range(size // MIB):
+            out.write(hashlib.sha512(number.to_bytes(8, "big")).digest() + block[64:])
+
+
+def test_peak_memory_stays_bounded_while_a_large_file_is_copied_in_and_out(
+        s3_server: Any, bucket_name: str, s3_client: Any, tmp_path: Path) -> None:
+    source, copy_back = tmp_path / "source.bin", tmp_path / "back.bin"
+    write_source(source, FILE_SIZE)
+    with mounted(bucket_name, tmp_path / "mnt", storage_environment(s3_server),
+                 tmp_path / "work") as mount:
+        run(["cp", source, mount.mountpoint / "big.bin"])
+        assert mount.pid is not None
+        writing = peak_memory(mount.pid)
+        head = s3_client.head_object(Bucket=bucket_name, Key="big.bin")
+        assert head["ContentLength"] == FILE_SIZE
+
+        mount.remount()  # a new process: nothing of the file in the kernel's cache either
+        run(["cp", mount.mountpoint / "big.bin", copy_back])
+        assert mount.pid is not None
+        reading = peak_memory(mount.pid)
+    assert filecmp.cmp(source, copy_back, shallow=False)
+    assert writing < MEMORY_BOUND, f"{writing / MIB:.0f} MiB while writing {FILE_SIZE // MIB} MiB"
+    assert reading < MEMORY_BOUND, f"{reading / MIB:.0f} MiB while reading {FILE_SIZE // MIB} MiB"
