@@ -2,6 +2,11 @@
 
 Owns: the measurement records, their aggregation over repetitions (median or best), the
 mount/boto3 ratios against the targets, and their presentation.
+
+A ratio is the median of each repetition's own ratio: boto3 and the mounts run back to
+back within a repetition, on a server whose speed drifts between repetitions (moto slows
+down as it keeps objects), so pairing them cancels the drift that a ratio of medians
+keeps. With ``--best`` it is the best time over the best time.
 """
 
 from __future__ import annotations
@@ -69,8 +74,20 @@ def summarize(samples: list[Sample], workload: Workload, tools: list[str], best:
     base = summary.seconds["boto3"]
     for tool in tools:
         seconds = summary.seconds[tool]
-        summary.ratios[tool] = seconds / base if seconds is not None and base else None
+        if seconds is None or not base:
+            summary.ratios[tool] = None
+        elif best:
+            summary.ratios[tool] = seconds / base
+        else:
+            summary.ratios[tool] = statistics.median(_paired_ratios(mine, tool))
     return summary
+
+
+def _paired_ratios(samples: list[Sample], tool: str) -> list[float]:
+    """``tool``'s time over boto3's, repetition by repetition."""
+    boto3 = {s.repetition: s.seconds for s in samples if s.tool == "boto3" and s.seconds}
+    return [s.seconds / boto3[s.repetition] for s in samples
+            if s.tool == tool and s.seconds is not None and s.repetition in boto3]
 
 
 def _seconds(value: float | None) -> str:
