@@ -338,8 +338,10 @@ class Bucket:
                 Bucket=self._name, Key=key, Metadata=metadata or {})
         return str(answer["UploadId"])
 
-    def upload_part(self, key: str, upload_id: str, number: int, data: bytes) -> str:
-        """Send part ``number`` (from 1) of an upload; returns its ETag."""
+    def upload_part(self, key: str, upload_id: str, number: int,
+                    data: bytes | IO[bytes]) -> str:
+        """Send part ``number`` (from 1) of an upload, from bytes or a seekable file-like
+        object (read in pieces as it goes); returns its ETag."""
         with storage_errors(self._name, key):
             answer = self._s3.upload_part(Bucket=self._name, Key=key, UploadId=upload_id,
                                           PartNumber=number, Body=data)

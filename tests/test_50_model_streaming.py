@@ -53,6 +53,7 @@ def pattern(seed: int, mebibytes: int) -> bytes:
                 ("write", 2, 1, False, 2)])  # part 1 changes after it was sent
 @example(steps=[("write", 0, 16, True, 3), ("settle", 0, 0, False, 0),
                 ("truncate", 7, 5, False, 0), ("write", 12, 1, False, 4)])  # part 2 cut
+@example(steps=[("write", 1, 15, False, 0), ("truncate", 5, 1, False, 0)])  # queued parts
 def test_the_object_holds_what_was_written_whatever_the_order(
         make_fs: MakeFs, s3_client: S3Client, bucket_name: str,
         steps: list[tuple[str, int, int, bool, int]]) -> None:

@@ -37,6 +37,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+EARLY_WINDOW = 4
+"""Parts of one file in flight early, each read whole into memory first (the file may
+change under a part being sent): 4 keep up with the network and take 32 MiB."""
+
 
 class _Finished(Exception):
     """A part left queued when the file was closed before the upload was created."""
@@ -56,7 +60,7 @@ class PartStream:
         self._entry_id = entry_id
         self._path = path
         self._part_size = uploader.part_size
-        self._window = uploader.workers
+        self._window = min(uploader.workers, EARLY_WINDOW)
         self._lock = threading.Lock()
         self._creating = threading.Lock()
         self._upload_id: str | None = None
@@ -161,32 +165,36 @@ class PartStream:
             self._in_flight[number] = self._uploader.pool.submit(self._send, number, version)
 
     def _send(self, number: int, version: int) -> None:
-        with self._lock:
-            if self._cancelled:  # queued before the file went away
-                self._in_flight.pop(number, None)
-                return
+        sent: tuple[str, int] | None = None
         try:
-            upload_id = self._ensure_upload()
-            etag, length = self._uploader.send_part(self.key, self._path, upload_id, number)
-        except _Finished:
+            sent = self._send_now(number)
+        finally:  # whatever happened, the part is no longer in flight
             with self._lock:
                 self._in_flight.pop(number, None)
-            return
+                if sent is None:
+                    self._sending = False
+                elif not self._cancelled:
+                    etag, length = sent
+                    if self._versions.get(number, 0) == version and length == self._part_size:
+                        self._sent[number] = (etag, length, version)
+                        self._uploader.journal.add_part(self._entry_id, number, etag, length)
+                    self._pump()
+
+    def _send_now(self, number: int) -> tuple[str, int] | None:
+        """Send one part: (ETag, size), or None if it was not sent (logged)."""
+        with self._lock:
+            if self._cancelled:  # queued before the file went away
+                return None
+        try:
+            upload_id = self._ensure_upload()
+            return self._uploader.send_part(self.key, self._path, upload_id, number,
+                                            snapshot=True)
+        except _Finished:
+            return None
         except (QarnotException, OSError) as error:
             log.info("part %d of %r could not be sent early (close sends it): %s", number,
                      self.key, error)
-            with self._lock:
-                self._in_flight.pop(number, None)
-                self._sending = False
-            return
-        with self._lock:
-            self._in_flight.pop(number, None)
-            if self._cancelled:
-                return
-            if self._versions.get(number, 0) == version and length == self._part_size:
-                self._sent[number] = (etag, length, version)
-                self._uploader.journal.add_part(self._entry_id, number, etag, length)
-            self._pump()
+            return None
 
     def _ensure_upload(self) -> str:
         with self._creating:

@@ -12,6 +12,7 @@ backoff until they succeed or are cancelled.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import heapq
 import itertools
@@ -23,7 +24,9 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
-from typing import TYPE_CHECKING, Generic, TypeVar
+from typing import IO, TYPE_CHECKING, Generic, TypeVar, cast
+
+from s3transfer.utils import ReadFileChunk
 
 from ..checksums import normalize_etag
 from ..exceptions import QarnotException
@@ -122,12 +125,27 @@ class Uploader:
             self.journal.intent_done(intent)
         return upload_id
 
-    def send_part(self, key: str, path: Path, upload_id: str, number: int) -> tuple[str, int]:
-        """Read part ``number`` from the staged copy and send it: (ETag, size)."""
+    def send_part(self, key: str, path: Path, upload_id: str, number: int,
+                  snapshot: bool = False) -> tuple[str, int]:
+        """Send part ``number`` of the staged copy: (ETag, size).
+
+        Read in small pieces as it goes (to sign it, then to send it), never held whole:
+        with ``workers`` parts in flight, 8 MiB each would be most of the mount's memory.
+        That needs a copy nobody writes meanwhile (the request would go out shorter than
+        announced if it shrank); ``snapshot`` reads the part into memory first instead,
+        for a file still being written.
+        """
+        offset = (number - 1) * self.part_size
         with open(path, "rb") as source:
-            source.seek((number - 1) * self.part_size)
-            data = source.read(self.part_size)
-        return self.bucket.upload_part(key, upload_id, number, data), len(data)
+            size = min(self.part_size, os.fstat(source.fileno()).st_size - offset)
+            if size <= 0:  # truncated since the part was queued
+                raise OSError(errno.ESPIPE, f"part {number} is past the end of {path}")
+            source.seek(offset)
+            if snapshot:
+                data = source.read(size)
+                return self.bucket.upload_part(key, upload_id, number, data), len(data)
+            part = ReadFileChunk(source, size, offset + size, enable_callbacks=False)
+            return self.bucket.upload_part(key, upload_id, number, cast(IO[bytes], part)), size
 
     def _send_and_complete(self, entry_id: int, key: str, path: Path, size: int,
                            upload_id: str, done: dict[int, tuple[str, int]],
@@ -158,7 +176,8 @@ class Uploader:
         if early is not None:  # then what was in flight and came back stale or failed
             wait(early.in_flight())
             take(early.parts())
-            sending += [self.pool.submit(send, n) for n in flying if n not in etags]
+            sending += [self.pool.submit(send, n) for n in flying
+                        if n in expected and n not in etags]
         wait(sending)
         for future in sending:
             future.result()  # the first failure, if any
