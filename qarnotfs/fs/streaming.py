@@ -37,9 +37,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-EARLY_WINDOW = 4
+EARLY_WINDOW = 8
 """Parts of one file in flight early, each read whole into memory first (the file may
-change under a part being sent): 4 keep up with the network and take 32 MiB."""
+change under a part being sent): 64 MiB at most. With 4, big-write on moto went from
+1.07 to 1.31 times boto3's time; with 10, a 512 MiB copy peaked at 192 MiB of RSS."""
 
 
 class _Finished(Exception):
