@@ -136,7 +136,7 @@ class StagingArea:
                 empty = not journal.entries()
                 journal.close()
                 if empty:
-                    shutil.rmtree(folder, ignore_errors=True)
+                    _remove_folder(folder)
                 os.close(fd)
 
     @contextlib.contextmanager
@@ -204,8 +204,20 @@ class StagingArea:
             log.error("staged copies that could not be uploaded are kept in %s; the next "
                       "mount of this bucket with this staging folder uploads them", self.root)
         else:
-            shutil.rmtree(self.root, ignore_errors=True)
+            _remove_folder(self.root)
         os.close(self._lock_fd)
+
+
+def _remove_folder(folder: Path) -> None:
+    """Remove ``folder`` and what is in it, renaming it first: a reader of its journal
+    (``qarnotfs unmount`` reads it while the mount shuts down) would otherwise recreate
+    SQLite's ``-shm`` file in it as it is removed, and the folder would stay."""
+    doomed = folder.with_name(f".{folder.name}.removed-{os.getpid()}")
+    try:
+        os.rename(folder, doomed)
+    except OSError:
+        doomed = folder
+    shutil.rmtree(doomed, ignore_errors=True)
 
 
 def _try_lock(folder: Path) -> int | None:
