@@ -100,6 +100,13 @@ def mounts(bucket_name: str, env: dict[str, str], tmp_path: Path) -> Iterator[Mo
         made.cleanup()
 
 
+def refusing_uploads(mounts: Mounts, proxy: FaultProxy) -> Mount:
+    """A mount that gives up fast, on a storage that refuses every PUT (500)."""
+    mount = mounts.start(*FAIL_FAST)
+    proxy.inject("status", match=r"^PUT ", status=500, code="InternalError")
+    return mount
+
+
 WRITER = """
 import errno, os, sys
 fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
@@ -190,8 +197,7 @@ def test_file_open_when_killed_is_uploaded_by_the_next_mount(
 def test_failed_close_then_kill_is_uploaded_by_the_next_mount(
         mounts: Mounts, proxy: FaultProxy, s3_client: Any, bucket_name: str) -> None:
     data = payload(300_000, "failed close")
-    mounts.start(*FAIL_FAST)
-    proxy.inject("status", match=r"^PUT ", status=500, code="InternalError")
+    refusing_uploads(mounts, proxy)
     assert write_and_close(mounts.mountpoint / "report.txt", data) == "EIO"
     wait_until(lambda: any(e.retries >= 2 for e in mounts.entries()), timeout=30,
                message="a background retry to fail too")
@@ -277,8 +283,7 @@ def test_object_changed_while_the_mount_was_dead_keeps_both(
         existed: bool) -> None:
     if existed:
         s3_client.put_object(Bucket=bucket_name, Key="doc.txt", Body=b"version 1\n")
-    mounts.start(*FAIL_FAST)
-    proxy.inject("status", match=r"^PUT ", status=500, code="InternalError")
+    refusing_uploads(mounts, proxy)
     assert write_and_close(mounts.mountpoint / "doc.txt", b"local edit\n") == "EIO"
     [entry] = mounts.entries()
     assert (entry.base_etag is not None) == existed
@@ -304,8 +309,7 @@ def test_object_changed_while_the_mount_was_dead_keeps_both(
 def test_unchanged_object_is_overwritten_without_conflict(
         mounts: Mounts, proxy: FaultProxy, s3_client: Any, bucket_name: str) -> None:
     s3_client.put_object(Bucket=bucket_name, Key="doc.txt", Body=b"version 1\n")
-    mounts.start(*FAIL_FAST)
-    proxy.inject("status", match=r"^PUT ", status=500, code="InternalError")
+    refusing_uploads(mounts, proxy)
     assert write_and_close(mounts.mountpoint / "doc.txt", b"version 2\n") == "EIO"
     mounts.kill()
     proxy.clear()
@@ -353,8 +357,7 @@ def test_failed_close_reaches_the_bucket_by_background_retry_and_status_shows_it
 def test_unmount_says_what_it_waits_for_and_the_next_mount_finishes(
         mounts: Mounts, proxy: FaultProxy, s3_client: Any, bucket_name: str,
         env: dict[str, str]) -> None:
-    mount = mounts.start(*FAIL_FAST)
-    proxy.inject("status", match=r"^PUT ", status=500, code="InternalError")
+    mount = refusing_uploads(mounts, proxy)
     data = payload(3 * MIB, "unmount")
     assert write_and_close(mount.mountpoint / "late.bin", data) == "EIO"
     result = qarnotfs("unmount", mount.mountpoint, "--timeout", "60", env=env)
@@ -379,8 +382,7 @@ def test_status_of_a_folder_that_is_not_a_mount_is_an_error(
 def test_deleting_a_pending_file_stops_its_retries(
         mounts: Mounts, proxy: FaultProxy, s3_client: Any, bucket_name: str,
         env: dict[str, str]) -> None:
-    mount = mounts.start(*FAIL_FAST)
-    proxy.inject("status", match=r"^PUT ", status=500, code="InternalError")
+    mount = refusing_uploads(mounts, proxy)
     assert write_and_close(mount.mountpoint / "gone.txt", b"x" * 1000) == "EIO"
     os.unlink(mount.mountpoint / "gone.txt")
     assert mounts.entries() == []
