@@ -125,7 +125,9 @@ def test_random_writes_send_nothing_early(
     fh = fs.create("/random", stat.S_IFREG | 0o644, CREATE)
     for offset in reversed(range(0, len(data), MIB)):  # back to front: no run is a part
         fs.write(fh, data[offset:offset + MIB], offset)
-    stream = fs._files["/random"].stream
+    item = fs.items.get("/random")
+    assert item is not None
+    stream = item.stream
     assert stream is not None and stream.parts() == {} and stream.in_flight() == []
     assert uploads(s3_client, bucket_name) == []
     sent.close(fs, fh)

@@ -62,7 +62,9 @@ def test_the_object_holds_what_was_written_whatever_the_order(
     fh = fs.create("/model.bin", stat.S_IFREG | 0o644, os.O_RDWR | os.O_CREAT | os.O_TRUNC)
     for kind, first, amount, in_pieces, seed in steps:
         if kind == "settle":
-            stream = fs._files["/model.bin"].stream
+            item = fs.items.get("/model.bin")
+            assert item is not None
+            stream = item.stream
             wait(stream.in_flight() if stream is not None else [])
             continue
         if kind == "truncate":

@@ -1,25 +1,20 @@
 """The filesystem core: POSIX-like calls on a bucket, with no FUSE types (see SEMANTICS.md).
 
-Owns: :class:`FsOptions` and :class:`Filesystem`, the semantics of every call the FUSE
-adapter forwards: which requests each call makes, when content is staged and uploaded,
-what is refused with which errno. Lookups and listings are delegated to
-:mod:`.namespace`, attributes to :mod:`.attrs`, local copies to :mod:`.staging` (and their
-journal), uploads and their background retries to :mod:`.uploader`, what a crashed mount
-left to :mod:`.recovery`.
+Owns: :class:`FsOptions` and :class:`Filesystem`, the namespace rules of every call the
+FUSE adapter forwards: which requests each call makes, what is refused with which errno.
+Lookups and listings are delegated to :mod:`.namespace`, attributes to :mod:`.attrs`,
+and everything about a file's content and upload (staging, writes, uploads, retries,
+early parts, crash recovery) to :mod:`.writeback`, which keeps one :class:`~.writeback.Item`
+per file the mount holds.
 
 Thread safety. Lock order (never take an earlier lock while holding a later one):
 
-1. ``Filesystem._namespace_lock`` (RLock): held by calls that change which paths exist
-   (create, open's bookkeeping, unlink, mkdir, rmdir, rename, symlink, chmod...), so
-   they apply one at a time;
-2. ``OpenFile.lock`` (RLock): one per open file, held while its staged copy is written,
-   truncated, downloaded or uploaded;
-3. ``Filesystem._handles_lock`` and the cache's internal lock: leaves, never held while
-   calling out.
-
-Reads of ``_files`` without the namespace lock are single dict lookups (atomic in
-CPython); reads of staged bytes use pread on a descriptor that stays open while any handle
-exists.
+1. path claims (:mod:`.claims`): a call claims the paths it changes (a folder's whole
+   tree for rmdir and a folder rename) for its duration, so calls on unrelated paths
+   never wait for each other, even while one of them waits for the storage;
+2. ``Item.lock`` (writeback.py): one per held file, across its upload or download;
+3. leaves, never held while calling out: ``Items``' table lock, ``_handles_lock``, the
+   cache's lock, the journal's lock.
 """
 
 from __future__ import annotations
@@ -29,7 +24,6 @@ import errno
 import itertools
 import logging
 import os
-import sqlite3
 import stat
 import threading
 import time
@@ -42,9 +36,7 @@ from typing import TYPE_CHECKING, cast
 import platformdirs
 from cachetools import LRUCache
 
-from ..connection import PART_SIZE
 from ..exceptions import QarnotException
-from . import recovery
 from .attrs import (
     PERMISSION_BITS,
     SYMLINK_MAX,
@@ -57,20 +49,23 @@ from .attrs import (
     now_ns,
     object_attributes,
 )
+from .claims import PathClaims, one, tree
 from .deletes import DEFAULT_DELAY, DeferredDeletes
 from .errors import FsError
-from .handles import Handle, OpenFile
-from .journal import UPLOADING, Journal, Tolerant
+from .handles import Handle
 from .keys import KEY_MAX, KeyMapper, is_fuse_hidden, is_within, name_of, normalize, parent_of
 from .metacache import MetaCache, Node
 from .namespace import Namespace
 from .reader import Reader
-from .staging import StagedFile, StagingArea
+from .staging import StagingArea
 from .status import pending_summary
-from .uploader import RetryQueue, Uploader
+from .storage import DEFAULT_PART_SIZE
 
 if TYPE_CHECKING:
-    from ..bucket import Bucket
+    from .storage import Storage
+from .writeback import Item, Items, WriteBack, WriteBackOptions
+
+if TYPE_CHECKING:
     from ..objects import ObjectInfo
 
 log = logging.getLogger(__name__)
@@ -116,17 +111,18 @@ class FsOptions:
     retry_max_delay: float = 30.0
     """A failed upload is retried in the background after 0.5 s, then twice as long after
     each failure, at most every 30 s."""
-    part_size: int = PART_SIZE
+    part_size: int = DEFAULT_PART_SIZE
 
 
 class Filesystem:
     """A bucket (or a prefix of it) as a tree of folders, files and symbolic links."""
 
-    def __init__(self, bucket: Bucket, options: FsOptions) -> None:
-        # Every part of the core uses this bucket: unlinks are batched, and any other
+    def __init__(self, bucket: Storage, options: FsOptions) -> None:
+        # Every part of the core uses this storage: unlinks are batched, and any other
         # request sends the waiting deletes first (deletes.py).
         self._deletes = DeferredDeletes(bucket, options.delete_delay)
-        bucket = self.bucket = cast("Bucket", self._deletes)
+        storage = cast("Storage", self._deletes)  # until the storage protocol lands
+        self.bucket = storage
         self.options = options
         self.keys = KeyMapper(options.prefix)
         self.defaults = Defaults(options.uid, options.gid, options.umask, time_ns=now_ns(),
@@ -137,30 +133,33 @@ class Filesystem:
                                         thread_name_prefix="qarnotfs-fs")
         self._read_pool = ThreadPoolExecutor(max_workers=max(1, options.read_workers),
                                              thread_name_prefix="qarnotfs-read")
-        self.namespace = Namespace(bucket, self.keys, self.cache, self.defaults, self._pool)
-        self._staging = StagingArea(options.staging_dir, bucket.name, self.keys.prefix)
-        self._namespace_lock = threading.RLock()
-        self._files: dict[str, OpenFile] = {}
+        self.namespace = Namespace(storage, self.keys, self.cache, self.defaults, self._pool)
+        self._staging = StagingArea(options.staging_dir, storage.name, self.keys.prefix)
+        self._claims = PathClaims()
+        self.items = Items()
         self._handles: dict[int, Handle] = {}
         self._handles_lock = threading.Lock()
         # The ETag of each path at its last open, for keep_cache (bounded like the cache).
         self._opened_etags: LRUCache[str, str] = LRUCache(maxsize=max(1, options.cache_size))
         self._numbers = itertools.count(1)
         self._caller = threading.local()
-        # Steps of uploads already under way are journaled when possible: a full staging
-        # disk must not stop an upload (it only loses the ability to resume it).
-        self._steps = cast(Journal, Tolerant(self._staging.journal))
-        self._uploader = Uploader(bucket, self._steps, options.part_size,
-                                  bucket.connection.max_concurrency)
-        self._retries: RetryQueue[OpenFile] = RetryQueue(
-            self._retry_upload, options.retry_first_delay, options.retry_max_delay)
+        self.writeback = WriteBack(
+            storage, self._staging, self.items,
+            WriteBackOptions(options.part_size, options.retry_first_delay,
+                             options.retry_max_delay),
+            bucket.connection.max_concurrency, self._uploaded)
         self._shut_down = False
-        self._recover()
+        self.writeback.recover()
 
     @property
     def staging_root(self) -> Path:
         """This mount's staging folder (its journal is there)."""
         return self._staging.root
+
+    def _uploaded(self, item: Item, attrs: Attributes) -> None:
+        """An upload (a close's or a background retry's) put ``item`` in the bucket."""
+        self.cache.put(item.path, Node(attrs, exact=True))
+        self._release_if_idle(item)
 
     # == context =========================================================================
 
@@ -185,10 +184,10 @@ class Filesystem:
     # == lookups =========================================================================
 
     def _node(self, path: str) -> Node:
-        """What is at ``path`` (normalized): an open file first, else the namespace."""
-        held = self._files.get(path)
-        if held is not None:
-            return Node(held.current_attrs(), exact=True)
+        """What is at ``path`` (normalized): a held file first, else the namespace."""
+        item = self.items.get(path)
+        if item is not None:
+            return Node(item.current_attrs(), exact=True)
         return self.namespace.lookup(path)
 
     def _exists(self, path: str) -> bool:
@@ -217,9 +216,8 @@ class Filesystem:
         if not node.attrs.is_dir:
             raise FsError(errno.ENOTDIR, path)
         children = self.namespace.children(path)
-        for held in list(self._files.values()):
-            if not held.unlinked and held.path != "/" and parent_of(held.path) == path:
-                children[name_of(held.path)] = Node(held.current_attrs(), exact=True)
+        for item in self.items.in_folder(path):
+            children[name_of(item.path)] = Node(item.current_attrs(), exact=True)
         entries = [(".", node.attrs), ("..", node.attrs)]
         entries.extend((name, children[name].attrs) for name in sorted(children))
         return entries
@@ -246,10 +244,10 @@ class Filesystem:
             raise FsError(errno.EBADF, f"no open file {fh}")
         return handle
 
-    def _new_handle(self, held: OpenFile, flags: int) -> int:
+    def _new_handle(self, item: Item, flags: int) -> int:
         number = next(self._numbers)
         with self._handles_lock:
-            self._handles[number] = Handle(number, held, flags,
+            self._handles[number] = Handle(number, item, flags,
                                            Reader(self.bucket, self._read_pool))
         return number
 
@@ -261,98 +259,47 @@ class Filesystem:
         writing = (flags & os.O_ACCMODE) != os.O_RDONLY
         if writing or flags & os.O_TRUNC:
             self._check_writable()
-        held = self._hold(path)
+        item = self._hold(path)
         try:
             if writing and flags & os.O_TRUNC:
-                with held.lock:
-                    self._stage(held, empty=True)
-                    assert held.staged is not None
-                    held.staged.truncate(0)
-                    held.attrs.size = 0
-                    self._touch(held)
+                self.writeback.truncate(item, 0)
         except BaseException:
-            self._let_go(held)
+            self._let_go(item)
             raise
-        return self._new_handle(held, flags)
+        return self._new_handle(item, flags)
 
     def keep_cache(self, fh: int) -> bool:
         """True if the kernel may keep the pages it cached of this file at its last open:
         the file is not being written and its object's ETag is the one seen then."""
-        held = self._handle(fh).file
-        node = None if held.staged is not None or held.dirty else self.cache.get(held.path)
+        item = self._handle(fh).file
+        node = None if item.staged is not None or item.dirty else self.cache.get(item.path)
         etag = node.etag if node is not None else ""
         with self._handles_lock:
-            previous = self._opened_etags.pop(held.path, None)
+            previous = self._opened_etags.pop(item.path, None)
             if etag:
-                self._opened_etags[held.path] = etag
+                self._opened_etags[item.path] = etag
         return bool(etag) and previous == etag
 
-    def _hold(self, path: str) -> OpenFile:
-        """The OpenFile of an existing file at ``path``, with one more handle counted."""
-        with self._namespace_lock:
-            held = self._files.get(path)
-            if held is None:
+    def _hold(self, path: str) -> Item:
+        """The item of an existing file at ``path``, with one more handle counted."""
+        with self._claims.hold(one(path)):
+            item = self.items.get(path)
+            if item is None:
                 node = self.namespace.exact(path)
                 if node.attrs.is_dir:
                     raise FsError(errno.EISDIR, path)
                 if node.attrs.is_link:
                     raise FsError(errno.ELOOP, path)
-                held = OpenFile(path, self.keys.file_key(path), node.attrs, on_bucket=True)
-                self._files[path] = held
-            held.handles += 1
-            return held
-
-    def _stage(self, held: OpenFile, empty: bool = False) -> None:
-        """Give ``held`` a staged copy (its content downloaded unless ``empty``)."""
-        if held.staged is not None:
-            return
-        with self._staging.guard(f"staging {held.path}"):
-            if empty or not held.on_bucket:
-                held.staged = self._staging.new_file(name_of(held.path))
-                held.attrs.size = 0
-                return
-            local = self._staging.new_path(name_of(held.path))
-            try:
-                self.bucket.download(held.key, local, size=held.attrs.size)
-            except BaseException:
-                local.unlink(missing_ok=True)
-                raise
-            held.staged = StagedFile(local)
-            held.attrs.size = held.staged.size()
-
-    def _touch(self, held: OpenFile) -> None:
-        held.dirty = True
-        held.attrs.mtime_ns = held.attrs.ctime_ns = now_ns()
-        self._track(held)
-
-    def _track(self, held: OpenFile) -> int | None:
-        """The journal entry of ``held`` (about to be dirty), recorded the first time
-        (None for an unlinked file: it is never uploaded).
-
-        For an existing object, its ETag then is the base a recovery compares with (one
-        HEAD, unless the mount just uploaded it).
-        """
-        if held.journal_id is not None or held.unlinked:
-            return held.journal_id
-        assert held.staged is not None
-        if held.on_bucket and held.base is None:
-            info = self.bucket.stat(held.key)
-            held.base = (info.etag, info.last_modified.isoformat()) if info else None
-        attrs = held.attrs
-        with self._staging.guard(f"journaling {held.path}"):
-            held.journal_id = self._staging.journal.add(
-                staged=held.staged.path.name, path=held.path, key=held.key,
-                bucket=self.bucket.name, prefix=self.keys.prefix,
-                base_etag=held.base[0] if held.base else None,
-                base_modified=held.base[1] if held.base else None,
-                mode=attrs.mode, uid=attrs.uid, gid=attrs.gid, mtime_ns=attrs.mtime_ns)
-        return held.journal_id
+                item = Item(path, self.keys.file_key(path), node.attrs, on_bucket=True)
+                self.items.put(item)
+            self.items.hold(item)
+            return item
 
     def create(self, path: str, mode: int, flags: int) -> int:
         self._check_writable()
         path = normalize(path)
         key = self.keys.file_key(path)
-        with self._namespace_lock:
+        with self._claims.hold(one(path)):
             if self._exists(path):
                 if flags & os.O_EXCL:
                     raise FsError(errno.EEXIST, path)
@@ -364,88 +311,49 @@ class Filesystem:
             now = now_ns()
             attrs = Attributes(stat.S_IFREG | (mode & PERMISSION_BITS), 0, uid, gid,
                                now, now, now)
-            with self._staging.guard(f"creating {path}"):
-                staged = self._staging.new_file(name_of(path))
-            held = OpenFile(path, key, attrs, on_bucket=False, dirty=True, handles=1,
-                            staged=staged)
-            try:
-                self._track(held)
-            except BaseException:
-                staged.discard()
-                raise
-            self._files[path] = held
-        return self._new_handle(held, flags)
+            item = Item(path, key, attrs, on_bucket=False, handles=1)
+            self.writeback.truncate(item, 0)  # stages an empty copy, journaled, dirty
+            self.items.put(item)
+        return self._new_handle(item, flags)
 
     def read(self, fh: int, size: int, offset: int) -> bytes:
         handle = self._handle(fh)
-        held = handle.file
-        staged = held.staged
+        item = handle.file
+        staged = item.staged
         if staged is not None:
             return staged.read(size, offset)
-        return handle.reader.read(held.key, size, offset, held.attrs.size)
+        if item.lost is not None:
+            raise FsError(errno.EIO, f"{item.path}: {item.lost}")
+        return handle.reader.read(item.key, size, offset, item.attrs.size)
 
     def write(self, fh: int, data: bytes, offset: int) -> int:
         handle = self._handle(fh)
         if not handle.writable:
             raise FsError(errno.EBADF, "not open for writing")
-        held = handle.file
-        with held.lock:
-            self._stage(held)
-            assert held.staged is not None
-            if handle.appending:
-                offset = held.attrs.size
-            self._track(held)  # before the bytes land: a crash must find them
-            try:
-                with self._staging.guard(f"writing {held.path}"):
-                    written = held.staged.write(data, offset)
-            finally:  # a full disk may have taken part of the data
-                held.attrs.size = held.staged.size()
-                self._touch(held)
-            self._send_early(held, offset, written)
-        return written
-
-    def _send_early(self, held: OpenFile, offset: int, written: int) -> None:
-        """Let the parts of a large file go while it is written (streaming.py)."""
-        if held.stream is None:
-            if held.journal_id is None:
-                return
-            assert held.staged is not None
-            held.stream = self._uploader.stream(held.journal_id, held.key, held.staged.path,
-                                                encode_metadata(held.current_attrs()))
-        held.stream.wrote(offset, written)
+        return self.writeback.write(handle.file, data, offset, handle.appending)
 
     def truncate(self, path: str, length: int, fh: int | None = None) -> None:
         self._check_writable()
         if length < 0:
             raise FsError(errno.EINVAL, "negative length")
         if fh is not None:
-            held = self._handle(fh).file
-        else:
-            path = normalize(path)
-            if self._node(path).attrs.is_dir:
-                raise FsError(errno.EISDIR, path)
-            held = self._hold(path)
+            self.writeback.truncate(self._handle(fh).file, length)
+            return
+        path = normalize(path)
+        if self._node(path).attrs.is_dir:
+            raise FsError(errno.EISDIR, path)
+        item = self._hold(path)
         try:
-            with held.lock:
-                self._stage(held, empty=length == 0)
-                assert held.staged is not None
-                with self._staging.guard(f"truncating {held.path}"):
-                    held.staged.truncate(length)
-                if held.stream is not None:
-                    held.stream.truncated(length)
-                held.attrs.size = length
-                self._touch(held)
-            if fh is None:
-                self._upload(held)
+            self.writeback.truncate(item, length)
+            self.writeback.upload(item)
         finally:
-            if fh is None:
-                self._let_go(held)
+            self._let_go(item)
 
     def flush(self, fh: int) -> None:
-        self._upload(self._handle(fh).file)
+        self.writeback.upload(self._handle(fh).file)
 
     def fsync(self, fh: int, datasync: bool) -> None:
-        self._upload(self._handle(fh).file)
+        self.writeback.upload(self._handle(fh).file)
 
     def fsyncdir(self, path: str) -> None:
         """Make the folder's unlinks durable: send queued deletes, raise if they fail."""
@@ -458,176 +366,70 @@ class Filesystem:
             raise FsError(errno.EBADF, f"no open file {fh}")
         self._let_go(handle.file)
 
-    def _let_go(self, held: OpenFile) -> None:
+    def _let_go(self, item: Item) -> None:
         """Count one handle less; the last one uploads what is dirty and frees the copy."""
-        with self._namespace_lock:
-            held.handles -= 1
-            if held.handles > 0:
-                return
-        if held.dirty and not held.unlinked:
-            with contextlib.suppress(FsError):  # logged; retried in the background
-                self._upload(held)
-        self._release_if_idle(held)
-
-    def _release_if_idle(self, held: OpenFile) -> None:
-        """Free the staged copy of a file no handle holds once nothing is pending."""
-        with self._namespace_lock, held.lock:
-            if held.handles > 0:
-                return
-            if held.unlinked or not held.dirty:
-                held.discard_staged()
-                if self._files.get(held.path) is held:
-                    del self._files[held.path]
-
-    def _retry_upload(self, held: OpenFile) -> None:
-        """The background retry of a failed upload (a new failure schedules the next)."""
-        try:
-            self._upload(held)
-        except FsError:
+        if self.items.let_go(item) > 0:
             return
-        self._release_if_idle(held)
+        if item.dirty:
+            with contextlib.suppress(FsError):  # logged; retried in the background
+                self.writeback.upload(item)
+        self._release_if_idle(item)
 
-    def _upload(self, held: OpenFile) -> None:
-        """Upload the staged copy if it is newer than the object; FsError(EIO) on failure
-        (the copy and its journal entry stay, and a background retry is scheduled)."""
-        if held.recovered:
-            self._settle(held)
-        with held.lock:
-            if not held.dirty or held.unlinked or held.staged is None:
+    def _release_if_idle(self, item: Item) -> None:
+        """Free the staged copy of a file no handle holds once nothing is pending.
+
+        An unlinked file that libfuse renamed to a ``.fuse_hidden`` name stays until
+        libfuse unlinks that name (right after this last close): the kernel may still open
+        the inode by that name meanwhile (an editor's atomic save racing a reader), and
+        must find the content, as a local file system would give it.
+        """
+        with item.lock:
+            if item.handles > 0 or item.dirty:
                 return
-            attrs = held.current_attrs()
-            try:
-                entry_id = self._track(held)
-                assert entry_id is not None  # not unlinked
-                self._steps.update(
-                    entry_id, state=UPLOADING, mode=attrs.mode, uid=attrs.uid, gid=attrs.gid,
-                    mtime_ns=attrs.mtime_ns)
-                stream, held.stream = held.stream, None
-                self._uploader.upload(entry_id, held.key, held.staged.path,
-                                      encode_metadata(attrs), stream)
-            except (QarnotException, OSError, sqlite3.Error, FsError) as error:
-                self._upload_failed(held, error)
-                raise FsError(errno.EIO, f"upload of {held.key} failed: {error}") from error
-            self._committed(held)
-            log.info("uploaded %r (%d bytes)", held.key, attrs.size)
-            self.cache.put(held.path, Node(attrs, exact=True))
-
-    def _committed(self, held: OpenFile) -> None:
-        """The bucket has the staged content: the journal entry goes, the file is clean."""
-        if held.journal_id is not None:
-            self._steps.remove(held.journal_id)
-        held.journal_id, held.base, held.recovered = None, None, False
-        self._retries.forget(held)
-        held.dirty = False
-        held.on_bucket = True
-
-    def _upload_failed(self, held: OpenFile, error: BaseException) -> None:
-        assert held.staged is not None
-        if held.journal_id is not None:
-            with contextlib.suppress(sqlite3.Error):
-                self._staging.journal.failed(held.journal_id, str(error))
-        try:  # the staged copy is now the only version of the data
-            self._staging.make_durable(held.staged)
-        except (OSError, sqlite3.Error) as sync_error:
-            log.error("could not flush the staged copy %s to disk: %s", held.staged.path,
-                      sync_error)
-        delay = self._retries.schedule(held)
-        log.error("upload of %r failed (the staged copy %s is kept and retried in the "
-                  "background in %.1f s): %s", held.key, held.staged.path, delay, error)
-
-    def _settle(self, held: OpenFile) -> None:
-        """Before the first upload of a recovered file: where it goes (a conflict moves
-        it to a new name, so the namespace lock is taken), or nothing to send."""
-        with self._namespace_lock, held.lock:
-            if not held.recovered or not held.dirty or held.unlinked or held.staged is None:
+            if item.gone and is_fuse_hidden(item.path) and self.items.get(item.path) is item:
                 return
-            old_path = held.path
-            try:
-                needed = recovery.settle(self.bucket, held, self.options.part_size)
-            except (QarnotException, OSError) as error:
-                self._upload_failed(held, error)
-                raise FsError(errno.EIO, f"upload of {held.key} failed: {error}") from error
-            held.recovered = False
-            if not needed:
-                self._committed(held)
-            elif held.path != old_path:
-                assert held.journal_id is not None
-                self._steps.update(held.journal_id, path=held.path, key=held.key)
-                if self._files.get(old_path) is held:
-                    del self._files[old_path]
-                self._files[held.path] = held
-
-    def _recover(self) -> None:
-        """Take over what crashed mounts left: their dirty files become pending uploads
-        (retried at once in the background), their unfinished uploads are resumed or
-        aborted."""
-        journal = self._staging.journal
-        with self._staging.orphans() as orphans:
-            for folder, other in orphans:
-                for entry in other.entries():
-                    if (folder / entry.staged).is_file():
-                        os.replace(folder / entry.staged, self._staging.root / entry.staged)
-                        journal.adopt(entry, other.parts(entry.id))
-                    other.remove(entry.id, abandon=False)
-        entries = journal.entries()
-        kept: set[str] = set()
-        pending: list[OpenFile] = []
-        for entry in entries:
-            staged = self._staging.root / entry.staged
-            if not staged.is_file() or entry.path in self._files:
-                log.error("the journal names %s for %r, but it is %s", staged, entry.key,
-                          "missing" if not staged.is_file() else "a duplicate")
-                journal.remove(entry.id, abandon=True)
-                continue
-            kept.add(entry.staged)
-            held = recovery.reopen(entry, staged)
-            self._files[held.path] = held
-            pending.append(held)
-        self._staging.remove_strays(kept)
-        if kept:
-            log.warning("a previous mount stopped with %d file(s) not uploaded; uploading "
-                        "them now: %s", len(kept), ", ".join(sorted(
-                            e.path for e in entries if e.staged in kept)[:10]))
-        # Before any new upload starts, so that none can be taken for an orphan.
-        if kept or journal.abandoned() or journal.intents():
-            try:
-                self._uploader.clean_orphans(self.keys.prefix)
-            except QarnotException as error:
-                log.warning("could not check for unfinished uploads: %s", error)
-        for held in pending:
-            self._retries.schedule(held, now=True)
+            item.discard_staged()
+            self.items.drop(item)
 
     # == namespace changes ===============================================================
 
     def unlink(self, path: str) -> None:
         self._check_writable()
         path = normalize(path)
-        with self._namespace_lock:
+        with self._claims.hold(one(path)):
             if is_fuse_hidden(path):
                 self._drop_hidden(path)
                 return
             if self._node(path).attrs.is_dir:
                 raise FsError(errno.EISDIR, path)
             key = self.keys.file_key(path)
-            held = self._files.get(path)
-            if held is not None:
-                self._detach(held)
+            item = self.items.get(path)
+            if item is not None:
+                self._detach(item)
             self.bucket.delete(key)
             self.cache.remove(path)
             self._keep_folder(parent_of(path))
 
-    def _detach(self, held: OpenFile) -> None:
-        """Make an open file nameless: still usable through its handles, never uploaded."""
-        with held.lock:
-            if held.handles > 0 and held.staged is None and held.on_bucket:
-                self._stage(held)  # its handles must keep reading after the delete
-            held.unlinked = True
-            held.dirty = False
-            self._forget_journal(held)
-            if self._files.get(held.path) is held:
-                del self._files[held.path]
-            if held.handles == 0:
-                held.discard_staged()
+    def _detach(self, item: Item) -> None:
+        """Make a held file nameless: still usable through its handles, never uploaded.
+
+        Its handles must keep reading after the object is deleted, so a clean file that is
+        open is downloaded first. If that cannot be done (a full staging disk, the storage
+        failing), the unlink still happens, as POSIX requires (unlink has no ENOSPC): the
+        open handles then read EIO, and a log line says why.
+        """
+        with item.lock:
+            if item.handles > 0 and item.staged is None and item.on_bucket:
+                try:
+                    self.writeback.stage(item)
+                except (FsError, QarnotException) as error:
+                    item.lost = f"unlinked while open, and its content could not be kept: " \
+                                f"{error}"
+                    log.error("%s: the open handles of %r will read EIO", item.lost, item.path)
+            self.writeback.give_up(item)
+            self.items.drop(item)
+            if item.handles == 0:
+                item.discard_staged()
 
     def _hide(self, old: str, new: str, flags: int) -> None:
         """A rename to or from a ``.fuse_hidden`` name (keys.py): libfuse unlinking an
@@ -636,46 +438,35 @@ class Filesystem:
 
         Nothing of it reaches the bucket. Any other such rename is refused (EINVAL): the
         names are libfuse's, and an unlinked file cannot get a name back."""
-        held = self._files.get(old)
-        if held is None and is_fuse_hidden(old):
+        item = self.items.get(old)
+        if item is None and is_fuse_hidden(old):
             raise FsError(errno.ENOENT, old)
-        if held is None or held.handles == 0 or not is_fuse_hidden(new) \
+        if item is None or item.handles == 0 or not is_fuse_hidden(new) \
                 or parent_of(old) != parent_of(new):
             raise FsError(errno.EINVAL, f"{old} -> {new}: names starting with '.fuse_hidden' "
                           "are reserved by libfuse for open files that were unlinked")
-        replaced = self._files.get(new)
-        if replaced is held:
+        replaced = self.items.get(new)
+        if replaced is item:
             return
         if replaced is not None:
             if flags & RENAME_NOREPLACE:
                 raise FsError(errno.EEXIST, new)
             self._detach(replaced)
-        if held.unlinked:
-            del self._files[old]
+        if item.gone:
+            self.items.drop(item, old)
         else:
-            self.unlink(old)  # deletes the object (queued) and detaches ``held``
-        with held.lock:
-            held.path = new
-            self._files[new] = held
+            self.unlink(old)  # deletes the object (queued) and detaches ``item``
+        with item.lock:
+            self.items.rename(item, new)
 
     def _drop_hidden(self, path: str) -> None:
-        """libfuse's unlink of a ``.fuse_hidden`` name after the last close (usually
-        gone already: the release dropped it): local state only, no request."""
-        held = self._files.get(path)
-        if held is None:
+        """libfuse's unlink of a ``.fuse_hidden`` name after the last close: local state
+        only, no request."""
+        item = self.items.get(path)
+        if item is None:
             raise FsError(errno.ENOENT, path)
-        self._detach(held)
-
-    def _forget_journal(self, held: OpenFile) -> None:
-        """Nothing of ``held`` is to be uploaded any more (deleted, or uploaded aside)."""
-        self._retries.forget(held)
-        if held.stream is not None:
-            held.stream.cancel()
-            held.stream = None
-        if held.journal_id is not None:
-            self._steps.remove(held.journal_id, abandon=True)
-            held.journal_id = None
-        held.base = None
+        with item.lock:
+            self._detach(item)
 
     def _keep_folder(self, folder: str) -> None:
         """Write the marker of ``folder`` if removing its last entry made it vanish.
@@ -687,8 +478,7 @@ class Filesystem:
             return
         if self.cache.listing_size(folder):
             return
-        if any(is_within(held.path, folder) and not held.unlinked
-               for held in self._files.values()):
+        if self.items.under(folder):
             return
         prefix = self.keys.dir_prefix(folder)
         if self.bucket.has_objects_under(prefix):
@@ -704,7 +494,7 @@ class Filesystem:
         if path == "/":
             raise FsError(errno.EEXIST, path)
         prefix = self.keys.dir_prefix(path)
-        with self._namespace_lock:
+        with self._claims.hold(one(path)):
             if self._exists(path):
                 raise FsError(errno.EEXIST, path)
             self._require_folder(path)
@@ -721,7 +511,7 @@ class Filesystem:
         path = normalize(path)
         if path == "/":
             raise FsError(errno.EBUSY, "the root of the mount")
-        with self._namespace_lock:
+        with self._claims.hold(tree(path)):
             if not self._node(path).attrs.is_dir:
                 raise FsError(errno.ENOTDIR, path)
             prefix = self._require_empty(path)
@@ -731,8 +521,7 @@ class Filesystem:
 
     def _require_empty(self, path: str) -> str:
         """The folder's prefix; FsError(ENOTEMPTY) if anything is under it, hidden or not."""
-        if any(is_within(held.path, path) and held.path != path and not held.unlinked
-               for held in self._files.values()):
+        if any(item.path != path for item in self.items.under(path)):
             raise FsError(errno.ENOTEMPTY, path)
         prefix = self.keys.dir_prefix(path)
         if any(key != prefix for key in self.bucket.first_keys(prefix, 2)):
@@ -748,7 +537,7 @@ class Filesystem:
             raise FsError(errno.ENOENT, "empty link target")
         if len(body) > SYMLINK_MAX:
             raise FsError(errno.ENAMETOOLONG, "link target too long")
-        with self._namespace_lock:
+        with self._claims.hold(one(path)):
             if self._exists(path):
                 raise FsError(errno.EEXIST, path)
             self._require_folder(path)
@@ -772,10 +561,13 @@ class Filesystem:
         old, new = normalize(old), normalize(new)
         if "/" in (old, new):
             raise FsError(errno.EBUSY, "the root of the mount")
-        with self._namespace_lock:
-            if is_fuse_hidden(old) or is_fuse_hidden(new):
+        if is_fuse_hidden(old) or is_fuse_hidden(new):
+            with self._claims.hold(one(old), one(new)):
                 self._hide(old, new, flags)
-                return
+            return
+        source = self._node(old)
+        claims = (tree(old), tree(new)) if source.attrs.is_dir else (one(old), one(new))
+        with self._claims.hold(*claims):
             source = self._node(old)
             if flags & RENAME_NOREPLACE and self._exists(new):
                 raise FsError(errno.EEXIST, new)
@@ -801,33 +593,43 @@ class Filesystem:
 
     def _rename_file(self, old: str, new: str, source: Node) -> None:
         old_key, new_key = self.keys.file_key(old), self.keys.file_key(new)
-        replaced = self._files.get(new)
+        replaced = self.items.get(new)
         if replaced is not None:
             self._detach(replaced)
-        held = self._files.get(old)
+        item = self.items.get(old)
         attrs = source.attrs
-        if held is None:
+        if item is None:
             self._copy_key(old_key, new_key, attrs.size, link=attrs.is_link)
         else:
-            with held.lock:
-                attrs = held.current_attrs()
-                if held.dirty and held.staged is not None:
-                    self.bucket.upload(new_key, held.staged.path, encode_metadata(attrs))
-                    held.dirty = False
-                    self._forget_journal(held)
-                else:
+            with item.lock:  # no upload of it can start or be under way meanwhile
+                attrs = item.current_attrs()
+                if item.dirty and item.staged is not None:
+                    self.bucket.upload(new_key, item.staged.path, encode_metadata(attrs))
+                    self.writeback.uploaded_aside(item)
+                elif item.on_bucket:
                     self.bucket.copy(old_key, new_key)
-                held.path, held.key, held.on_bucket = new, new_key, True
-                del self._files[old]
-                self._files[new] = held
+                self.writeback.retarget(item, new, new_key)
         self._deletes.delete_now(old_key)  # a rename is complete when it returns
         self.cache.remove(old)
-        self.cache.put(new, Node(attrs, exact=source.exact or held is not None))
+        self.cache.put(new, Node(attrs, exact=source.exact or item is not None))
 
     def _rename_folder(self, old: str, new: str, source: Node, replacing: bool) -> None:
-        old_prefix, new_prefix = self.keys.dir_prefix(old), self.keys.dir_prefix(new)
         if replacing:
             self._require_empty(new)  # its marker is overwritten below, never deleted first
+        with contextlib.ExitStack() as held:
+            # Every item under the folder is locked from before the listing until it
+            # carries its new key: no upload can land between the copies and the deletes.
+            moved = self.items.under(old, with_unlinked=True)
+            for item in moved:
+                held.enter_context(item.lock)
+            self._move_tree(old, new, source, replacing, moved)
+        self.cache.remove(old, tree=True)
+        self.cache.forget(new)
+        self.cache.put(new, source)
+
+    def _move_tree(self, old: str, new: str, source: Node, replacing: bool,
+                   moved: list[Item]) -> None:
+        old_prefix, new_prefix = self.keys.dir_prefix(old), self.keys.dir_prefix(new)
         infos = list(self.bucket.iter_objects(old_prefix))
         moves = [(info.key, new_prefix + info.key[len(old_prefix):]) for info in infos]
         if any(len(key.encode("utf-8")) > KEY_MAX for _, key in moves):
@@ -835,19 +637,12 @@ class Filesystem:
         self._copy_all(moves, infos, keep=new_prefix if replacing else None)
         if not infos:  # a folder the mount knows but the bucket has no key for yet
             self.bucket.put(new_prefix, b"", encode_metadata(source.attrs))
-        for held in [h for h in self._files.values() if is_within(h.path, old)]:
-            with held.lock:
-                del self._files[held.path]
-                held.path = new + held.path[len(old):]
-                if not held.unlinked:  # else a .fuse_hidden name: it has no key
-                    held.key = self.keys.file_key(held.path)
-                self._files[held.path] = held
-                if held.journal_id is not None:
-                    self._steps.update(held.journal_id, path=held.path, key=held.key)
+        for item in moved:
+            path = new + item.path[len(old):]
+            # an unlinked file has a .fuse_hidden name and no key: it only moves along
+            key = item.key if item.gone else self.keys.file_key(path)
+            self.writeback.retarget(item, path, key)
         self.bucket.delete_many(key for key, _ in moves)
-        self.cache.remove(old, tree=True)
-        self.cache.forget(new)
-        self.cache.put(new, source)
 
     def _copy_key(self, source: str, destination: str, size: int | None, link: bool,
                   metadata: dict[str, str] | None = None) -> None:
@@ -925,16 +720,10 @@ class Filesystem:
         path = normalize(path)
         if path == "/":
             return  # the root has no object to hold attributes: accepted, not stored
-        with self._namespace_lock:
-            held = self._files.get(path)
-            if held is not None and held.staged is not None:
-                with held.lock:
-                    change(held.attrs)
-                    held.attrs.ctime_ns = now_ns()
-                    held.dirty = True
-                    self._track(held)
-                    if held.stream is not None:
-                        held.stream.metadata_stale = True
+        with self._claims.hold(one(path)):
+            item = self.items.get(path)
+            if item is not None and item.staged is not None:
+                self.writeback.change_attributes(item, change)
                 return
             node = self.namespace.lookup(path)
             if node.attrs.is_dir:
@@ -945,8 +734,8 @@ class Filesystem:
             else:
                 attrs = self._change_object(self.keys.file_key(path), change)
             self.cache.put(path, Node(attrs, exact=True))
-            if held is not None:
-                held.attrs = attrs
+            if item is not None:
+                item.attrs = attrs
 
     def _change_object(self, key: str, change: Callable[[Attributes], None]) -> Attributes:
         """Rewrite an object's metadata in place, keeping metadata that is not ours."""
@@ -964,7 +753,7 @@ class Filesystem:
 
     def pending_uploads(self) -> list[str]:
         """Paths whose content is not in the bucket yet."""
-        return sorted(h.path for h in list(self._files.values()) if h.dirty and not h.unlinked)
+        return sorted(item.path for item in self.items.all() if item.dirty)
 
     def shutdown(self) -> None:
         """Upload what is pending (one last try), close every copy, free the staging area
@@ -973,34 +762,31 @@ class Filesystem:
         if self._shut_down:
             return
         self._shut_down = True
-        self._retries.stop()
+        self.writeback.stop_retries()
         summary = pending_summary(str(self._staging.root))
         if summary:
             log.info("waiting for %s", summary)
         failed = False
-        for held in list(self._files.values()):
+        for item in self.items.all():
             try:
-                self._upload(held)
+                self.writeback.upload(item)
             except FsError:
                 failed = True
-        with self._namespace_lock:
-            for held in list(self._files.values()):
-                with held.lock:
-                    if held.staged is not None:
-                        if held.dirty:
-                            held.staged.close()
-                        else:
-                            held.discard_staged()
-            self._files.clear()
+        for item in self.items.all():
+            with item.lock:
+                if item.staged is not None:
+                    if item.dirty:
+                        item.staged.close()
+                    else:
+                        item.discard_staged()
+        self.items.clear()
         with self._handles_lock:
             for handle in self._handles.values():
-                if handle.file.unlinked:
+                if handle.file.gone:
                     handle.file.discard_staged()
             self._handles.clear()
         self._pool.shutdown(wait=True)
-        self._uploader.close()
+        self.writeback.close()
         self._read_pool.shutdown(wait=True, cancel_futures=True)
         self._deletes.close()
-        with contextlib.suppress(QarnotException, sqlite3.Error):
-            self._uploader.abort_abandoned()
         self._staging.close(keep=failed)

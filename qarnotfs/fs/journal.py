@@ -21,6 +21,12 @@ is returned, since that copy then holds the only version of the data.
 
 Reading the journal from another process (``qarnotfs status``) is safe: WAL lets readers
 run while the mount writes.
+
+A full staging disk must never leave a row behind for content the bucket has (a phantom
+pending upload): SQLite needs room to record even a deletion. The journal keeps a small
+``reserve`` file beside it; when a removal finds the disk full (SQLITE_FULL, by code), the
+reserve is given back to the file system and the removal tried once more. The reserve is
+made again at the next change that finds room for it.
 """
 
 from __future__ import annotations
@@ -31,15 +37,19 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 log = logging.getLogger(__name__)
 
 JOURNAL_NAME = "journal.sqlite3"
-DIRTY, UPLOADING, COMMITTED = "dirty", "uploading", "committed"
+RESERVE_NAME = "journal.reserve"
+RESERVE_SIZE = 1 << 20
+"""Room kept for the journal's removals on a full disk (each is a few KiB of WAL)."""
+DIRTY, UPLOADING = "dirty", "uploading"
+SQLITE_FULL = 13
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS entries (
@@ -124,10 +134,12 @@ class Journal:
         self.path = Path(folder) / JOURNAL_NAME
         # Created 0600 before SQLite opens it: its -wal and -shm files copy the mode.
         os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
+        self._reserve = Path(folder) / RESERVE_NAME
         self._lock = threading.Lock()
         self._db = _connect(self.path)
         with self._lock:
             self._db.executescript(_SCHEMA)
+        self._keep_reserve()
 
     def close(self) -> None:
         with self._lock:
@@ -147,9 +159,42 @@ class Journal:
             try:
                 yield self._db
             except BaseException:
-                self._db.execute("ROLLBACK")
+                with contextlib.suppress(sqlite3.Error):  # none open if COMMIT failed
+                    self._db.execute("ROLLBACK")
                 raise
             self._db.execute("COMMIT")
+
+    def _settling(self, change: Callable[[sqlite3.Connection], None]) -> None:
+        """Apply a change that removes state (an entry, an upload), on a full disk too:
+        the reserve is given up for it if needed."""
+        try:
+            with self._transaction() as db:
+                change(db)
+        except sqlite3.Error as error:
+            if not is_disk_full(error, self.path.parent) or not self._reserve.exists():
+                raise
+            log.warning("the staging disk is full: using the journal's reserve to record "
+                        "a removal")
+            self._reserve.unlink()
+            with self._transaction() as db:
+                change(db)
+        self._keep_reserve()
+
+    def _keep_reserve(self) -> None:
+        """Make the reserve again if it is missing and there is room (best effort)."""
+        if self._reserve.exists():
+            return
+        try:
+            fd = os.open(self._reserve, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except OSError:
+            return
+        try:
+            os.posix_fallocate(fd, 0, RESERVE_SIZE)
+        except OSError:
+            os.close(fd)
+            self._reserve.unlink(missing_ok=True)
+            return
+        os.close(fd)
 
     def add(self, **values: Any) -> int:
         """Record a newly dirty file; returns its entry id."""
@@ -178,8 +223,10 @@ class Journal:
 
     def start_upload(self, entry_id: int, upload_id: str, key: str, part_size: int,
                      signature: str) -> None:
-        """Record a new multipart upload (replacing any earlier one and its parts)."""
+        """Record a new multipart upload, replacing any earlier one and its parts (the
+        earlier one is remembered as abandoned, to be aborted)."""
         with self._transaction() as db:
+            db.execute(_ABANDON, (entry_id,))
             db.execute("DELETE FROM parts WHERE entry = ?", (entry_id,))
             db.execute("UPDATE entries SET state = ?, upload_id = ?, upload_key = ?, "
                        "part_size = ?, signature = ?, updated = ? WHERE id = ?",
@@ -188,11 +235,13 @@ class Journal:
 
     def forget_upload(self, entry_id: int) -> None:
         """Drop the entry's multipart upload, remembering it as abandoned (to abort)."""
-        with self._transaction() as db:
+        def change(db: sqlite3.Connection) -> None:
             db.execute(_ABANDON, (entry_id,))
             db.execute("DELETE FROM parts WHERE entry = ?", (entry_id,))
             db.execute("UPDATE entries SET upload_id = NULL, upload_key = NULL, "
                        "part_size = NULL, signature = NULL WHERE id = ?", (entry_id,))
+
+        self._settling(change)
 
     def add_part(self, entry_id: int, number: int, etag: str, size: int) -> None:
         with self._transaction() as db:
@@ -213,11 +262,13 @@ class Journal:
     def remove(self, entry_id: int, abandon: bool = False) -> None:
         """Drop an entry: committed (its content is in the bucket), or given up
         (``abandon``: the file was deleted; its multipart upload is to be aborted)."""
-        with self._transaction() as db:
+        def change(db: sqlite3.Connection) -> None:
             if abandon:
                 db.execute(_ABANDON, (entry_id,))
             db.execute("DELETE FROM parts WHERE entry = ?", (entry_id,))
             db.execute("DELETE FROM entries WHERE id = ?", (entry_id,))
+
+        self._settling(change)
 
     def get(self, entry_id: int) -> Entry | None:
         with self._lock:
@@ -235,9 +286,17 @@ class Journal:
             rows = self._db.execute("SELECT key, upload_id FROM abandoned").fetchall()
         return [(str(key), str(upload_id)) for key, upload_id in rows]
 
-    def aborted(self, upload_id: str) -> None:
+    def abandon(self, key: str, upload_id: str) -> None:
+        """Remember an upload no entry records any more as abandoned (to abort)."""
         with self._transaction() as db:
+            db.execute("INSERT OR IGNORE INTO abandoned (upload_id, key) VALUES (?, ?)",
+                       (upload_id, key))
+
+    def aborted(self, upload_id: str) -> None:
+        def change(db: sqlite3.Connection) -> None:
             db.execute("DELETE FROM abandoned WHERE upload_id = ?", (upload_id,))
+
+        self._settling(change)
 
     def intend_upload(self, key: str) -> int:
         """Record, before CreateMultipartUpload is sent, that an upload of ``key`` may
@@ -265,25 +324,83 @@ class Journal:
         return {str(row[0]) for row in rows}
 
 
-class Tolerant:
-    """A journal whose writes may fail without failing the caller (logged): an upload
-    must go on when the staging disk is full, it only loses the ability to resume."""
+class BestEffortJournal:
+    """The journal as an upload under way writes it: a step that cannot be recorded (a
+    full staging disk) is logged and the upload goes on; it only loses the ability to
+    resume from that step after a crash. Reads are the journal's own."""
 
     def __init__(self, journal: Journal) -> None:
         self.journal = journal
 
-    def __getattr__(self, name: str) -> Any:
-        method = getattr(self.journal, name)
+    def _try(self, step: str, change: Callable[[], Any]) -> Any:
+        try:
+            return change()
+        except sqlite3.Error as error:
+            log.warning("the staging journal %s could not record a step (%s): %s",
+                        self.journal.path, step, error)
+            return None
 
-        def call(*args: Any, **kwargs: Any) -> Any:
-            try:
-                return method(*args, **kwargs)
-            except sqlite3.Error as error:
-                log.warning("the staging journal %s could not record a step (%s): %s",
-                            self.journal.path, name, error)
-                return None
+    def update(self, entry_id: int, **values: Any) -> None:
+        self._try("update", lambda: self.journal.update(entry_id, **values))
 
-        return call
+    def failed(self, entry_id: int, error: str) -> None:
+        self._try("failed", lambda: self.journal.failed(entry_id, error))
+
+    def remove(self, entry_id: int, abandon: bool = False) -> None:
+        self._try("remove", lambda: self.journal.remove(entry_id, abandon))
+
+    def start_upload(self, entry_id: int, upload_id: str, key: str, part_size: int,
+                     signature: str) -> None:
+        self._try("start_upload", lambda: self.journal.start_upload(
+            entry_id, upload_id, key, part_size, signature))
+
+    def forget_upload(self, entry_id: int) -> None:
+        self._try("forget_upload", lambda: self.journal.forget_upload(entry_id))
+
+    def add_part(self, entry_id: int, number: int, etag: str, size: int) -> None:
+        self._try("add_part", lambda: self.journal.add_part(entry_id, number, etag, size))
+
+    def intend_upload(self, key: str) -> int | None:
+        return cast("int | None", self._try("intend_upload",
+                                            lambda: self.journal.intend_upload(key)))
+
+    def intent_done(self, intent_id: int | None) -> None:
+        if intent_id is not None:
+            self._try("intent_done", lambda: self.journal.intent_done(intent_id))
+
+    def abandon(self, key: str, upload_id: str) -> None:
+        self._try("abandon", lambda: self.journal.abandon(key, upload_id))
+
+    def aborted(self, upload_id: str) -> None:
+        self._try("aborted", lambda: self.journal.aborted(upload_id))
+
+    def get(self, entry_id: int) -> Entry | None:
+        return self.journal.get(entry_id)
+
+    def parts(self, entry_id: int) -> dict[int, tuple[str, int]]:
+        return self.journal.parts(entry_id)
+
+    def abandoned(self) -> list[tuple[str, str]]:
+        return self.journal.abandoned()
+
+    def intents(self) -> list[tuple[int, str, float]]:
+        return self.journal.intents()
+
+    def upload_ids(self) -> set[str]:
+        return self.journal.upload_ids()
+
+
+def is_disk_full(error: sqlite3.Error, folder: Path) -> bool:
+    """SQLITE_FULL, by its code (Python 3.11+), else by the disk's free space (3.10 gives
+    no code, and the message text is not a contract)."""
+    code = getattr(error, "sqlite_errorcode", None)
+    if code is not None:
+        return bool(code & 0xFF == SQLITE_FULL)
+    try:
+        figures = os.statvfs(folder)
+    except OSError:
+        return False
+    return figures.f_bavail * figures.f_frsize < RESERVE_SIZE
 
 
 def _connect(path: Path) -> sqlite3.Connection:

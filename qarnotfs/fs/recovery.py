@@ -1,10 +1,13 @@
-"""Crash recovery: turning what a dead mount left in the staging journal into pending uploads.
+"""Crash recovery: what a dead mount left in the staging journal, and where it goes.
 
-Owns: rebuilding an :class:`~.handles.OpenFile` from a journal :class:`~.journal.Entry`,
-and the decision made before a recovered file is uploaded: the object is unchanged since
-staging started (upload over it), it already holds our content (the crash came after the
-upload: nothing to send), or it changed in the bucket meanwhile (a conflict: our version
-goes beside it as ``<name>.qarnotfs-conflict-<UTC time>-<host>``, never over it).
+Owns: the decisions made about a crashed mount's entries: which staged copy stands for
+which path when two mounts sharing a staging folder both left one for the same path
+(:func:`arrange`: both are kept, the newer at the path, the older as a conflict copy),
+and, before a recovered file is uploaded (:func:`settle`), whether the object is
+unchanged since staging started (upload over it), already holds our content (the crash
+came after the upload: nothing to send), or changed in the bucket meanwhile (a conflict:
+our version goes beside it as ``<name>.qarnotfs-conflict-<UTC time>-<host>``, never over
+it). Rebuilding the items themselves is writeback.py's.
 """
 
 from __future__ import annotations
@@ -14,18 +17,16 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .attrs import Attributes
-from .handles import OpenFile
 from .journal import Entry
 from .keys import name_of, parent_of
-from .staging import StagedFile
 from .uploader import multipart_etag
 
 if TYPE_CHECKING:
-    from ..bucket import Bucket
+    from .storage import Storage
 
 log = logging.getLogger(__name__)
 
@@ -33,16 +34,36 @@ CONFLICT_MARK = ".qarnotfs-conflict-"
 _CHUNK = 1 << 20
 
 
-def reopen(entry: Entry, staged: Path) -> OpenFile:
-    """The dirty OpenFile a journal entry stands for (its staged copy at ``staged``)."""
-    info = os.stat(staged)
-    # A write after the entry's last update shows in the copy's mtime, not in the row.
-    mtime = info.st_mtime_ns if info.st_mtime_ns > entry.updated * 1e9 else entry.mtime_ns
-    attrs = Attributes(entry.mode, info.st_size, entry.uid, entry.gid, mtime, mtime, mtime)
-    base = (entry.base_etag, entry.base_modified or "") if entry.base_etag else None
-    return OpenFile(entry.path, entry.key, attrs, on_bucket=base is not None,
-                    staged=StagedFile(staged), dirty=True, journal_id=entry.id, base=base,
-                    recovered=True)
+def move_into(source: Path, folder: Path, name: str) -> None:
+    """Move a staged copy of another slot into ``folder`` under ``name``."""
+    os.replace(source, folder / name)
+
+
+def arrange(entries: list[Entry], root: Path) \
+        -> Iterator[tuple[Entry, Path | None, tuple[str, str] | None]]:
+    """Each entry with its staged copy (None if missing) and, for all but the newest
+    entry of a path, the (path, key) of the conflict copy it becomes."""
+    present = [(entry, root / entry.staged) for entry in entries]
+    newest: dict[str, tuple[float, int]] = {}
+    for entry, staged in present:
+        if staged.is_file():
+            stamp = (os.stat(staged).st_mtime_ns, entry.id)
+            newest[entry.path] = max(newest.get(entry.path, stamp), stamp)
+    for entry, staged in present:
+        if not staged.is_file():
+            yield entry, None, None
+            continue
+        stamp = (os.stat(staged).st_mtime_ns, entry.id)
+        if stamp == newest[entry.path]:
+            yield entry, staged, None
+        else:
+            key = conflict_name(entry.key, tag=str(entry.id))
+            yield entry, staged, (sibling_path(entry.path, key), key)
+
+
+def sibling_path(path: str, key: str) -> str:
+    """The path beside ``path`` whose name is the last segment of ``key``."""
+    return f"{parent_of(path).rstrip('/')}/{name_of(key)}"
 
 
 def local_etags(path: Path, part_size: int) -> set[str]:
@@ -57,38 +78,34 @@ def local_etags(path: Path, part_size: int) -> set[str]:
     return {whole.hexdigest(), multipart_etag(parts) if parts else whole.hexdigest()}
 
 
-def conflict_name(key: str, when: float | None = None, host: str | None = None) -> str:
+def conflict_name(key: str, when: float | None = None, host: str | None = None,
+                  tag: str = "") -> str:
     """``key`` with the conflict mark, the UTC time and the host name appended."""
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(when))
     host = (host or socket.gethostname() or "host").split(".")[0].replace("/", "_")
-    return f"{key}{CONFLICT_MARK}{stamp}-{host}"
+    return f"{key}{CONFLICT_MARK}{stamp}-{host}" + (f"-{tag}" if tag else "")
 
 
-def settle(bucket: Bucket, held: OpenFile, part_size: int) -> bool:
-    """Decide where a recovered file goes; False if the bucket already has its content.
-
-    On a conflict ``held.key`` and ``held.path`` move to the conflict name (a warning says
-    so); otherwise they stay.
-    """
-    assert held.staged is not None
-    info = bucket.stat(held.key)
-    if info is not None and info.etag in local_etags(held.staged.path, part_size):
-        log.info("recovered %r: the bucket already has this content", held.key)
-        return False
-    base_etag = held.base[0] if held.base else None
+def settle(storage: Storage, key: str, path: str, base: tuple[str, str] | None,
+           staged: Path, part_size: int) -> tuple[str, str] | None:
+    """Where a recovered file goes, as (path, key); None if the bucket already has its
+    content. On a conflict the answer is a new name beside it (a warning says so)."""
+    info = storage.stat(key)
+    if info is not None and info.etag in local_etags(staged, part_size):
+        log.info("recovered %r: the bucket already has this content", key)
+        return None
+    base_etag = base[0] if base else None
     if info is None or (base_etag is not None and info.etag == base_etag):
         if info is None and base_etag is not None:
             log.warning("recovered %r: the object was deleted from the bucket meanwhile; "
-                        "uploading the local version again", held.key)
-        return True
-    new_key = first = conflict_name(held.key)
+                        "uploading the local version again", key)
+        return path, key
+    new_key = first = conflict_name(key)
     for number in range(2, 1000):
-        if bucket.stat(new_key) is None:
+        if storage.stat(new_key) is None:
             break
         new_key = f"{first}-{number}"
     log.warning("recovered %r changed in the bucket while the mount was down (ETag %s, "
-                "expected %s): keeping both, the local version goes to %r", held.key,
+                "expected %s): keeping both, the local version goes to %r", key,
                 info.etag, base_etag or "no object", new_key)
-    held.path = f"{parent_of(held.path).rstrip('/')}/{name_of(new_key)}"
-    held.key = new_key
-    return True
+    return sibling_path(path, new_key), new_key

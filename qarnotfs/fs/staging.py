@@ -27,7 +27,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from .errors import FsError
-from .journal import JOURNAL_NAME, Journal
+from .journal import JOURNAL_NAME, Journal, is_disk_full
 
 STAGED_SUFFIX = ".staged"
 MAX_SLOTS = 100
@@ -94,6 +94,7 @@ class StagingArea:
         base = Path(base)
         base.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.base = base
+        self.prefix = prefix
         self.name = slot_name(bucket, prefix)
         self.root, self._lock_fd = self._claim()
         self.journal = Journal(self.root)
@@ -158,7 +159,7 @@ class StagingArea:
                           error.strerror or error)
             raise FsError(code, f"{what}: {error.strerror or error}") from error
         except sqlite3.Error as error:  # the journal: its disk is the staging disk
-            full = "full" in str(error)
+            full = is_disk_full(error, self.root)
             log.error("%s failed: the staging journal in %s: %s", what, self.root,
                       "the staging area is full" if full else error)
             raise FsError(errno.ENOSPC if full else errno.EIO, f"{what}: {error}") from error

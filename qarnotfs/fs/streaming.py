@@ -18,29 +18,54 @@ while the file is written (chmod, chown, and times set by ``utimens``, as ``cp -
 before it closes) make the stream's metadata stale: the uploader then writes the object's
 metadata again after completion (a server-side copy onto itself).
 
-Lock order: the core's ``OpenFile.lock`` -> ``PartStream._lock``. Sends hold ``_lock``
-only briefly and never across a request, so a writer never waits for the network.
+It sends through a :class:`PartSender` (the uploader, which knows nothing of streams but
+their results): this module depends on that small interface, not on uploader.py.
+
+Lock order: writeback's ``Item.lock`` -> ``PartStream._creating`` -> ``PartStream._lock``.
+Sends hold ``_lock`` only briefly and never across a request, so a writer never waits for
+the network; ``_creating`` is held across CreateMultipartUpload only by the part that
+creates the upload and by :meth:`PartStream.finish` (close waits for that one request).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from concurrent.futures import Future
+from concurrent.futures import Executor, Future
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from ..exceptions import QarnotException
 
-if TYPE_CHECKING:
-    from .uploader import Uploader
-
 log = logging.getLogger(__name__)
+
+MAX_PARTS = 10_000
+"""S3's limit of parts in one upload: a file that outgrows it is sent again, at close,
+with larger parts (uploader.part_size_for)."""
 
 EARLY_WINDOW = 8
 """Parts of one file in flight early, each read whole into memory first (the file may
 change under a part being sent): 64 MiB at most. With 4, big-write on moto went from
 1.07 to 1.31 times boto3's time; with 10, a 512 MiB copy peaked at 192 MiB of RSS."""
+
+
+class PartSender(Protocol):
+    """What a stream needs to send parts (uploader.py's :class:`~.uploader.Uploader`)."""
+
+    part_size: int
+    workers: int
+
+    @property
+    def pool(self) -> Executor: ...
+
+    def create(self, entry_id: int, key: str, metadata: dict[str, str]) -> str: ...
+
+    def send_part(self, key: str, path: Path, upload_id: str, number: int,
+                  snapshot: bool = False) -> tuple[str, int]: ...
+
+    def record_part(self, entry_id: int, number: int, etag: str, size: int) -> None: ...
+
+    def give_up(self, entry_id: int, key: str, upload_id: str | None) -> None: ...
 
 
 class _Finished(Exception):
@@ -50,7 +75,7 @@ class _Finished(Exception):
 class PartStream:
     """The early parts of one file's upload to ``key``."""
 
-    def __init__(self, uploader: Uploader, entry_id: int, key: str, path: Path,
+    def __init__(self, uploader: PartSender, entry_id: int, key: str, path: Path,
                  metadata: dict[str, str]) -> None:
         self.key = key
         self.metadata = metadata
@@ -117,11 +142,17 @@ class PartStream:
         with self._creating:  # waits for a creation under way; none starts after this
             self._finished = True
             upload_id = self._upload_id
-        if upload_id is not None and (key != self.key or size <= self._part_size):
+        if upload_id is not None and (key != self.key or size <= self._part_size
+                                      or size > self._part_size * MAX_PARTS):
             self.cancel()
-            self._uploader.journal.forget_upload(self._entry_id)
+            self._uploader.give_up(self._entry_id, self.key, upload_id)
             return None
         return upload_id
+
+    def started(self) -> bool:
+        """Parts went (or are going) early."""
+        with self._lock:
+            return bool(self._in_flight or self._sent)
 
     def in_flight(self) -> list[Future[None]]:
         with self._lock:
@@ -156,7 +187,7 @@ class PartStream:
         """
         if not self._sending:
             return
-        last_complete = (self._write_end - 1) // self._part_size
+        last_complete = min((self._write_end - 1) // self._part_size, MAX_PARTS)
         while self._next_part <= last_complete and len(self._in_flight) < self._window:
             number = self._next_part
             self._next_part += 1
@@ -178,7 +209,7 @@ class PartStream:
                     etag, length = sent
                     if self._versions.get(number, 0) == version and length == self._part_size:
                         self._sent[number] = (etag, length, version)
-                        self._uploader.journal.add_part(self._entry_id, number, etag, length)
+                        self._uploader.record_part(self._entry_id, number, etag, length)
                     self._pump()
 
     def _send_now(self, number: int) -> tuple[str, int] | None:
@@ -206,7 +237,7 @@ class PartStream:
                 with self._lock:
                     cancelled = self._cancelled
                 if cancelled:  # its journal entry may be gone before the id reached it
-                    self._uploader.bucket.abort_multipart(self.key, upload_id)
-                    raise QarnotException(f"the upload of {self.key} was cancelled")
+                    self._uploader.give_up(self._entry_id, self.key, upload_id)
+                    raise _Finished
                 self._upload_id = upload_id
             return self._upload_id

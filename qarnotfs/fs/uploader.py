@@ -12,6 +12,7 @@ backoff until they succeed or are cancelled.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import heapq
@@ -30,11 +31,12 @@ from s3transfer.utils import ReadFileChunk
 
 from ..checksums import normalize_etag
 from ..exceptions import QarnotException
+from .storage import part_size_for
 from .streaming import PartStream
 
 if TYPE_CHECKING:
-    from ..bucket import Bucket
-    from .journal import Journal
+    from .journal import BestEffortJournal
+    from .storage import Storage
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +59,12 @@ def metadata_digest(metadata: dict[str, str]) -> str:
     return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def upload_is_unusable(error: QarnotException) -> bool:
+    """The storage no longer knows the upload or its parts: start a new one."""
+    return getattr(error, "code", None) in ("NoSuchUpload", "InvalidPart") \
+        or "InvalidPart" in str(error) or "NoSuchUpload" in str(error)
+
+
 def multipart_etag(part_etags: list[str]) -> str:
     """The ETag S3 gives the object assembled from these parts (MD5 of their MD5s)."""
     digests = b"".join(bytes.fromhex(normalize_etag(etag)) for etag in part_etags)
@@ -70,16 +78,38 @@ class Uploader:
     they take is bounded by its size (``workers`` parts of ``part_size`` bytes).
     """
 
-    def __init__(self, bucket: Bucket, journal: Journal, part_size: int, workers: int) -> None:
+    def __init__(self, bucket: Storage, journal: BestEffortJournal, part_size: int,
+                 workers: int) -> None:
         self.bucket = bucket
         self.journal = journal
         self.part_size = part_size
         self.workers = max(1, workers)
         self.pool = ThreadPoolExecutor(max_workers=self.workers,
                                        thread_name_prefix="qarnotfs-part")
+        self._aborts = ThreadPoolExecutor(max_workers=1, thread_name_prefix="qarnotfs-abort")
 
     def close(self) -> None:
         self.pool.shutdown(wait=True)
+        self._aborts.shutdown(wait=True)
+
+    def record_part(self, entry_id: int, number: int, etag: str, size: int) -> None:
+        self.journal.add_part(entry_id, number, etag, size)
+
+    def give_up(self, entry_id: int, key: str, upload_id: str | None) -> None:
+        """The upload of ``key`` (``upload_id`` if known) will not be completed: it is
+        recorded as abandoned and aborted at once, in the background."""
+        entry = self.journal.get(entry_id)
+        if entry is not None and entry.upload_id is not None and \
+                (upload_id is None or entry.upload_id == upload_id):
+            self.journal.forget_upload(entry_id)
+        elif upload_id is not None:
+            self.journal.abandon(key, upload_id)
+        self.abort_soon()
+
+    def abort_soon(self) -> None:
+        """Abort, in the background, every upload the journal gave up."""
+        with contextlib.suppress(RuntimeError):  # shut down: the next mount aborts them
+            self._aborts.submit(self.abort_abandoned)
 
     def stream(self, entry_id: int, key: str, path: Path, metadata: dict[str, str]) \
             -> PartStream:
@@ -93,6 +123,7 @@ class Uploader:
         """Upload the staged copy at ``path`` to ``key`` (QarnotException on failure),
         completing the upload ``stream`` started if it can be."""
         size = os.stat(path).st_size
+        part_size = part_size_for(size, self.part_size)
         if stream is not None:
             upload_id = stream.finish(key, size)
             if upload_id is not None:
@@ -103,30 +134,32 @@ class Uploader:
         if size <= self.part_size:
             entry = self.journal.get(entry_id)
             if entry is not None and entry.upload_id is not None:
-                self.journal.forget_upload(entry_id)  # the file shrank: one PUT now
+                self.give_up(entry_id, key, None)  # the file shrank: one PUT now
             self.bucket.upload(key, path, metadata)
             return
-        recorded, done = self._resumable(entry_id, key, path, metadata)
+        recorded, done = self._resumable(entry_id, key, path, metadata, part_size)
         if recorded is None:
-            recorded = self.create(entry_id, key, metadata)
+            recorded = self.create(entry_id, key, metadata, part_size)
         elif done:
             log.info("resuming the upload of %r: %d of %d parts already sent", key, len(done),
-                     -(-size // self.part_size))
-        self._send_and_complete(entry_id, key, path, size, recorded, done)
+                     -(-size // part_size))
+        self._send_and_complete(entry_id, key, path, size, recorded, done, part_size=part_size)
 
-    def create(self, entry_id: int, key: str, metadata: dict[str, str]) -> str:
+    def create(self, entry_id: int, key: str, metadata: dict[str, str],
+               part_size: int | None = None) -> str:
         """Start a multipart upload of ``key`` for the journal entry; its upload id."""
         intent = self.journal.intend_upload(key)
         try:
             upload_id = self.bucket.create_multipart(key, metadata)
-            self.journal.start_upload(entry_id, upload_id, key, self.part_size,
+            self.journal.start_upload(entry_id, upload_id, key, part_size or self.part_size,
                                       metadata_digest(metadata))
         finally:
             self.journal.intent_done(intent)
+        self.abort_soon()  # the upload it replaced, if any, was given up
         return upload_id
 
     def send_part(self, key: str, path: Path, upload_id: str, number: int,
-                  snapshot: bool = False) -> tuple[str, int]:
+                  snapshot: bool = False, part_size: int | None = None) -> tuple[str, int]:
         """Send part ``number`` of the staged copy: (ETag, size).
 
         Read in small pieces as it goes (to sign it, then to send it), never held whole:
@@ -135,9 +168,10 @@ class Uploader:
         announced if it shrank); ``snapshot`` reads the part into memory first instead,
         for a file still being written.
         """
-        offset = (number - 1) * self.part_size
+        part_size = part_size or self.part_size
+        offset = (number - 1) * part_size
         with open(path, "rb") as source:
-            size = min(self.part_size, os.fstat(source.fileno()).st_size - offset)
+            size = min(part_size, os.fstat(source.fileno()).st_size - offset)
             if size <= 0:  # truncated since the part was queued
                 raise OSError(errno.ESPIPE, f"part {number} is past the end of {path}")
             source.seek(offset)
@@ -149,11 +183,13 @@ class Uploader:
 
     def _send_and_complete(self, entry_id: int, key: str, path: Path, size: int,
                            upload_id: str, done: dict[int, tuple[str, int]],
-                           early: PartStream | None = None) -> None:
+                           early: PartStream | None = None, part_size: int | None = None) \
+            -> None:
         """Send the parts the upload lacks (``done``: those it has; ``early``: the stream
         that sent some while the file was written), then complete it."""
-        count = max(1, -(-size // self.part_size))
-        expected = {n: min(self.part_size, size - (n - 1) * self.part_size)
+        part_size = part_size or self.part_size
+        count = max(1, -(-size // part_size))
+        expected = {n: min(part_size, size - (n - 1) * part_size)
                     for n in range(1, count + 1)}
         etags: dict[int, str] = {}
 
@@ -162,7 +198,7 @@ class Uploader:
                          if expected.get(n) == length and n not in etags)
 
         def send(number: int) -> None:
-            etag, length = self.send_part(key, path, upload_id, number)
+            etag, length = self.send_part(key, path, upload_id, number, part_size=part_size)
             self.journal.add_part(entry_id, number, etag, length)
             etags[number] = etag
 
@@ -184,12 +220,12 @@ class Uploader:
         try:
             self.bucket.complete_multipart(key, upload_id, sorted(etags.items()))
         except QarnotException as error:
-            if "InvalidPart" in str(error) or "NoSuchUpload" in str(error):
+            if upload_is_unusable(error):
                 self.journal.forget_upload(entry_id)  # start afresh at the next try
             raise
 
-    def _resumable(self, entry_id: int, key: str, path: Path, metadata: dict[str, str]) \
-            -> tuple[str | None, dict[int, tuple[str, int]]]:
+    def _resumable(self, entry_id: int, key: str, path: Path, metadata: dict[str, str],
+                   part_size: int) -> tuple[str | None, dict[int, tuple[str, int]]]:
         """The recorded upload and the parts of it the storage holds with the staged
         copy's content now, if it can be completed; else (None, {}), the recorded upload
         (if any) being given up and aborted.
@@ -203,23 +239,24 @@ class Uploader:
             return None, {}
         usable = {metadata_digest(metadata), metadata_digest(without(TIMES, metadata))}
         if (entry.upload_key == key and entry.signature in usable
-                and entry.part_size == self.part_size):
+                and entry.part_size == part_size):
             held = self.bucket.list_parts(key, entry.upload_id)
             if held is not None:
                 recorded = self.journal.parts(entry_id) or {}
                 done = {n: part for n, part in recorded.items()
                         if n in held and normalize_etag(held[n][0]) == normalize_etag(part[0])
-                        and held[n][1] == part[1] and self._holds(path, n, part[0])}
+                        and held[n][1] == part[1]
+                        and self._holds(path, n, part[0], part_size)}
                 return entry.upload_id, done
         self.journal.forget_upload(entry_id)
-        self.abort_abandoned()
+        self.abort_soon()
         return None, {}
 
-    def _holds(self, path: Path, number: int, etag: str) -> bool:
+    def _holds(self, path: Path, number: int, etag: str, part_size: int) -> bool:
         """Part ``number`` of the staged copy has this ETag (the MD5 of its bytes)."""
         with open(path, "rb") as source:
-            source.seek((number - 1) * self.part_size)
-            return hashlib.md5(source.read(self.part_size)).hexdigest() == normalize_etag(etag)
+            source.seek((number - 1) * part_size)
+            return hashlib.md5(source.read(part_size)).hexdigest() == normalize_etag(etag)
 
     def abort_abandoned(self) -> None:
         """Abort the multipart uploads this journal gave up (best effort, logged)."""
@@ -301,7 +338,7 @@ class RetryQueue(Generic[T]):
             delay = 0.0 if now else min(self._max, self._first * 2 ** (failures - 1))
             due = time.monotonic() + delay
             if id(item) in self._due and self._due[id(item)] <= due:
-                return self._due[id(item)] - time.monotonic()
+                return max(0.0, self._due[id(item)] - time.monotonic())  # already due
             self._due[id(item)] = due
             heapq.heappush(self._heap, (due, next(self._order), item))
             self._condition.notify()
