@@ -722,8 +722,7 @@ class Filesystem:
             return  # the root has no object to hold attributes: accepted, not stored
         with self._claims.hold(one(path)):
             item = self.items.get(path)
-            if item is not None and item.staged is not None:
-                self.writeback.change_attributes(item, change)
+            if item is not None and self.writeback.change_attributes(item, change):
                 return
             node = self.namespace.lookup(path)
             if node.attrs.is_dir:

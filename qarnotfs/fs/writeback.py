@@ -296,14 +296,19 @@ class WriteBack:
             item.attrs.size = length
             self._touch(item)
 
-    def change_attributes(self, item: Item, change: Callable[[Attributes], None]) -> None:
-        """chmod/chown/utimens of a staged file: applied at its upload."""
+    def change_attributes(self, item: Item, change: Callable[[Attributes], None]) -> bool:
+        """chmod/chown/utimens of a staged file, applied at its upload; False if ``item``
+        has no staged copy (any more: an upload may have just freed it), and the change
+        is then the object's."""
         with item.lock:
+            if item.staged is None or item.gone:
+                return False
             change(item.attrs)
             item.attrs.ctime_ns = now_ns()
             self._track(item)
             if item.stream is not None:
                 item.stream.metadata_stale = True
+        return True
 
     def _touch(self, item: Item) -> None:
         item.attrs.mtime_ns = item.attrs.ctime_ns = now_ns()
