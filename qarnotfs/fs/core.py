@@ -57,7 +57,7 @@ from .attrs import (
     now_ns,
     object_attributes,
 )
-from .deletes import DEFAULT_DELAY, DeferredDeletes
+from .deletes import DEFAULT_DELAY, OrderedStorage
 from .errors import FsError
 from .handles import Handle, OpenFile
 from .journal import UPLOADING, Journal, Tolerant
@@ -72,6 +72,7 @@ from .uploader import RetryQueue, Uploader
 if TYPE_CHECKING:
     from ..bucket import Bucket
     from ..objects import ObjectInfo
+    from .storage import Storage
 
 log = logging.getLogger(__name__)
 
@@ -122,10 +123,10 @@ class FsOptions:
 class Filesystem:
     """A bucket (or a prefix of it) as a tree of folders, files and symbolic links."""
 
-    def __init__(self, bucket: Bucket, options: FsOptions) -> None:
+    def __init__(self, storage: Storage, options: FsOptions) -> None:
         # Every part of the core uses this bucket: unlinks are batched, and any other
         # request sends the waiting deletes first (deletes.py).
-        self._deletes = DeferredDeletes(bucket, options.delete_delay)
+        self._deletes = OrderedStorage(storage, options.delete_delay)
         bucket = self.bucket = cast("Bucket", self._deletes)
         self.options = options
         self.keys = KeyMapper(options.prefix)
