@@ -42,10 +42,12 @@ from qarnotfs.exceptions import (
     QarnotException,
     QarnotGenericException,
 )
-from qarnotfs.fs.storage import DELETE_BATCH, MAX_PARTS, PART_SIZE, LocalPath
+from qarnotfs.fs.storage import MAX_PARTS, PART_SIZE, LocalPath
 from qarnotfs.objects import Listing, ObjectInfo
 from qarnotfs.progress import ProgressArg
 
+LIST_PAGE = 1000
+"""The most keys one S3 listing answers (MaxKeys above it gives this many)."""
 MIN_PART_SIZE = 5 << 20
 """S3 refuses to complete an upload whose parts but the last are smaller than this."""
 COPY_OBJECT_MAX = 5 << 30
@@ -413,7 +415,7 @@ class MemStore:
 
     def first_keys(self, prefix: str, count: int) -> list[str]:
         with self.faults.request("first_keys", prefix):
-            return [key for key, _ in self._sorted(prefix)[:min(count, DELETE_BATCH)]]
+            return [key for key, _ in self._sorted(prefix)[:min(count, LIST_PAGE)]]
 
     def has_objects_under(self, prefix: str) -> bool:
         with self.faults.request("has_objects_under", prefix):
@@ -445,8 +447,8 @@ class MemStore:
         with self.faults.request("list_page", prefix):
             found = self._sorted(prefix)
         page = [self._summary(key, stored, with_metadata=False)
-                for key, stored in found[:DELETE_BATCH]]
-        return page, len(found) > DELETE_BATCH
+                for key, stored in found[:LIST_PAGE]]
+        return page, len(found) > LIST_PAGE
 
     # -- multipart uploads ----------------------------------------------------------------
 
