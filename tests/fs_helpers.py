@@ -1,7 +1,9 @@
-"""Helpers for the filesystem-core tests: a factory of Filesystem instances on one bucket.
+"""Helpers for the filesystem-core tests: factories of Filesystem instances on one bucket.
 
-Each instance gets its own private staging folder under the test's tmp_path; all are shut
-down at the end of the test ("remount" = shut one down and make a new one).
+``make_fs`` builds them on the test server's bucket, ``make_memfs`` on an in-memory store
+(``memstore``, a :class:`memstore.MemStore` with fault hooks). Each instance gets its own
+private staging folder under the test's tmp_path; all are shut down at the end of the test
+("remount" = shut one down and make a new one).
 """
 
 from __future__ import annotations
@@ -13,14 +15,14 @@ from pathlib import Path
 
 import pytest
 from fakeclock import FakeClock
+from memstore import MemStore
 
 from qarnotfs.bucket import Bucket
 from qarnotfs.connection import Connection
 from qarnotfs.fs.core import Filesystem, FsOptions
+from qarnotfs.fs.storage import Storage
 
 MakeFs = Callable[..., Filesystem]
-
-
 
 
 def connect(server: object) -> Connection:
@@ -45,18 +47,34 @@ def clock() -> FakeClock:
     return FakeClock()
 
 
-@pytest.fixture
-def make_fs(bucket: Bucket, tmp_path: Path, clock: FakeClock) -> Iterator[MakeFs]:
-    """make_fs(**options) -> a new Filesystem on the test's bucket."""
+def _filesystems(storage: Storage, tmp_path: Path, clock: FakeClock) -> Iterator[MakeFs]:
     made: list[Filesystem] = []
     base = FsOptions(staging_dir=tmp_path / "staging", clock=clock, uid=os.getuid(),
                      gid=os.getgid(), umask=0o022)
 
     def make(**changes: object) -> Filesystem:
-        fs = Filesystem(bucket, replace(base, **changes))  # type: ignore[arg-type]
+        fs = Filesystem(storage, replace(base, **changes))  # type: ignore[arg-type]
         made.append(fs)
         return fs
 
     yield make
     for fs in made:
         fs.shutdown()
+
+
+@pytest.fixture
+def make_fs(bucket: Bucket, tmp_path: Path, clock: FakeClock) -> Iterator[MakeFs]:
+    """make_fs(**options) -> a new Filesystem on the test's bucket."""
+    yield from _filesystems(bucket, tmp_path, clock)
+
+
+@pytest.fixture
+def memstore() -> MemStore:
+    """An empty in-memory bucket (tests/memstore.py)."""
+    return MemStore("memstore")
+
+
+@pytest.fixture
+def make_memfs(memstore: MemStore, tmp_path: Path, clock: FakeClock) -> Iterator[MakeFs]:
+    """make_memfs(**options) -> a new Filesystem on the test's ``memstore``."""
+    yield from _filesystems(memstore, tmp_path, clock)

@@ -1138,12 +1138,12 @@ def test_an_upload_created_just_before_a_crash_is_aborted_by_the_next_mount(
         bucket: Bucket, s3_client: S3Client, bucket_name: str, tmp_path: Path) -> None:
     # The crash window: CreateMultipartUpload answered, its id not journaled yet. The
     # journal's intent, written before the request, is what identifies the upload later.
-    from qarnotfs.fs.journal import Journal
+    from qarnotfs.fs.journal import BestEffortJournal, Journal
     from qarnotfs.fs.uploader import Uploader
 
     (tmp_path / "staging").mkdir(mode=0o700)
     journal = Journal(tmp_path / "staging")
-    uploader = Uploader(bucket, journal, part_size=8 << 20, workers=2)
+    uploader = Uploader(bucket, BestEffortJournal(journal), part_size=8 << 20, workers=2)
     journal.intend_upload("pre/big")
     bucket.create_multipart("pre/big", {})  # ... and the process dies here
     s3_client.create_multipart_upload(Bucket=bucket_name, Key="pre/theirs")  # not ours

@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
 import platformdirs
 from cachetools import LRUCache
@@ -50,7 +50,7 @@ from .attrs import (
     object_attributes,
 )
 from .claims import PathClaims, one, tree
-from .deletes import DEFAULT_DELAY, DeferredDeletes
+from .deletes import DEFAULT_DELAY, OrderedStorage
 from .errors import FsError
 from .handles import Handle
 from .keys import KEY_MAX, KeyMapper, is_fuse_hidden, is_within, name_of, normalize, parent_of
@@ -59,14 +59,12 @@ from .namespace import Namespace
 from .reader import Reader
 from .staging import StagingArea
 from .status import pending_summary
-from .storage import DEFAULT_PART_SIZE
-
-if TYPE_CHECKING:
-    from .storage import Storage
+from .storage import PART_SIZE
 from .writeback import Item, Items, WriteBack, WriteBackOptions
 
 if TYPE_CHECKING:
     from ..objects import ObjectInfo
+    from .storage import Storage
 
 log = logging.getLogger(__name__)
 
@@ -111,18 +109,17 @@ class FsOptions:
     retry_max_delay: float = 30.0
     """A failed upload is retried in the background after 0.5 s, then twice as long after
     each failure, at most every 30 s."""
-    part_size: int = DEFAULT_PART_SIZE
+    part_size: int = PART_SIZE
 
 
 class Filesystem:
     """A bucket (or a prefix of it) as a tree of folders, files and symbolic links."""
 
-    def __init__(self, bucket: Storage, options: FsOptions) -> None:
+    def __init__(self, storage: Storage, options: FsOptions) -> None:
         # Every part of the core uses this storage: unlinks are batched, and any other
         # request sends the waiting deletes first (deletes.py).
-        self._deletes = DeferredDeletes(bucket, options.delete_delay)
-        storage = cast("Storage", self._deletes)  # until the storage protocol lands
-        self.bucket = storage
+        self._deletes = OrderedStorage(storage, options.delete_delay)
+        storage = self.bucket = self._deletes
         self.options = options
         self.keys = KeyMapper(options.prefix)
         self.defaults = Defaults(options.uid, options.gid, options.umask, time_ns=now_ns(),
@@ -147,7 +144,7 @@ class Filesystem:
             storage, self._staging, self.items,
             WriteBackOptions(options.part_size, options.retry_first_delay,
                              options.retry_max_delay),
-            bucket.connection.max_concurrency, self._uploaded)
+            storage.connection.max_concurrency, self._uploaded)
         self._shut_down = False
         self.writeback.recover()
 

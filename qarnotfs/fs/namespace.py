@@ -41,7 +41,7 @@ from .keys import KeyMapper, is_fuse_hidden, join, name_of, parent_of, unreprese
 from .metacache import MetaCache, Node
 
 if TYPE_CHECKING:
-    from ..bucket import Bucket
+    from .storage import Storage
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ def split_tree(prefix: str, objects: list[ObjectInfo], truncated: bool) -> dict[
 class Namespace:
     """Lookups and listings of mount paths, cached."""
 
-    def __init__(self, bucket: Bucket, keys: KeyMapper, cache: MetaCache,
+    def __init__(self, bucket: Storage, keys: KeyMapper, cache: MetaCache,
                  defaults: Defaults, pool: Executor) -> None:
         self.bucket = bucket
         self.keys = keys

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from ..bucket import Bucket
+    from .storage import Storage
 
 KIB = 1024
 MIB = KIB * KIB
@@ -44,7 +44,7 @@ class _Piece:
 class Reader:
     """Serves reads of one handle from pieces of the object fetched ahead of it."""
 
-    def __init__(self, bucket: Bucket, pool: Executor | None = None) -> None:
+    def __init__(self, bucket: Storage, pool: Executor | None = None) -> None:
         self._bucket = bucket
         self._pool = pool
         self._lock = threading.Lock()

@@ -36,12 +36,9 @@ from pathlib import Path
 from typing import Protocol
 
 from ..exceptions import QarnotException
+from .storage import MAX_PARTS
 
 log = logging.getLogger(__name__)
-
-MAX_PARTS = 10_000
-"""S3's limit of parts in one upload: a file that outgrows it is sent again, at close,
-with larger parts (uploader.part_size_for)."""
 
 EARLY_WINDOW = 8
 """Parts of one file in flight early, each read whole into memory first (the file may
@@ -142,6 +139,7 @@ class PartStream:
         with self._creating:  # waits for a creation under way; none starts after this
             self._finished = True
             upload_id = self._upload_id
+        # A file that outgrew 10,000 parts is sent again at close, with larger parts.
         if upload_id is not None and (key != self.key or size <= self._part_size
                                       or size > self._part_size * MAX_PARTS):
             self.cancel()
