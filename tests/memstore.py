@@ -257,8 +257,11 @@ def _lower_keys(metadata: dict[str, str] | None) -> dict[str, str]:
 class MemStore:
     """A bucket in memory (see the module's docstring). ``faults`` holds its hooks."""
 
-    def __init__(self, name: str = "memstore", max_concurrency: int = 10) -> None:
+    def __init__(self, name: str = "memstore", max_concurrency: int = 10,
+                 min_part_size: int = MIN_PART_SIZE) -> None:
         self._name = name
+        self._min_part_size = min_part_size
+        """S3's 5 MiB; models lower it to exercise multipart uploads with small files."""
         self._limits = MemLimits(max_concurrency)
         self._lock = threading.Lock()
         self._objects: dict[str, StoredObject] = {}
@@ -514,7 +517,7 @@ class MemStore:
                 raise self._error(QarnotGenericException, "InvalidPart",
                                   "One or more of the specified parts could not be found", key)
             bodies.append(held[0])
-        if any(len(body) < MIN_PART_SIZE for body in bodies[:-1]):
+        if any(len(body) < self._min_part_size for body in bodies[:-1]):
             raise self._error(QarnotGenericException, "EntityTooSmall", "Your proposed "
                               "upload is smaller than the minimum allowed object size", key)
         return bodies

@@ -26,7 +26,8 @@ UNRELATED_DEADLINE = 10.0
 
 @pytest.fixture
 def mount(tmp_path: Path, bucket_name: str, s3_env: dict[str, str]) -> Iterator[Mount]:
-    with mounted(bucket_name, tmp_path / "mnt", s3_env, tmp_path / "w") as started:
+    with mounted(bucket_name, tmp_path / "mnt", s3_env, tmp_path / "w",
+                 *os.environ.get("QARNOTFS_TEST_MOUNT_OPTIONS", "").split()) as started:
         yield started
 
 

@@ -182,7 +182,7 @@ class Filesystem:
 
     def _node(self, path: str) -> Node:
         """What is at ``path`` (normalized): a held file first, else the namespace."""
-        item = self.items.get(path)
+        item = self.items.get(path) or self.items.ghost(path)
         if item is not None:
             return Node(item.current_attrs(), exact=True)
         return self.namespace.lookup(path)
@@ -280,16 +280,16 @@ class Filesystem:
     def _hold(self, path: str) -> Item:
         """The item of an existing file at ``path``, with one more handle counted."""
         with self._claims.hold(one(path)):
-            item = self.items.get(path)
+            item = self.items.hold(path) or self.items.revive(path)
             if item is None:
                 node = self.namespace.exact(path)
                 if node.attrs.is_dir:
                     raise FsError(errno.EISDIR, path)
                 if node.attrs.is_link:
                     raise FsError(errno.ELOOP, path)
-                item = Item(path, self.keys.file_key(path), node.attrs, on_bucket=True)
+                item = Item(path, self.keys.file_key(path), node.attrs, on_bucket=True,
+                            handles=1)
                 self.items.put(item)
-            self.items.hold(item)
             return item
 
     def create(self, path: str, mode: int, flags: int) -> int:
@@ -375,18 +375,22 @@ class Filesystem:
     def _release_if_idle(self, item: Item) -> None:
         """Free the staged copy of a file no handle holds once nothing is pending.
 
-        An unlinked file that libfuse renamed to a ``.fuse_hidden`` name stays until
-        libfuse unlinks that name (right after this last close): the kernel may still open
-        the inode by that name meanwhile (an editor's atomic save racing a reader), and
-        must find the content, as a local file system would give it.
+        An unlinked file that libfuse renamed to a ``.fuse_hidden`` name becomes a ghost
+        instead (writeback.GHOSTS): libfuse unlinks that name right after this last close,
+        but the kernel may still open the inode by it (a path looked up just before an
+        editor's atomic save replaced it), and must find the content, as a local file
+        system would give it. Ghosts go after 30 s, or when 64 newer ones came.
         """
         with item.lock:
-            if item.handles > 0 or item.dirty:
+            if item.dirty or not self.items.drop_if_idle(item):
                 return
-            if item.gone and is_fuse_hidden(item.path) and self.items.get(item.path) is item:
+            if not (item.gone and is_fuse_hidden(item.path) and item.staged is not None):
+                item.discard_staged()
                 return
-            item.discard_staged()
-            self.items.drop(item)
+        for evicted in self.items.bury(item, time.monotonic()):
+            with evicted.lock:
+                if evicted.handles == 0:
+                    evicted.discard_staged()
 
     # == namespace changes ===============================================================
 
@@ -461,7 +465,9 @@ class Filesystem:
         only, no request."""
         item = self.items.get(path)
         if item is None:
-            raise FsError(errno.ENOENT, path)
+            if self.items.ghost(path) is None:
+                raise FsError(errno.ENOENT, path)
+            return  # a ghost stays openable until it expires (_release_if_idle)
         with item.lock:
             self._detach(item)
 
@@ -768,14 +774,13 @@ class Filesystem:
                 self.writeback.upload(item)
             except FsError:
                 failed = True
-        for item in self.items.all():
+        for item in self.items.clear():
             with item.lock:
                 if item.staged is not None:
                     if item.dirty:
                         item.staged.close()
                     else:
                         item.discard_staged()
-        self.items.clear()
         with self._handles_lock:
             for handle in self._handles.values():
                 if handle.file.gone:

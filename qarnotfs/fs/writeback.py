@@ -52,6 +52,7 @@ import logging
 import os
 import sqlite3
 import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -96,6 +97,12 @@ _MOVES: dict[State, set[State]] = {
     State.GONE: set(),
 }
 """The transitions an item may make; anything else is a bug (AssertionError)."""
+
+GHOSTS = 64
+GHOST_SECONDS = 30.0
+"""How many unlinked files stay openable by their hidden name after their last close, and
+for how long: the kernel may still open such an inode (a path looked up just before an
+editor's rename over it), and must find its content."""
 
 DIRTY_STATES = frozenset({State.DIRTY, State.STREAMING, State.UPLOADING, State.FAILED})
 
@@ -156,6 +163,8 @@ class Items:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._by_path: dict[str, Item] = {}
+        self._ghosts: OrderedDict[str, tuple[float, Item]] = OrderedDict()
+        """Unlinked files kept by their ``.fuse_hidden`` name after their last close."""
 
     def get(self, path: str) -> Item | None:
         with self._lock:
@@ -172,11 +181,25 @@ class Items:
             if self._by_path.get(path) is item:
                 del self._by_path[path]
 
-    def hold(self, item: Item) -> None:
-        """One more handle of ``item`` (counted here, not under the item's lock, so that an
-        open never waits for an upload of the same file)."""
+    def hold(self, path: str) -> Item | None:
+        """The item at ``path`` with one more handle, or None. Counted here, not under the
+        item's lock, so that an open never waits for an upload of the same file; and
+        atomically with :meth:`drop_if_idle`, so that a file is never freed as it is
+        opened."""
         with self._lock:
-            item.handles += 1
+            item = self._by_path.get(path)
+            if item is not None:
+                item.handles += 1
+            return item
+
+    def drop_if_idle(self, item: Item) -> bool:
+        """Remove ``item`` if no handle holds it; whether it is (now) out of the table."""
+        with self._lock:
+            if item.handles > 0:
+                return False
+            if self._by_path.get(item.path) is item:
+                del self._by_path[item.path]
+            return True
 
     def let_go(self, item: Item) -> int:
         """One handle less; the number left."""
@@ -207,9 +230,42 @@ class Items:
             return [item for item in self._by_path.values() if not item.gone
                     and item.path != "/" and parent_of(item.path) == folder]
 
-    def clear(self) -> None:
+    def bury(self, item: Item, now: float) -> list[Item]:
+        """Keep an unlinked file, no longer open, reachable by its ``.fuse_hidden`` name a
+        little longer (see core.py's ``_release_if_idle``); returns the older ones this
+        pushes out (their staged copies are to be freed)."""
         with self._lock:
+            self._ghosts[item.path] = (now, item)
+            self._ghosts.move_to_end(item.path)
+            out = []
+            while self._ghosts and (len(self._ghosts) > GHOSTS
+                                    or next(iter(self._ghosts.values()))[0] < now - GHOST_SECONDS):
+                out.append(self._ghosts.popitem(last=False)[1][1])
+            return out
+
+    def ghost(self, path: str) -> Item | None:
+        with self._lock:
+            kept = self._ghosts.get(path)
+            return kept[1] if kept is not None else None
+
+    def revive(self, path: str) -> Item | None:
+        """The ghost at ``path`` held again (one handle), or None."""
+        with self._lock:
+            kept = self._ghosts.pop(path, None)
+            if kept is None:
+                return None
+            item = kept[1]
+            item.handles += 1
+            self._by_path[path] = item
+            return item
+
+    def clear(self) -> list[Item]:
+        """Empty the table; returns every item it held, ghosts included."""
+        with self._lock:
+            held = [*self._by_path.values(), *(item for _, item in self._ghosts.values())]
             self._by_path.clear()
+            self._ghosts.clear()
+            return held
 
 
 def reopen(entry: Entry, staged: Path) -> Item:
@@ -306,6 +362,10 @@ class WriteBack:
             change(item.attrs)
             item.attrs.ctime_ns = now_ns()
             self._track(item)
+            assert item.entry_id is not None
+            attrs = item.attrs  # what a recovery after a crash must give the file
+            self._steps.update(item.entry_id, mode=attrs.mode, uid=attrs.uid, gid=attrs.gid,
+                               mtime_ns=attrs.mtime_ns)
             if item.stream is not None:
                 item.stream.metadata_stale = True
         return True
@@ -453,8 +513,15 @@ class WriteBack:
                 if item.state is State.STREAMING:
                     item.move(State.DIRTY)
                 self._uploader.abort_soon()
+            if item.base is not None:
+                # The object now at the new key is a copy: its ETag is what a recovery
+                # must compare with (a copy of a multipart object has another ETag).
+                info = self._storage.stat(key)
+                item.base = (info.etag, info.last_modified.isoformat()) if info else None
             if item.entry_id is not None:
-                self._steps.update(item.entry_id, path=path, key=key)
+                self._steps.update(item.entry_id, path=path, key=key,
+                                   base_etag=item.base[0] if item.base else None,
+                                   base_modified=item.base[1] if item.base else None)
 
     # == crash recovery ====================================================================
 
