@@ -39,7 +39,7 @@ from .objects import Listing, ObjectInfo
 from .paths import as_prefix, local_path_for_key, sanitize_key, walk_files
 from .progress import Progress, ProgressArg
 from .summaries import ObjectSummaries
-from .sync import SyncPlan, plan_upload
+from .sync import DownloadPlan, SyncPlan, plan_download, plan_upload
 
 if TYPE_CHECKING:
     from mypy_boto3_s3.service_resource import ObjectSummary
@@ -105,8 +105,9 @@ class Bucket:
         except QarnotGenericException as error:
             if error.code == "BucketAlreadyOwnedByYou":
                 return
-            raise QarnotGenericException(f"cannot create bucket {self._name!r}: {error}") \
-                from error
+            failure = QarnotGenericException(f"cannot create bucket {self._name!r}: {error}")
+            failure.code, failure.status = error.code, error.status
+            raise failure from error
 
     def _key(self, remote: str) -> str:
         if not self._connection.sanitize_bucket_paths:
@@ -532,29 +533,62 @@ class Bucket:
         and copied locally; keys that would land outside ``output_dir`` are skipped with
         a warning.
         """
-        first_copy: dict[str, Path] = {}
-        duplicates: list[tuple[Path, Path]] = []
         downloads: list[tuple[ObjectInfo, Path]] = []
         for info in self.iter_objects():
             target = local_path_for_key(output_dir, info.key)
             if target is None:
                 log.warning("skipping key %r: it would be written outside %s",
                             info.key, output_dir)
-                continue
-            if info.key.endswith("/"):
+            elif info.key.endswith("/"):
                 target.mkdir(parents=True, exist_ok=True)
-            elif info.etag in first_copy:
-                duplicates.append((first_copy[info.etag], target))
             else:
-                first_copy[info.etag] = target
                 downloads.append((info, target))
-        workers = max(1, min(len(downloads), self._connection.max_concurrency))
+        self._download_once_each(downloads, progress)
+
+    def _download_once_each(self, downloads: list[tuple[ObjectInfo, Path]],
+                            progress: ProgressArg) -> None:
+        """Download in parallel; objects with the same ETag and size are downloaded once
+        and copied locally."""
+        first_copy: dict[tuple[str, int], Path] = {}
+        duplicates: list[tuple[Path, Path]] = []
+        unique: list[tuple[ObjectInfo, Path]] = []
+        for info, target in downloads:
+            if (info.etag, info.size) in first_copy:
+                duplicates.append((first_copy[(info.etag, info.size)], target))
+            else:
+                first_copy[(info.etag, info.size)] = target
+                unique.append((info, target))
+        workers = max(1, min(len(unique), self._connection.max_concurrency))
         with ThreadPoolExecutor(max_workers=workers) as pool:
             list(pool.map(lambda item: self.download(item[0].key, item[1], progress,
-                                                     size=item[0].size), downloads))
+                                                     size=item[0].size), unique))
         for source, target in duplicates:
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(source, target)
+
+    def sync_remote_to_local(self, local_directory: LocalPath,
+                             remote_directory: str | None = None,
+                             progress: ProgressArg = None) -> DownloadPlan:
+        """Make a local folder hold the objects under the ``remote_directory`` folder (the
+        whole bucket by default), that prefix stripped from their keys.
+
+        Objects whose local copy differs (name, size, content) are downloaded; keys ending
+        in ``/`` become folders; identical objects are downloaded once; local files the
+        bucket lacks are kept; keys that would land outside the folder are skipped with a
+        warning. Returns the plan carried out.
+        """
+        root = Path(local_directory)
+        prefix = as_prefix(self._key(remote_directory)) if remote_directory else ""
+        existing = {info.key: info for info in self.iter_objects(prefix)}
+        for key in existing:
+            folder = local_path_for_key(root, key[len(prefix):])
+            if key.endswith("/") and folder is not None:
+                folder.mkdir(parents=True, exist_ok=True)
+        plan = plan_download(existing, prefix, root, self.stat, delete=False)
+        for key in plan.skipped:
+            log.warning("skipping key %r: it would be written outside %s", key, root)
+        self._download_once_each(plan.downloads, progress)
+        return plan
 
     def copy_file(self, source: str, dest: str) -> dict[str, Any]:
         """Server-side copy of ``source`` to ``dest``; returns CopyObject's answer, as the

@@ -514,3 +514,91 @@ def test_a_timeout_is_a_storage_timeout(proxy: FaultProxy, s3_server: S3Server,
             pytest.raises(StorageTimeout) as slow:
         Bucket(conn, bucket_name, create=False).read("any")
     assert isinstance(slow.value, StorageUnreachableException) and slow.value.code is None
+
+
+# -- sync copies what the bucket already holds --------------------------------------------
+
+
+def test_sync_swapping_two_files_uploads_both(bucket: Bucket, bucket_name: str,
+                                              s3_client: S3Client, tmp_path: Path) -> None:
+    """A key the plan overwrites is never a copy's source (it could change first)."""
+    put(s3_client, bucket_name, "a.txt", b"content A")
+    put(s3_client, bucket_name, "b.txt", b"content B")
+    tree = make_tree(tmp_path / "tree", {"a.txt": b"content B", "b.txt": b"content A"})
+    plan = bucket.sync_directory(tree)
+    assert not plan.copies and not plan.duplicates
+    assert body(s3_client, bucket_name, "a.txt") == b"content B"
+    assert body(s3_client, bucket_name, "b.txt") == b"content A"
+
+
+def test_sync_uploads_identical_files_once_and_copies_known_content(
+        bucket: Bucket, bucket_name: str, s3_client: S3Client, tmp_path: Path) -> None:
+    put(s3_client, bucket_name, "kept.txt", b"already here")
+    put(s3_client, bucket_name, "stale.txt", b"old")
+    tree = make_tree(tmp_path / "tree", {
+        "kept.txt": b"already here", "stale.txt": b"already here",  # changed to known
+        "new/also.txt": b"already here",                            # new, known content
+        "one.txt": b"twin", "two.txt": b"twin", "three.txt": b"twin",  # new, identical
+    })
+    plan = bucket.sync_directory(tree)
+    assert sorted(plan.copies) == [("kept.txt", "new/also.txt"), ("kept.txt", "stale.txt")]
+    assert [key for key, _ in plan.uploads] == ["one.txt"]
+    assert sorted(plan.duplicates) == [("one.txt", "three.txt"), ("one.txt", "two.txt")]
+    for key, data in {"stale.txt": b"already here", "new/also.txt": b"already here",
+                      "two.txt": b"twin", "three.txt": b"twin"}.items():
+        assert body(s3_client, bucket_name, key) == data
+    lines = list(plan.describe(bucket_name))
+    assert lines.index(f"upload: {tree / 'one.txt'} -> {bucket_name}/one.txt") \
+        < lines.index(f"copy: {bucket_name}/one.txt -> {bucket_name}/two.txt")
+
+
+def test_sync_sees_a_big_object_with_a_plain_md5_etag_as_unchanged(
+        bucket: Bucket, bucket_name: str, s3_client: S3Client, tmp_path: Path) -> None:
+    """A server-side copy (or one PutObject) of 8 MiB or more has the whole MD5 as ETag."""
+    data = os.urandom(9 * MIB)
+    put(s3_client, bucket_name, "big.bin", data)
+    assert "-" not in s3_client.head_object(Bucket=bucket_name, Key="big.bin")["ETag"]
+    tree = make_tree(tmp_path / "tree", {"big.bin": data, "copy.bin": data})
+    plan = bucket.sync_directory(tree)
+    assert plan.unchanged == ["big.bin"] and plan.copies == [("big.bin", "copy.bin")]
+    assert not plan.uploads
+
+
+def test_add_file_reads_the_file_once(bucket: Bucket, bucket_name: str, s3_client: S3Client,
+                                      tmp_path: Path) -> None:
+    """Bytes this process reads (/proc/self/io), against a plain boto3 upload of the same
+    file (one read, plus whatever an in-process server reads from its socket)."""
+    for size in (3 * MIB, 20 * MIB):
+        local = tmp_path / f"f{size}"
+        local.write_bytes(os.urandom(size))
+        before = read_bytes_so_far()
+        s3_client.upload_file(str(local), bucket_name, "baseline",
+                              Config=TransferConfig(multipart_chunksize=8 * MIB))
+        baseline = read_bytes_so_far() - before
+        before = read_bytes_so_far()
+        bucket.add_file(local, "added")
+        added = read_bytes_so_far() - before
+        # A second read would add ``size``; moto's own reads vary by less than a quarter.
+        assert added < baseline + size * 3 // 4, (size, added, baseline)
+        assert body(s3_client, bucket_name, "added") == local.read_bytes()
+
+
+def read_bytes_so_far() -> int:
+    fields = dict(line.split(": ") for line in Path("/proc/self/io").read_text().splitlines())
+    return int(fields["rchar"])
+
+
+def test_sync_remote_to_local(bucket: Bucket, bucket_name: str, s3_client: S3Client,
+                              tmp_path: Path) -> None:
+    for key, data in {"out/a.txt": b"a", "out/sub/b.txt": b"b", "out/empty/": b"",
+                      "outside.txt": b"x", "out2/c.txt": b"c"}.items():
+        put(s3_client, bucket_name, key, data)
+    target = tmp_path / "target"
+    (target / "sub").mkdir(parents=True)
+    (target / "sub" / "b.txt").write_bytes(b"b")  # already right: not downloaded
+    (target / "mine.txt").write_bytes(b"kept")
+    plan = bucket.sync_remote_to_local(target, "out")
+    assert [info.key for info, _ in plan.downloads] == ["out/a.txt"]
+    assert (target / "a.txt").read_bytes() == b"a" and (target / "empty").is_dir()
+    assert (target / "mine.txt").read_bytes() == b"kept"
+    assert not (target / "c.txt").exists() and not (target / "outside.txt").exists()

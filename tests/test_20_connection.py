@@ -86,6 +86,18 @@ def test_qarnot_mode_asks_the_api_with_the_raw_token(qarnot_api: FakeQarnotApi,
     assert {header for _, header in qarnot_api.requests} == {qarnot_api.token}  # no "Bearer"
 
 
+def test_user_info_asks_the_api_each_time(qarnot_api: FakeQarnotApi,
+                                          s3_server: S3Server) -> None:
+    with Connection(client_token=qarnot_api.token, cluster_url=qarnot_api.url) as conn:
+        qarnot_api.requests.clear()
+        info = conn.user_info
+        assert (info.email, info.quota_bytes_bucket, info.bucket_count, info.max_bucket) \
+            == (s3_server.access_key, 1, 2, 100)
+        assert info.used_quota_bytes_bucket is None and info.raw["email"] == info.email
+        assert conn.user_info == info
+        assert [path for path, _ in qarnot_api.requests] == ["/info", "/info"]
+
+
 def test_bad_token_is_unauthorized_and_not_shown(qarnot_api: FakeQarnotApi) -> None:
     with pytest.raises(UnauthorizedException, match="401") as info:
         Connection(client_token="wrong-token-value", cluster_url=qarnot_api.url)
@@ -236,6 +248,22 @@ def test_bucket_calls(connection: Connection, bucket_name: str, s3_client: S3Cli
         for name in (created, f"{bucket_name}-made"):
             if connection.bucket_exists(name):
                 s3_client.delete_bucket(Bucket=name)
+
+
+def test_the_sdk_storage_surface(connection: Connection, bucket_name: str,
+                                 s3_client: S3Client, capsys: pytest.CaptureFixture[str]) -> None:
+    assert connection.s3client is connection.s3
+    resource = connection.s3resource
+    assert resource is connection.s3resource and resource.meta.client is connection.s3client
+    resource.Bucket(bucket_name).put_object(Key="via-resource", Body=b"r")
+    assert s3_client.get_object(Bucket=bucket_name, Key="via-resource")["Body"].read() == b"r"
+    with pytest.raises(ConfigurationException, match="Qarnot API"):
+        connection.user_info  # noqa: B018  (direct mode has no API to ask)
+    connection.logger.info("to stdout, as the SDK's default logger")
+    assert "to stdout, as the SDK's default logger" in capsys.readouterr().out
+    first, again = connection.retrieve_bucket(bucket_name), connection.retrieve_bucket(bucket_name)
+    assert first == again and first in connection.buckets() and len({first, again}) == 1
+    assert first != bucket_name  # a bucket is not its name
 
 
 def test_client_configuration(s3_server: S3Server, clean_env: None) -> None:

@@ -90,6 +90,10 @@ REQUEST_DIFFERENCES: dict[str, tuple[dict[str, int], dict[str, int]]] = {
     # as unchanged, and deletes and copies it again on every sync.
     "sync unchanged": ({"ListObjects": 2, "DeleteObject": 1, "CopyObject": 1},
                        {"ListObjectsV2": 1}),
+    # Objects of 8 MiB or more come down in 8 MiB ranges, in parallel (here two of 9 MiB:
+    # two GETs each, where the SDK streams each in one).
+    "sync_remote_to_local": ({"ListObjects": 1, "GetObject": 5},
+                             {"ListObjectsV2": 1, "GetObject": 7}),
     # delete(): the SDK asks whether the bucket is versioned and lists object versions;
     # qarnotfs lists the objects and aborts unfinished multipart uploads (which would
     # keep the bucket from being deleted).
@@ -378,6 +382,11 @@ def sync_scenario(record: Record) -> None:
     write(tree / "again.bin", BIG)
     step("sync content already there", lambda: bucket.sync_directory(str(tree)) and None)
     step("sync unchanged", lambda: bucket.sync_directory(str(tree)) and None)
+    back = side.work / "back"
+    step("sync_remote_to_local", lambda: bucket.sync_remote_to_local(str(back)) and None)
+    step("local copy", lambda: sorted((str(path.relative_to(back)),
+                                       hashlib.md5(path.read_bytes()).hexdigest())
+                                      for path in back.rglob("*") if path.is_file()))
 
 
 def test_sync_side_by_side(sides: dict[str, Side], s3_client: S3Client) -> None:
