@@ -147,6 +147,11 @@ _DESCRIPTIONS: dict[str, str] = {
     "QuotaExceeded": "the storage quota is exceeded",
 }
 
+_UPLOAD_OPERATIONS = frozenset(
+    {"UploadPart", "UploadPartCopy", "ListParts", "CompleteMultipartUpload",
+     "AbortMultipartUpload"})
+"""Calls naming an upload id: there, a missing "key" is a missing upload."""
+
 _TIMEOUTS = (ConnectTimeoutError, ReadTimeoutError)
 _UNREACHABLE = (
     EndpointConnectionError,
@@ -173,7 +178,9 @@ def translate(
     """Return the qarnotfs exception for a botocore error (other errors pass through).
 
     ``bucket`` and ``key`` only enrich the message. A 404 on a bucket-level call with no
-    key is a missing bucket; with a key it is a missing object.
+    key is a missing bucket; with a key it is a missing object, except on a call naming a
+    multipart upload, where it is the upload that is missing. ``.code`` keeps the server's
+    code either way.
     """
     if isinstance(error, QarnotException):
         return error
@@ -187,7 +194,9 @@ def translate(
         code = error_code(error)
         message = error.response.get("Error", {}).get("Message") or _DESCRIPTIONS.get(code, code)
         cls = ERROR_CODE_TO_EXCEPTION.get(code, QarnotGenericException)
-        if cls is MissingObjectException and key is None:
+        if cls is MissingObjectException and error.operation_name in _UPLOAD_OPERATIONS:
+            cls = MissingUploadException  # Ceph RGW says NoSuchKey for an unknown upload id
+        elif cls is MissingObjectException and key is None:
             cls = MissingBucketException
         where = _where(bucket, key)
         translated = cls(f"{where}{code}: {message}" if message != code else f"{where}{code}")
