@@ -165,13 +165,6 @@ def error_code(error: ClientError) -> str:
     return str(error.response.get("Error", {}).get("Code", ""))
 
 
-def has_code(error: BaseException, *codes: str) -> bool:
-    """True if ``error`` (a qarnotfs or botocore error) carries one of the S3 ``codes``."""
-    if isinstance(error, ClientError):
-        return error_code(error) in codes
-    return isinstance(error, QarnotException) and error.code in codes
-
-
 def translate(
     error: BaseException, bucket: str | None = None, key: str | None = None
 ) -> QarnotException:

@@ -603,3 +603,17 @@ def test_sync_remote_to_local(bucket: Bucket, bucket_name: str, s3_client: S3Cli
     assert (target / "a.txt").read_bytes() == b"a" and (target / "empty").is_dir()
     assert (target / "mine.txt").read_bytes() == b"kept"
     assert not (target / "c.txt").exists() and not (target / "outside.txt").exists()
+
+
+def test_copy_file_of_20_mib_is_one_request(proxy: FaultProxy, s3_server: S3Server,
+                                            bucket_name: str, s3_client: S3Client) -> None:
+    data = os.urandom(20 * MIB)
+    put(s3_client, bucket_name, "big", data)
+    with Connection(storage_url=proxy.url, access_key=s3_server.access_key,
+                    secret_key=s3_server.secret_key) as conn:
+        bucket = Bucket(conn, bucket_name, create=False)
+        bucket.copy_file("big", "copy")
+    assert [(seen.method, seen.target.split("?")[0]) for seen in proxy.seen] \
+        == [("PUT", f"/{bucket_name}/copy")]
+    assert hashlib.md5(body(s3_client, bucket_name, "copy")).digest() \
+        == hashlib.md5(data).digest()
