@@ -581,8 +581,8 @@ class Bucket:
         prefix = as_prefix(self._key(remote_directory)) if remote_directory else ""
         existing = {info.key: info for info in self.iter_objects(prefix)}
         for key in existing:
-            folder = local_path_for_key(root, key[len(prefix):])
-            if key.endswith("/") and folder is not None:
+            folder = local_path_for_key(root, key[len(prefix):]) if key.endswith("/") else None
+            if folder is not None:
                 folder.mkdir(parents=True, exist_ok=True)
         plan = plan_download(existing, prefix, root, self.stat, delete=False)
         for key in plan.skipped:
