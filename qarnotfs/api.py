@@ -41,10 +41,13 @@ class QarnotApi:
         value = settings["storage"]
         return str(value) if value else None
 
+    def user_info(self) -> dict[str, Any]:
+        """What ``/info`` says about the account (email, bucket count and quotas...)."""
+        return self._get("/info")
+
     def user_email(self) -> str:
         """The account's email, which is the S3 access key."""
-        info = self._get("/info")
-        email = info.get("email")
+        email = self.user_info().get("email")
         if not email:
             raise QarnotGenericException(f"{self.url}/info returned no email")
         return str(email)

@@ -2,13 +2,19 @@
 
 Owns: every S3 request about one bucket. The first half is the object-level API used by
 the filesystem (stat, list, ranged read, put, upload, download, copy, batched delete); the
-second half is the SDK's documented API (``list_files``, ``add_file``, ``get_file``,
-``sync_directory``, ...) built on it. Errors leave this module as qarnotfs exceptions.
+second half is the SDK's API, the documented one (``list_files``, ``add_file``,
+``get_file``, ``sync_directory``, ...) and what ``qarnot.storage.Storage`` adds (``b[key]``,
+``del b[key]``, ``iter(b)``, ``==``, ``add_string``, ``delete()``), built on it. Listings
+for SDK callers are boto3 ``ObjectSummary`` resources, as the SDK documents; the mount and
+the CLI use :class:`~qarnotfs.objects.ObjectInfo` values. Errors leave this module as
+qarnotfs exceptions.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import io
 import logging
 import os
 import shutil
@@ -18,25 +24,26 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Union, cast
 
-from botocore.exceptions import ClientError
-
-from .checksums import SHA1_METADATA_KEY, fingerprint
+from .checksums import SHA1_METADATA_KEY
 from .connection import PART_SIZE
 from .exceptions import (
+    InvalidRangeException,
     MissingBucketException,
     MissingObjectException,
-    QarnotException,
+    MissingUploadException,
     QarnotGenericException,
     StorageUnreachableException,
-    error_code,
     storage_errors,
 )
 from .objects import Listing, ObjectInfo
 from .paths import as_prefix, local_path_for_key, sanitize_key, walk_files
 from .progress import Progress, ProgressArg
-from .sync import SyncPlan, plan_upload
+from .summaries import ObjectSummaries
+from .sync import DownloadPlan, SyncPlan, plan_download, plan_upload
 
 if TYPE_CHECKING:
+    from mypy_boto3_s3.service_resource import ObjectSummary
+
     from .connection import Connection
 
 log = logging.getLogger(__name__)
@@ -46,6 +53,8 @@ DELETE_BATCH = 1000
 """DeleteObjects accepts at most this many keys per request."""
 COPY_OBJECT_MAX = 5 << 30
 """The largest object one CopyObject request copies (S3's limit)."""
+COPY_TOO_LARGE_CODES = ("InvalidRequest", "EntityTooLarge")
+"""What CopyObject answers for a source over :data:`COPY_OBJECT_MAX`."""
 
 
 class Bucket:
@@ -61,6 +70,15 @@ class Bucket:
 
     def __repr__(self) -> str:
         return f"Bucket({self._name!r})"
+
+    def __eq__(self, other: object) -> bool:
+        """Buckets are equal when they have the same name, as in the SDK."""
+        if isinstance(other, Bucket):
+            return self._name == other._name
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self._name)
 
     @property
     def uuid(self) -> str:
@@ -83,14 +101,13 @@ class Bucket:
     def _create(self) -> None:
         try:
             with storage_errors(bucket=self._name):
-                try:
-                    self._s3.create_bucket(Bucket=self._name)
-                except ClientError as error:
-                    if error_code(error) != "BucketAlreadyOwnedByYou":
-                        raise
+                self._s3.create_bucket(Bucket=self._name)
         except QarnotGenericException as error:
-            raise QarnotGenericException(f"cannot create bucket {self._name!r}: {error}") \
-                from error
+            if error.code == "BucketAlreadyOwnedByYou":
+                return
+            failure = QarnotGenericException(f"cannot create bucket {self._name!r}: {error}")
+            failure.code, failure.status = error.code, error.status
+            raise failure from error
 
     def _key(self, remote: str) -> str:
         if not self._connection.sanitize_bucket_paths:
@@ -175,10 +192,8 @@ class Bucket:
             try:
                 with storage_errors(self._name, key):
                     answer = self._s3.get_object(**arguments)
-            except QarnotGenericException as error:
-                if "InvalidRange" in str(error):
-                    return b""
-                raise
+            except InvalidRangeException:
+                return b""
             try:
                 with storage_errors(self._name, key):
                     return bytes(answer["Body"].read())
@@ -357,10 +372,8 @@ class Bucket:
                 for page in paginator.paginate(Bucket=self._name, Key=key, UploadId=upload_id):
                     for part in page.get("Parts", []):
                         parts[int(part["PartNumber"])] = (str(part["ETag"]), int(part["Size"]))
-        except QarnotException as error:
-            if "NoSuchUpload" in str(error):
-                return None
-            raise
+        except MissingUploadException:
+            return None
         return parts
 
     def complete_multipart(self, key: str, upload_id: str, etags: list[tuple[int, str]]) \
@@ -374,12 +387,8 @@ class Bucket:
 
     def abort_multipart(self, key: str, upload_id: str) -> None:
         """Abort an upload (already gone counts as done)."""
-        try:
-            with storage_errors(self._name, key):
-                self._s3.abort_multipart_upload(Bucket=self._name, Key=key, UploadId=upload_id)
-        except QarnotException as error:
-            if "NoSuchUpload" not in str(error):
-                raise
+        with contextlib.suppress(MissingUploadException), storage_errors(self._name, key):
+            self._s3.abort_multipart_upload(Bucket=self._name, Key=key, UploadId=upload_id)
 
     def list_multipart_uploads(self, prefix: str = "") -> list[tuple[str, str, float]]:
         """The unfinished multipart uploads under ``prefix``: (key, upload id, when it was
@@ -401,19 +410,33 @@ class Bucket:
 
     # == the SDK's API ==================================================================
 
-    def list_files(self) -> list[ObjectInfo]:
-        """Every object of the bucket."""
-        return list(self.iter_objects())
+    def list_files(self) -> list[ObjectSummary]:
+        """Every object of the bucket, as boto3 ``S3.ObjectSummary`` resources."""
+        with storage_errors(self._name):
+            return [summary for summary in self._resource_bucket().objects.all()
+                    if summary.key is not None]
 
-    def directory(self, directory: str = "") -> list[ObjectInfo]:
-        """The objects whose keys start with ``directory``."""
-        return list(self.iter_objects(self._key(directory)))
+    def directory(self, directory: str = "") -> ObjectSummaries:
+        """The objects whose keys start with ``directory``: a lazy boto3 collection of
+        ``S3.ObjectSummary`` (iterate it, or ``.filter()``, ``.delete()``... it)."""
+        collection = self._resource_bucket().objects.filter(Prefix=self._key(directory))
+        return ObjectSummaries(collection, self._name)
 
-    def __iter__(self) -> Iterator[ObjectInfo]:
-        return self.iter_objects()
+    def _resource_bucket(self) -> Any:
+        return self._connection.s3resource.Bucket(self._name)
+
+    def __iter__(self) -> Iterator[ObjectSummary]:
+        return iter(self.list_files())
 
     def __contains__(self, remote: object) -> bool:
         return isinstance(remote, str) and self.stat(self._key(remote)) is not None
+
+    def __getitem__(self, remote: str) -> str:
+        """``b[remote]`` downloads the object as :meth:`get_file` does; KeyError if missing."""
+        try:
+            return self.get_file(remote)
+        except ValueError as error:
+            raise KeyError(remote) from error
 
     def __setitem__(self, remote: str, local: LocalPath | IO[bytes]) -> None:
         if isinstance(local, (str, os.PathLike)) and os.path.isdir(local):
@@ -421,12 +444,20 @@ class Bucket:
         else:
             self.add_file(local, remote)
 
+    def __delitem__(self, remote: str) -> None:
+        self.delete_file(remote)
+
+    def add_string(self, string: str, remote: str) -> str:
+        """Store ``string``, encoded in UTF-8, as the object ``remote``; returns the key."""
+        return self.add_file(io.BytesIO(string.encode("utf-8")), remote)
+
     def add_file(self, local_or_file: LocalPath | IO[bytes], remote: str | None = None,
                  progress: ProgressArg = None) -> str:
         """Upload a local file (path) or a binary file object; returns the key.
 
-        Without ``remote`` the key is the file's base name. A path upload records the
-        content's SHA-1 in the object's metadata so later syncs can compare content.
+        Without ``remote`` the key is the file's base name. A path is read once: under
+        8 MiB its SHA-1 goes in the object's metadata (for later syncs); from 8 MiB the
+        multipart ETag of its 8 MiB parts identifies its content instead.
         """
         if remote is None:
             name = local_or_file if isinstance(local_or_file, (str, os.PathLike)) \
@@ -438,11 +469,20 @@ class Bucket:
         if isinstance(local_or_file, (str, os.PathLike)):
             if not os.path.isfile(local_or_file):
                 raise FileNotFoundError(f"no such file: {os.fspath(local_or_file)}")
-            digest = fingerprint(local_or_file).sha1
-            self.upload(key, local_or_file, {SHA1_METADATA_KEY: digest}, progress)
+            self._upload_path(key, local_or_file, progress)
         else:
             self.upload(key, local_or_file, None, progress)
         return key
+
+    def _upload_path(self, key: str, path: LocalPath, progress: ProgressArg) -> None:
+        with open(path, "rb") as handle:
+            data = handle.read(PART_SIZE)
+        if len(data) == PART_SIZE:
+            self.upload(key, path, None, progress)
+            return
+        with Progress(progress, len(data), key) as counter:
+            self.put(key, data, {SHA1_METADATA_KEY: hashlib.sha1(data).hexdigest()})
+            counter(len(data))
 
     def add_directory(self, local: LocalPath, remote: str = "",
                       progress: ProgressArg = None) -> list[str]:
@@ -493,35 +533,84 @@ class Bucket:
         and copied locally; keys that would land outside ``output_dir`` are skipped with
         a warning.
         """
-        first_copy: dict[str, Path] = {}
-        duplicates: list[tuple[Path, Path]] = []
         downloads: list[tuple[ObjectInfo, Path]] = []
         for info in self.iter_objects():
             target = local_path_for_key(output_dir, info.key)
             if target is None:
                 log.warning("skipping key %r: it would be written outside %s",
                             info.key, output_dir)
-                continue
-            if info.key.endswith("/"):
+            elif info.key.endswith("/"):
                 target.mkdir(parents=True, exist_ok=True)
-            elif info.etag in first_copy:
-                duplicates.append((first_copy[info.etag], target))
             else:
-                first_copy[info.etag] = target
                 downloads.append((info, target))
-        workers = max(1, min(len(downloads), self._connection.max_concurrency))
+        self._download_once_each(downloads, progress)
+
+    def _download_once_each(self, downloads: list[tuple[ObjectInfo, Path]],
+                            progress: ProgressArg) -> None:
+        """Download in parallel; objects with the same ETag and size are downloaded once
+        and copied locally."""
+        first_copy: dict[tuple[str, int], Path] = {}
+        duplicates: list[tuple[Path, Path]] = []
+        unique: list[tuple[ObjectInfo, Path]] = []
+        for info, target in downloads:
+            if (info.etag, info.size) in first_copy:
+                duplicates.append((first_copy[(info.etag, info.size)], target))
+            else:
+                first_copy[(info.etag, info.size)] = target
+                unique.append((info, target))
+        workers = max(1, min(len(unique), self._connection.max_concurrency))
         with ThreadPoolExecutor(max_workers=workers) as pool:
             list(pool.map(lambda item: self.download(item[0].key, item[1], progress,
-                                                     size=item[0].size), downloads))
+                                                     size=item[0].size), unique))
         for source, target in duplicates:
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(source, target)
 
-    def copy_file(self, source: str, dest: str) -> str:
-        """Server-side copy of ``source`` to ``dest``; returns the destination key."""
-        destination = self._key(dest)
-        self.copy(self._key(source), destination)
-        return destination
+    def sync_remote_to_local(self, local_directory: LocalPath,
+                             remote_directory: str | None = None,
+                             progress: ProgressArg = None) -> DownloadPlan:
+        """Make a local folder hold the objects under the ``remote_directory`` folder (the
+        whole bucket by default), that prefix stripped from their keys.
+
+        Objects whose local copy differs (name, size, content) are downloaded; keys ending
+        in ``/`` become folders; identical objects are downloaded once; local files the
+        bucket lacks are kept; keys that would land outside the folder are skipped with a
+        warning. Returns the plan carried out.
+        """
+        root = Path(local_directory)
+        prefix = as_prefix(self._key(remote_directory)) if remote_directory else ""
+        existing = {info.key: info for info in self.iter_objects(prefix)}
+        for key in existing:
+            folder = local_path_for_key(root, key[len(prefix):]) if key.endswith("/") else None
+            if folder is not None:
+                folder.mkdir(parents=True, exist_ok=True)
+        plan = plan_download(existing, prefix, root, self.stat, delete=False)
+        for key in plan.skipped:
+            log.warning("skipping key %r: it would be written outside %s", key, root)
+        self._download_once_each(plan.downloads, progress)
+        return plan
+
+    def copy_file(self, source: str, dest: str) -> dict[str, Any]:
+        """Server-side copy of ``source`` to ``dest``; returns CopyObject's answer, as the
+        SDK does. One request up to 5 GiB; a bigger source (which CopyObject refuses) is
+        copied in parts."""
+        return self._copy_whole(self._key(source), self._key(dest))
+
+    def _copy_whole(self, source_key: str, destination: str) -> dict[str, Any]:
+        try:
+            with storage_errors(self._name, source_key):
+                return dict(self._s3.copy_object(
+                    Bucket=self._name, Key=destination,
+                    CopySource={"Bucket": self._name, "Key": source_key}))
+        except QarnotGenericException as error:
+            if error.code not in COPY_TOO_LARGE_CODES:
+                raise
+        self.copy(source_key, destination)
+        copied = self.stat(destination)
+        if copied is None:
+            raise MissingObjectException(f"{self._name}/{destination}: gone after its copy")
+        return {"CopyObjectResult": {"ETag": copied.e_tag,
+                                     "LastModified": copied.last_modified}}
 
     def delete_file(self, remote: str) -> None:
         """Delete one object (deleting a missing key is not an error, as in S3)."""
@@ -564,19 +653,22 @@ class Bucket:
             for line in plan.describe(self._name):
                 log.info("(dry run) %s", line)
         else:
-            self.apply(plan, progress, log.info if verbose else None)
+            self.apply(plan, progress, self._connection.logger.info if verbose else None)
         return plan
 
     def apply(self, plan: SyncPlan, progress: ProgressArg = None,
               report: Callable[[str], object] | None = None) -> None:
-        """Carry out an upload plan: server-side copies, uploads in parallel, then deletes.
+        """Carry out an upload plan: server-side copies, uploads in parallel, copies of
+        what was uploaded, then deletes.
 
         Copies come first because a copy's source may be among the deletes. When all is
         done, ``report`` receives the plan's lines (:meth:`SyncPlan.describe`).
         """
         for source, destination in plan.copies:
-            self.copy(source, destination)
+            self._copy_whole(source, destination)
         self._upload_many(dict(plan.uploads), progress)
+        for source, destination in plan.duplicates:
+            self._copy_whole(source, destination)
         self.delete_many(plan.deletes)
         if report:
             for line in plan.describe(self._name):

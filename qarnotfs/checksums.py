@@ -1,7 +1,8 @@
 """Content fingerprints used to decide whether a local file and an object are the same.
 
-Owns: SHA-1 of local files (stored by qarnotfs in object metadata), and the S3 ETag a file
-gets when uploaded with the SDK's 8 MiB multipart rule, both computed in one read.
+Owns: SHA-1 of local files (stored by qarnotfs in object metadata), the S3 ETag a file
+gets when uploaded with the SDK's 8 MiB multipart rule, and its whole MD5 (the ETag of a
+single-request upload or of a server-side copy, whatever the size), all in one read.
 """
 
 from __future__ import annotations
@@ -23,6 +24,12 @@ class Fingerprint:
     size: int
     sha1: str
     etag: str
+    md5: str
+
+    def matches_etag(self, etag: str) -> bool:
+        """True if an object with this (unquoted) ETag and our size holds our bytes: the
+        8 MiB multipart ETag, or the whole MD5 that CopyObject and PutObject give."""
+        return etag in (self.etag, self.md5)
 
 
 def fingerprint(path: str | os.PathLike[str], part_size: int = PART_SIZE) -> Fingerprint:
@@ -53,7 +60,7 @@ def fingerprint(path: str | os.PathLike[str], part_size: int = PART_SIZE) -> Fin
         etag = whole_md5.hexdigest()
     else:
         etag = f"{hashlib.md5(b''.join(part_digests)).hexdigest()}-{len(part_digests)}"
-    return Fingerprint(size=size, sha1=sha1.hexdigest(), etag=etag)
+    return Fingerprint(size=size, sha1=sha1.hexdigest(), etag=etag, md5=whole_md5.hexdigest())
 
 
 def normalize_etag(etag: str) -> str:

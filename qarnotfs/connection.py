@@ -4,7 +4,9 @@ Owns: turning :class:`~qarnotfs.config.Settings` into a configured boto3 S3 clie
 the Qarnot API for the endpoint and access key in Qarnot mode), how requests are retried
 and timed out, the transfer settings shared by every upload and download, and the
 bucket-level calls of the SDK's Connection (``buckets``, ``create_bucket``,
-``retrieve_bucket``, ``retrieve_or_create_bucket``).
+``retrieve_bucket``, ``retrieve_or_create_bucket``), and the rest of its storage surface:
+``s3client``/``s3resource`` (the boto3 client and a resource sharing it), ``user_info``
+and ``logger`` (where ``sync_directory(verbose=True)`` reports, stdout by default).
 
 Retries and timeouts. Every request gets ``connect_timeout`` seconds to connect and
 ``read_timeout`` seconds per socket read, and is retried at most ``retry_count`` times
@@ -19,8 +21,11 @@ defaults below.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
+import sys
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
 import boto3
@@ -33,14 +38,13 @@ from .exceptions import (
     BucketStorageUnavailableException,
     ConfigurationException,
     MissingBucketException,
-    error_code,
     storage_errors,
 )
 from .quickack import install_quickack
 from .timestamps import install_fast_timestamps
 
 if TYPE_CHECKING:
-    from mypy_boto3_s3 import S3Client
+    from mypy_boto3_s3 import S3Client, S3ServiceResource
 
     from .bucket import Bucket
 
@@ -84,6 +88,7 @@ class Connection:
         storage_custom_certificate: str | None = None,
         sanitize_bucket_paths: bool = True,
         show_bucket_warnings: bool = True,
+        logger: logging.Logger | None = None,
         *,
         access_key: str | None = None,
         secret_key: str | None = None,
@@ -121,8 +126,14 @@ class Connection:
             max_concurrency=max_concurrency,
             use_threads=True,
         )
+        self.logger = logger if logger is not None else _stdout_logger()
+        self._api: QarnotApi | None = None
         self.storage_url, self.access_key, secret = self._resolve_endpoint()
-        self.s3: S3Client = self._make_client(secret)
+        self._session = boto3.session.Session(
+            profile_name=self.settings.profile if not self.settings.access_key else None
+        )
+        self._client_arguments = self._client_options(secret)
+        self.s3: S3Client = self._make_client()
 
     def __repr__(self) -> str:
         return f"Connection(storage_url={self.storage_url!r}, access_key={self.access_key!r})"
@@ -145,7 +156,7 @@ class Connection:
                 "configuration file), or QARNOT_STORAGE_URL with AWS_ACCESS_KEY_ID and "
                 "AWS_SECRET_ACCESS_KEY"
             )
-        api = QarnotApi(
+        api = self._api = QarnotApi(
             url=settings.cluster_url,
             token=settings.client_token,
             timeout=settings.cluster_timeout,
@@ -159,7 +170,8 @@ class Connection:
             )
         return storage_url, api.user_email(), settings.client_token
 
-    def _make_client(self, secret: str | None) -> S3Client:
+    def _client_options(self, secret: str | None) -> dict[str, Any]:
+        """The arguments of ``session.client("s3", ...)`` (and of the resource)."""
         settings = self.settings
         config = Config(
             region_name="us-east-1",
@@ -174,27 +186,54 @@ class Connection:
             max_pool_connections=max(32, 4 * self.max_concurrency),
             tcp_keepalive=True,
         )
-        session = boto3.session.Session(
-            profile_name=settings.profile if not settings.access_key else None
-        )
         verify: bool | str | None = None
         if settings.storage_unsafe:
             verify = False
         elif settings.storage_custom_certificate:
             verify = settings.storage_custom_certificate
-        install_fast_timestamps(session._session)
-        client = session.client(
-            "s3",
-            endpoint_url=self.storage_url,
-            aws_access_key_id=self.access_key if settings.access_key or not settings.profile
-            else None,
-            aws_secret_access_key=secret if settings.access_key or not settings.profile
-            else None,
-            config=config,
-            verify=verify,
-        )
+        explicit = bool(settings.access_key or not settings.profile)
+        return {
+            "endpoint_url": self.storage_url,
+            "aws_access_key_id": self.access_key if explicit else None,
+            "aws_secret_access_key": secret if explicit else None,
+            "config": config,
+            "verify": verify,
+        }
+
+    def _make_client(self) -> S3Client:
+        install_fast_timestamps(self._session._session)
+        client = self._session.client("s3", **self._client_arguments)
         install_quickack(client)
         return client
+
+    # -- the SDK's storage surface -------------------------------------------------------
+
+    @property
+    def s3client(self) -> S3Client:
+        """The configured boto3 S3 client (the one every qarnotfs request goes through)."""
+        return self.s3
+
+    @functools.cached_property
+    def s3resource(self) -> S3ServiceResource:
+        """A boto3 S3 resource whose requests go through :attr:`s3client` (made on first
+        use: loading the resource model costs time a mount or a CLI command need not
+        spend)."""
+        resource = self._session.resource("s3", **self._client_arguments)
+        # Sub-resources (Bucket, ObjectSummary...) take their client from here when made.
+        resource.meta.client = self.s3
+        return resource
+
+    @property
+    def user_info(self) -> UserInfo:
+        """The account as the Qarnot API describes it (one ``GET /info``, as in the SDK).
+
+        Only in Qarnot mode: direct mode has no API to ask
+        (:class:`ConfigurationException`).
+        """
+        if self._api is None:
+            raise ConfigurationException(
+                "user_info needs the Qarnot API: this connection talks to a storage directly")
+        return UserInfo.from_api(self._api.user_info())
 
     # -- buckets -----------------------------------------------------------------------
 
@@ -221,23 +260,17 @@ class Connection:
         return Bucket(self, uuid, create=False)
 
     def retrieve_or_create_bucket(self, uuid: str) -> Bucket:
-        """Return the bucket, creating it if it does not exist."""
+        """Return the bucket, creating it if it does not exist (one CreateBucket, which
+        succeeds on a bucket of ours)."""
         from .bucket import Bucket
 
-        return Bucket(self, uuid, create=not self.bucket_exists(uuid))
+        return Bucket(self, uuid, create=True)
 
     def bucket_exists(self, name: str) -> bool:
         """True if the bucket exists (and the credentials may see it)."""
-        from botocore.exceptions import ClientError
-
         try:
             with storage_errors(bucket=name):
-                try:
-                    self.s3.head_bucket(Bucket=name)
-                except ClientError as error:
-                    if error_code(error) in ("404", "NoSuchBucket", "NotFound"):
-                        return False
-                    raise
+                self.s3.head_bucket(Bucket=name)
         except MissingBucketException:
             return False
         return True
@@ -251,6 +284,52 @@ class Connection:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+@dataclass(frozen=True)
+class UserInfo:
+    """What the Qarnot API's ``/info`` says about the account (the SDK's ``UserInfo``
+    fields about storage; ``raw`` holds the whole answer)."""
+
+    email: str
+    max_bucket: int | None
+    bucket_count: int
+    quota_bytes_bucket: int | None
+    used_quota_bytes_bucket: int | None
+    raw: dict[str, Any]
+
+    @classmethod
+    def from_api(cls, info: dict[str, Any]) -> UserInfo:
+        return cls(
+            email=str(info.get("email", "")),
+            max_bucket=info.get("maxBucket"),
+            bucket_count=int(info.get("bucketCount", -1)),
+            quota_bytes_bucket=info.get("quotaBytesBucket"),
+            used_quota_bytes_bucket=info.get("usedQuotaBytesBucket"),
+            raw=info,
+        )
+
+
+class _StdoutHandler(logging.Handler):
+    """Writes records to the *current* ``sys.stdout`` (which tests and tools may swap)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            print(self.format(record), file=sys.stdout, flush=True)
+        except Exception:
+            self.handleError(record)
+
+
+def _stdout_logger() -> logging.Logger:
+    """The SDK's default ``Connection.logger``: INFO and up, printed on stdout."""
+    logger = logging.getLogger("qarnotfs.stdout")
+    if not logger.handlers:
+        handler = _StdoutHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s|%(levelname)s|%(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+    return logger
 
 
 def _retry_count(value: int | None) -> int:

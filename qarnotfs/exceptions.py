@@ -25,7 +25,15 @@ from botocore.exceptions import (
 
 
 class QarnotException(Exception):
-    """Base of every qarnotfs error."""
+    """Base of every qarnotfs error.
+
+    ``code`` is the S3 error code (``"NoSuchKey"``, ``"SlowDown"``, ``"404"``...) when the
+    error came from the storage's answer, else None; ``status`` is the HTTP status then.
+    Code that must tell errors apart keys on the class or on ``code``, never on the message.
+    """
+
+    code: str | None = None
+    status: int | None = None
 
 
 class QarnotGenericException(QarnotException):
@@ -80,16 +88,36 @@ class StorageUnreachableException(QarnotGenericException):
     """The storage endpoint did not answer (refused, timed out, cut) (qarnotfs addition)."""
 
 
+class StorageTimeout(StorageUnreachableException):
+    """The storage took longer than the connect or read timeout (qarnotfs addition)."""
+
+
+class MissingUploadException(QarnotGenericException):
+    """The multipart upload is gone: completed or aborted (S3 ``NoSuchUpload``)."""
+
+
+class InvalidPartException(QarnotGenericException):
+    """A part named when completing an upload is missing, wrong or out of order (S3
+    ``InvalidPart``, ``InvalidPartOrder``)."""
+
+
+class InvalidRangeException(QarnotGenericException):
+    """A ranged read starts at or past the object's end (S3 ``InvalidRange``)."""
+
+
 class ConfigurationException(QarnotException):
     """The configuration (file, environment, arguments) is incomplete or wrong."""
 
 
-# S3 error code -> exception class. Codes not listed become QarnotGenericException.
-_ERROR_CODES: dict[str, type[QarnotException]] = {
+ERROR_CODE_TO_EXCEPTION: dict[str, type[QarnotException]] = {
     "NoSuchBucket": MissingBucketException,
     "NoSuchKey": MissingObjectException,
     "404": MissingObjectException,
     "NotFound": MissingObjectException,
+    "NoSuchUpload": MissingUploadException,
+    "InvalidPart": InvalidPartException,
+    "InvalidPartOrder": InvalidPartException,
+    "InvalidRange": InvalidRangeException,
     "AccessDenied": UnauthorizedException,
     "403": UnauthorizedException,
     "Forbidden": UnauthorizedException,
@@ -99,6 +127,9 @@ _ERROR_CODES: dict[str, type[QarnotException]] = {
     "InvalidToken": UnauthorizedException,
     "AllAccessDisabled": UnauthorizedException,
 }
+"""S3 error code -> exception class: the one table (codes not listed become
+:class:`QarnotGenericException`). A 404 with no key (a bucket-level call) is a missing
+bucket, see :func:`translate`."""
 
 # Said when the server gives a code without a message (Ceph RGW often does).
 _DESCRIPTIONS: dict[str, str] = {
@@ -116,10 +147,14 @@ _DESCRIPTIONS: dict[str, str] = {
     "QuotaExceeded": "the storage quota is exceeded",
 }
 
+_UPLOAD_OPERATIONS = frozenset(
+    {"UploadPart", "UploadPartCopy", "ListParts", "CompleteMultipartUpload",
+     "AbortMultipartUpload"})
+"""Calls naming an upload id: there, a missing "key" is a missing upload."""
+
+_TIMEOUTS = (ConnectTimeoutError, ReadTimeoutError)
 _UNREACHABLE = (
     EndpointConnectionError,
-    ConnectTimeoutError,
-    ReadTimeoutError,
     ConnectionClosedError,
     ResponseStreamingError,  # the connection broke while a response body arrived
 )
@@ -136,7 +171,9 @@ def translate(
     """Return the qarnotfs exception for a botocore error (other errors pass through).
 
     ``bucket`` and ``key`` only enrich the message. A 404 on a bucket-level call with no
-    key is a missing bucket; with a key it is a missing object.
+    key is a missing bucket; with a key it is a missing object, except on a call naming a
+    multipart upload, where it is the upload that is missing. ``.code`` keeps the server's
+    code either way.
     """
     if isinstance(error, QarnotException):
         return error
@@ -149,13 +186,20 @@ def translate(
     if isinstance(error, ClientError):
         code = error_code(error)
         message = error.response.get("Error", {}).get("Message") or _DESCRIPTIONS.get(code, code)
-        cls = _ERROR_CODES.get(code, QarnotGenericException)
-        if cls is MissingObjectException and key is None:
+        cls = ERROR_CODE_TO_EXCEPTION.get(code, QarnotGenericException)
+        if cls is MissingObjectException and error.operation_name in _UPLOAD_OPERATIONS:
+            cls = MissingUploadException  # Ceph RGW says NoSuchKey for an unknown upload id
+        elif cls is MissingObjectException and key is None:
             cls = MissingBucketException
         where = _where(bucket, key)
-        return cls(f"{where}{code}: {message}" if message != code else f"{where}{code}")
+        translated = cls(f"{where}{code}: {message}" if message != code else f"{where}{code}")
+        translated.code = code or None
+        translated.status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        return translated
     if isinstance(error, NoCredentialsError):
         return UnauthorizedException("no storage credentials were found")
+    if isinstance(error, _TIMEOUTS):
+        return StorageTimeout(f"storage timed out: {error}")
     if isinstance(error, _UNREACHABLE):
         return StorageUnreachableException(f"storage unreachable: {error}")
     if isinstance(error, BotoCoreError):

@@ -1,9 +1,11 @@
 """Deciding what a sync must do, in either direction, before anything is transferred.
 
-Owns: the comparison rule (name, then size, then content: the SHA-1 that qarnotfs keeps in
-object metadata, or else the 8 MiB multipart ETag rule, so that objects uploaded by the
-Qarnot SDK are recognised as unchanged) and the resulting plans. Plans are plain data, so
-``--dry-run`` prints exactly what a real run would do.
+Owns: the comparison rule (name, then size, then content: the 8 MiB multipart ETag rule or
+the whole MD5, so that objects uploaded by the Qarnot SDK or copied server-side are
+recognised as unchanged, else the SHA-1 that qarnotfs keeps in object metadata), the choice
+of server-side copies over uploads (content already in the bucket, or uploaded twice), and
+the resulting plans. Plans are plain data, so ``--dry-run`` prints exactly what a real run
+would do.
 """
 
 from __future__ import annotations
@@ -26,6 +28,9 @@ class SyncPlan:
 
     uploads: list[tuple[str, Path]] = field(default_factory=list)
     copies: list[tuple[str, str]] = field(default_factory=list)
+    """(source, destination) copied before the uploads, from objects the plan leaves."""
+    duplicates: list[tuple[str, str]] = field(default_factory=list)
+    """(source, destination) copied after the uploads, from a key this plan uploads."""
     deletes: list[str] = field(default_factory=list)
     unchanged: list[str] = field(default_factory=list)
 
@@ -35,6 +40,8 @@ class SyncPlan:
             yield f"copy: {bucket}/{source} -> {bucket}/{destination}"
         for key, path in self.uploads:
             yield f"upload: {show(path)} -> {bucket}/{key}"
+        for source, destination in self.duplicates:
+            yield f"copy: {bucket}/{source} -> {bucket}/{destination}"
         for key in self.deletes:
             yield f"delete: {bucket}/{key}"
 
@@ -59,12 +66,12 @@ class DownloadPlan:
 def same_content(local: Fingerprint, remote: ObjectInfo, stat: StatFunction) -> bool:
     """True if the local file and the object hold the same bytes (as far as can be told).
 
-    Size first; then the multipart ETag rule (no request); then the SHA-1 in the object's
-    metadata, which needs one HEAD and only happens when sizes match but ETags do not.
+    Size first; then the ETag (no request); then the SHA-1 in the object's metadata,
+    which needs one HEAD and only happens when sizes match but ETags do not.
     """
     if local.size != remote.size:
         return False
-    if local.etag == remote.etag:
+    if local.matches_etag(remote.etag):
         return True
     metadata = remote.metadata
     if metadata is None:
@@ -77,20 +84,36 @@ def plan_upload(wanted: dict[str, Path], existing: dict[str, ObjectInfo],
                 stat: StatFunction) -> SyncPlan:
     """Plan to make ``existing`` (key -> object) equal ``wanted`` (key -> local file).
 
-    A new key whose content equals an existing object (same ETag and size) becomes a
-    server-side copy instead of an upload, which makes local renames cheap.
+    Content already in the bucket is copied server-side rather than uploaded (a local
+    rename costs one request); content wanted under several keys is uploaded once and
+    copied to the others. A copy's source is only ever an object the plan leaves as it
+    is or deletes: one the plan overwrites could be copied after it changed.
     """
     plan = SyncPlan()
-    by_etag = {(info.etag, info.size): key for key, info in existing.items()}
-    for key, path in sorted(wanted.items()):
-        local = fingerprint(path)
+    local = {key: fingerprint(path) for key, path in sorted(wanted.items())}
+    changed: list[str] = []
+    for key, content in local.items():
         remote = existing.get(key)
-        if remote is not None and same_content(local, remote, stat):
+        if remote is not None and same_content(content, remote, stat):
             plan.unchanged.append(key)
-        elif remote is None and (local.etag, local.size) in by_etag:
-            plan.copies.append((by_etag[(local.etag, local.size)], key))
         else:
-            plan.uploads.append((key, path))
+            changed.append(key)
+    kept = sorted(set(plan.unchanged) | (set(existing) - set(wanted)))
+    in_bucket: dict[tuple[str, int], str] = {}
+    for key in kept:
+        in_bucket.setdefault((existing[key].etag, existing[key].size), key)
+    uploaded: dict[tuple[str, int], str] = {}
+    for key in changed:
+        content = local[key]
+        source = in_bucket.get((content.etag, content.size)) \
+            or in_bucket.get((content.md5, content.size))
+        if source is not None:
+            plan.copies.append((source, key))
+        elif (content.etag, content.size) in uploaded:
+            plan.duplicates.append((uploaded[(content.etag, content.size)], key))
+        else:
+            uploaded[(content.etag, content.size)] = key
+            plan.uploads.append((key, wanted[key]))
     plan.deletes = sorted(set(existing) - set(wanted))
     return plan
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
 import os
 import socket
 from collections.abc import Iterator
@@ -22,13 +23,20 @@ from strict_s3 import strict_endpoint
 from qarnotfs import Bucket, Connection
 from qarnotfs.checksums import SHA1_METADATA_KEY, fingerprint
 from qarnotfs.exceptions import (
+    InvalidPartException,
+    InvalidRangeException,
     MissingBucketException,
+    MissingObjectException,
+    MissingUploadException,
     QarnotGenericException,
+    StorageTimeout,
     StorageUnreachableException,
     UnauthorizedException,
+    storage_errors,
 )
 
 if TYPE_CHECKING:
+    from faultproxy import FaultProxy
     from mypy_boto3_s3 import S3Client
     from servers import S3Server
 
@@ -88,11 +96,12 @@ def test_list_files_paginates_past_1000_keys(bucket: Bucket, bucket_name: str,
     with ThreadPoolExecutor(max_workers=16) as pool:
         list(pool.map(lambda key: put(s3_client, bucket_name, key), keys))
     listed = bucket.list_files()
-    assert len(listed) == 1002 and {info.key for info in listed} == set(keys)
-    assert all(info.size == 1 and info.bucket_name == bucket_name for info in listed)
-    assert len(bucket.directory("many/")) == 1001
-    assert [info.key for info in bucket.directory("other")] == ["other/one"]
-    assert {info.key for info in bucket} == set(keys)
+    assert len(listed) == 1002 and {summary.key for summary in listed} == set(keys)
+    assert all(summary.size == 1 and summary.bucket_name == bucket_name for summary in listed)
+    assert len(list(bucket.directory("many/"))) == 1001
+    assert [summary.key for summary in bucket.directory("other")] == ["other/one"]
+    assert {summary.key for summary in bucket} == set(keys)
+    assert {info.key for info in bucket.iter_objects()} == set(keys)
     folder = bucket.list_folder("")
     assert sorted(folder.prefixes) == ["many/", "other/"] and folder.objects == []
     assert len(bucket.list_folder("many/").objects) == 1001
@@ -277,13 +286,15 @@ def test_get_all_files_folders_duplicates_and_escaping_keys(
 def test_copy_file_and_copy_with_metadata(bucket: Bucket, bucket_name: str,
                                           s3_client: S3Client) -> None:
     put(s3_client, bucket_name, "src.txt", b"copied")
-    assert bucket.copy_file("src.txt", "/dst//copy.txt") == "dst/copy.txt"
+    answer = bucket.copy_file("src.txt", "/dst//copy.txt")
+    assert answer["CopyObjectResult"]["ETag"].strip('"') == hashlib.md5(b"copied").hexdigest()
     assert body(s3_client, bucket_name, "dst/copy.txt") == b"copied"
     bucket.copy("src.txt", "with-meta.txt", metadata={"color": "blue"})
     head = s3_client.head_object(Bucket=bucket_name, Key="with-meta.txt")
     assert head["Metadata"] == {"color": "blue"}
-    with pytest.raises(QarnotGenericException):
+    with pytest.raises(MissingObjectException) as missing:
         bucket.copy_file("no-such-source", "x")
+    assert missing.value.code == "NoSuchKey"
 
 
 def test_delete_file_and_delete_many(bucket: Bucket, bucket_name: str,
@@ -412,7 +423,12 @@ def test_missing_bucket(connection: Connection, missing_bucket_name: str,
     with pytest.raises(MissingBucketException):
         ghost.list_files()
     with pytest.raises(MissingBucketException):
-        ghost.directory("a")
+        list(ghost.directory("a"))  # a lazy collection: the request is made here
+    with pytest.raises(MissingBucketException) as copying:
+        ghost.copy_file("a", "b")
+    assert copying.value.code == "NoSuchBucket"
+    with pytest.raises(MissingBucketException):
+        ghost.delete()
     with pytest.raises(MissingBucketException):
         ghost.add_file(local, "k")
     with pytest.raises(MissingBucketException):
@@ -444,7 +460,34 @@ def test_other_s3_errors_keep_the_server_message(connection: Connection) -> None
     with pytest.raises(QarnotGenericException, match="InvalidBucketName") as info:
         connection.create_bucket("ab")  # too short for S3
     assert type(info.value) is QarnotGenericException
+    assert info.value.code == "InvalidBucketName" and info.value.status == 400
     assert "not valid" in str(info.value).lower()
+
+
+def test_errors_carry_their_s3_code_and_class(bucket: Bucket, bucket_name: str,
+                                              s3_client: S3Client) -> None:
+    """Multipart and range errors come out as their own classes, with the server's code."""
+    put(s3_client, bucket_name, "small", b"abc")
+    assert bucket.read("small", 3, 5) == b""  # InvalidRange, told apart by class
+    with pytest.raises(InvalidRangeException) as past_end, \
+            storage_errors(bucket_name, "small"):
+        s3_client.get_object(Bucket=bucket_name, Key="small", Range="bytes=10-20")
+    assert past_end.value.code == "InvalidRange" and past_end.value.status == 416
+    upload_id = bucket.create_multipart("big")
+    bucket.upload_part("big", upload_id, 1, b"part")
+    with pytest.raises(InvalidPartException) as wrong_part:
+        bucket.complete_multipart("big", upload_id, [(1, '"' + "0" * 32 + '"')])
+    assert wrong_part.value.code in ("InvalidPart", "InvalidPartOrder")
+    bucket.abort_multipart("big", upload_id)
+    bucket.abort_multipart("big", upload_id)  # already gone: done
+    assert bucket.list_parts("big", upload_id) is None
+    with pytest.raises(MissingUploadException) as gone, storage_errors(bucket_name, "big"):
+        s3_client.abort_multipart_upload(Bucket=bucket_name, Key="big", UploadId=upload_id)
+    # Ceph RGW answers NoSuchKey for an unknown upload id: still a missing upload.
+    assert gone.value.code in ("NoSuchUpload", "NoSuchKey") and gone.value.status == 404
+    with pytest.raises(MissingObjectException) as missing:
+        bucket.read("no-such-key")
+    assert missing.value.code == "NoSuchKey"
 
 
 def test_unreachable_endpoint(tmp_path: Path) -> None:
@@ -456,7 +499,121 @@ def test_unreachable_endpoint(tmp_path: Path) -> None:
         with Connection(storage_url=f"http://127.0.0.1:{port}", access_key="a",
                         secret_key="b", retry_count=1) as conn:
             ghost = Bucket(conn, "any-bucket", create=False)
-            with pytest.raises(StorageUnreachableException, match="unreachable"):
+            with pytest.raises(StorageUnreachableException, match="unreachable") as refused:
                 ghost.list_files()
+            assert not isinstance(refused.value, StorageTimeout)
+            assert refused.value.code is None
             with pytest.raises(StorageUnreachableException):
                 conn.buckets()
+
+
+def test_a_timeout_is_a_storage_timeout(proxy: FaultProxy, s3_server: S3Server,
+                                        bucket_name: str) -> None:
+    proxy.inject("delay", "GET ", seconds=math.inf)
+    with Connection(storage_url=proxy.url, access_key=s3_server.access_key,
+                    secret_key=s3_server.secret_key, read_timeout=0.5, retry_count=0) as conn, \
+            pytest.raises(StorageTimeout) as slow:
+        Bucket(conn, bucket_name, create=False).read("any")
+    assert isinstance(slow.value, StorageUnreachableException) and slow.value.code is None
+
+
+# -- sync copies what the bucket already holds --------------------------------------------
+
+
+def test_sync_swapping_two_files_uploads_both(bucket: Bucket, bucket_name: str,
+                                              s3_client: S3Client, tmp_path: Path) -> None:
+    """A key the plan overwrites is never a copy's source (it could change first)."""
+    put(s3_client, bucket_name, "a.txt", b"content A")
+    put(s3_client, bucket_name, "b.txt", b"content B")
+    tree = make_tree(tmp_path / "tree", {"a.txt": b"content B", "b.txt": b"content A"})
+    plan = bucket.sync_directory(tree)
+    assert not plan.copies and not plan.duplicates
+    assert body(s3_client, bucket_name, "a.txt") == b"content B"
+    assert body(s3_client, bucket_name, "b.txt") == b"content A"
+
+
+def test_sync_uploads_identical_files_once_and_copies_known_content(
+        bucket: Bucket, bucket_name: str, s3_client: S3Client, tmp_path: Path) -> None:
+    put(s3_client, bucket_name, "kept.txt", b"already here")
+    put(s3_client, bucket_name, "stale.txt", b"old")
+    tree = make_tree(tmp_path / "tree", {
+        "kept.txt": b"already here", "stale.txt": b"already here",  # changed to known
+        "new/also.txt": b"already here",                            # new, known content
+        "one.txt": b"twin", "two.txt": b"twin", "three.txt": b"twin",  # new, identical
+    })
+    plan = bucket.sync_directory(tree)
+    assert sorted(plan.copies) == [("kept.txt", "new/also.txt"), ("kept.txt", "stale.txt")]
+    assert [key for key, _ in plan.uploads] == ["one.txt"]
+    assert sorted(plan.duplicates) == [("one.txt", "three.txt"), ("one.txt", "two.txt")]
+    for key, data in {"stale.txt": b"already here", "new/also.txt": b"already here",
+                      "two.txt": b"twin", "three.txt": b"twin"}.items():
+        assert body(s3_client, bucket_name, key) == data
+    lines = list(plan.describe(bucket_name))
+    assert lines.index(f"upload: {tree / 'one.txt'} -> {bucket_name}/one.txt") \
+        < lines.index(f"copy: {bucket_name}/one.txt -> {bucket_name}/two.txt")
+
+
+def test_sync_sees_a_big_object_with_a_plain_md5_etag_as_unchanged(
+        bucket: Bucket, bucket_name: str, s3_client: S3Client, tmp_path: Path) -> None:
+    """A server-side copy (or one PutObject) of 8 MiB or more has the whole MD5 as ETag."""
+    data = os.urandom(9 * MIB)
+    put(s3_client, bucket_name, "big.bin", data)
+    assert "-" not in s3_client.head_object(Bucket=bucket_name, Key="big.bin")["ETag"]
+    tree = make_tree(tmp_path / "tree", {"big.bin": data, "copy.bin": data})
+    plan = bucket.sync_directory(tree)
+    assert plan.unchanged == ["big.bin"] and plan.copies == [("big.bin", "copy.bin")]
+    assert not plan.uploads
+
+
+def test_add_file_reads_the_file_once(bucket: Bucket, bucket_name: str, s3_client: S3Client,
+                                      tmp_path: Path) -> None:
+    """Bytes this process reads (/proc/self/io), against a plain boto3 upload of the same
+    file (one read, plus whatever an in-process server reads from its socket)."""
+    for size in (3 * MIB, 20 * MIB):
+        local = tmp_path / f"f{size}"
+        local.write_bytes(os.urandom(size))
+        before = read_bytes_so_far()
+        s3_client.upload_file(str(local), bucket_name, "baseline",
+                              Config=TransferConfig(multipart_chunksize=8 * MIB))
+        baseline = read_bytes_so_far() - before
+        before = read_bytes_so_far()
+        bucket.add_file(local, "added")
+        added = read_bytes_so_far() - before
+        # A second read would add ``size``; moto's own reads vary by less than a quarter.
+        assert added < baseline + size * 3 // 4, (size, added, baseline)
+        assert body(s3_client, bucket_name, "added") == local.read_bytes()
+
+
+def read_bytes_so_far() -> int:
+    fields = dict(line.split(": ") for line in Path("/proc/self/io").read_text().splitlines())
+    return int(fields["rchar"])
+
+
+def test_sync_remote_to_local(bucket: Bucket, bucket_name: str, s3_client: S3Client,
+                              tmp_path: Path) -> None:
+    for key, data in {"out/a.txt": b"a", "out/sub/b.txt": b"b", "out/empty/": b"",
+                      "outside.txt": b"x", "out2/c.txt": b"c"}.items():
+        put(s3_client, bucket_name, key, data)
+    target = tmp_path / "target"
+    (target / "sub").mkdir(parents=True)
+    (target / "sub" / "b.txt").write_bytes(b"b")  # already right: not downloaded
+    (target / "mine.txt").write_bytes(b"kept")
+    plan = bucket.sync_remote_to_local(target, "out")
+    assert [info.key for info, _ in plan.downloads] == ["out/a.txt"]
+    assert (target / "a.txt").read_bytes() == b"a" and (target / "empty").is_dir()
+    assert (target / "mine.txt").read_bytes() == b"kept"
+    assert not (target / "c.txt").exists() and not (target / "outside.txt").exists()
+
+
+def test_copy_file_of_20_mib_is_one_request(proxy: FaultProxy, s3_server: S3Server,
+                                            bucket_name: str, s3_client: S3Client) -> None:
+    data = os.urandom(20 * MIB)
+    put(s3_client, bucket_name, "big", data)
+    with Connection(storage_url=proxy.url, access_key=s3_server.access_key,
+                    secret_key=s3_server.secret_key) as conn:
+        bucket = Bucket(conn, bucket_name, create=False)
+        bucket.copy_file("big", "copy")
+    assert [(seen.method, seen.target.split("?")[0]) for seen in proxy.seen] \
+        == [("PUT", f"/{bucket_name}/copy")]
+    assert hashlib.md5(body(s3_client, bucket_name, "copy")).digest() \
+        == hashlib.md5(data).digest()

@@ -8,18 +8,14 @@ the S3 secret key, as on Qarnot.
 
 from __future__ import annotations
 
-import json
 import socket
-import ssl
 import subprocess
-import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from qarnot_api import FakeQarnotApi, serve
 
 from qarnotfs import Connection
 from qarnotfs.api import DEFAULT_STORAGE_URL
@@ -37,63 +33,6 @@ if TYPE_CHECKING:
 
 UNSET = ("QARNOT_CLIENT_TOKEN", "QARNOT_CLUSTER_URL", "QARNOT_STORAGE_URL", "AWS_ACCESS_KEY_ID",
          "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE", "QARNOTFS_CONFIG")
-
-
-@dataclass
-class FakeQarnotApi:
-    """What the fake API serves, and the (path, Authorization header) of each request."""
-
-    token: str
-    settings: dict[str, Any]
-    email: str
-    url: str = ""
-    requests: list[tuple[str, str | None]] = field(default_factory=list)
-
-
-def _handler(api: FakeQarnotApi) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            api.requests.append((self.path, self.headers.get("Authorization")))
-            if self.headers.get("Authorization") != api.token:
-                self._answer(401, {"message": "unauthorized"})
-            elif self.path == "/settings":
-                self._answer(200, api.settings)
-            elif self.path == "/info":
-                self._answer(200, {"email": api.email, "quotaBytesBucket": 1})
-            else:
-                self._answer(404, {"message": "not found"})
-
-        def _answer(self, status: int, payload: dict[str, Any]) -> None:
-            data = json.dumps(payload).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-    return Handler
-
-
-def serve(api: FakeQarnotApi, tls: tuple[Path, Path] | None = None) -> Iterator[FakeQarnotApi]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(api))
-    scheme = "http"
-    if tls is not None:
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.load_cert_chain(str(tls[0]), str(tls[1]))
-        server.socket = context.wrap_socket(server.socket, server_side=True)
-        scheme = "https"
-    api.url = f"{scheme}://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield api
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
 
 
 @pytest.fixture
@@ -145,6 +84,18 @@ def test_qarnot_mode_asks_the_api_with_the_raw_token(qarnot_api: FakeQarnotApi,
         assert_works(conn, s3_client, bucket_name)
     assert sorted(path for path, _ in qarnot_api.requests) == ["/info", "/settings"]
     assert {header for _, header in qarnot_api.requests} == {qarnot_api.token}  # no "Bearer"
+
+
+def test_user_info_asks_the_api_each_time(qarnot_api: FakeQarnotApi,
+                                          s3_server: S3Server) -> None:
+    with Connection(client_token=qarnot_api.token, cluster_url=qarnot_api.url) as conn:
+        qarnot_api.requests.clear()
+        info = conn.user_info
+        assert (info.email, info.quota_bytes_bucket, info.bucket_count, info.max_bucket) \
+            == (s3_server.access_key, 1, 2, 100)
+        assert info.used_quota_bytes_bucket is None and info.raw["email"] == info.email
+        assert conn.user_info == info
+        assert [path for path, _ in qarnot_api.requests] == ["/info", "/info"]
 
 
 def test_bad_token_is_unauthorized_and_not_shown(qarnot_api: FakeQarnotApi) -> None:
@@ -297,6 +248,22 @@ def test_bucket_calls(connection: Connection, bucket_name: str, s3_client: S3Cli
         for name in (created, f"{bucket_name}-made"):
             if connection.bucket_exists(name):
                 s3_client.delete_bucket(Bucket=name)
+
+
+def test_the_sdk_storage_surface(connection: Connection, bucket_name: str,
+                                 s3_client: S3Client, capsys: pytest.CaptureFixture[str]) -> None:
+    assert connection.s3client is connection.s3
+    resource = connection.s3resource
+    assert resource is connection.s3resource and resource.meta.client is connection.s3client
+    resource.Bucket(bucket_name).put_object(Key="via-resource", Body=b"r")
+    assert s3_client.get_object(Bucket=bucket_name, Key="via-resource")["Body"].read() == b"r"
+    with pytest.raises(ConfigurationException, match="Qarnot API"):
+        connection.user_info  # noqa: B018  (direct mode has no API to ask)
+    connection.logger.info("to stdout, as the SDK's default logger")
+    assert "to stdout, as the SDK's default logger" in capsys.readouterr().out
+    first, again = connection.retrieve_bucket(bucket_name), connection.retrieve_bucket(bucket_name)
+    assert first == again and first in connection.buckets() and len({first, again}) == 1
+    assert first != bucket_name  # a bucket is not its name
 
 
 def test_client_configuration(s3_server: S3Server, clean_env: None) -> None:
