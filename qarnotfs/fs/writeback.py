@@ -541,6 +541,7 @@ class WriteBack:
             item.recovered = False
             if target is None:
                 self._committed(item)
+                self._on_uploaded(item, item.current_attrs())
                 return
             path, key = target
             if path != old_path:
