@@ -38,7 +38,9 @@ from pathlib import Path
 from typing import IO
 
 from qarnotfs.exceptions import (
+    InvalidPartException,
     MissingObjectException,
+    MissingUploadException,
     QarnotException,
     QarnotGenericException,
 )
@@ -302,15 +304,18 @@ class MemStore:
 
     def _error(self, error: type[QarnotException], code: str, message: str,
                key: str | None = None) -> QarnotException:
+        """``error`` carrying the S3 ``code``, as exceptions.translate builds them."""
         where = f"{self._name}/{key}: " if key else f"{self._name}: "
-        return error(f"{where}{code}: {message}")
+        made = error(f"{where}{code}: {message}")
+        made.code = code
+        return made
 
     def _missing(self, key: str) -> QarnotException:
         return self._error(MissingObjectException, "NoSuchKey",
                            "The specified key does not exist.", key)
 
     def _no_upload(self, key: str) -> QarnotException:
-        return self._error(QarnotGenericException, "NoSuchUpload",
+        return self._error(MissingUploadException, "NoSuchUpload",
                            "The specified upload does not exist.", key)
 
     def _store(self, key: str, data: bytes, metadata: dict[str, str], e_tag: str) -> str:
@@ -508,13 +513,13 @@ class MemStore:
                               "The XML you provided was not well-formed", key)
         numbers = [number for number, _ in etags]
         if numbers != sorted(set(numbers)):
-            raise self._error(QarnotGenericException, "InvalidPartOrder",
+            raise self._error(InvalidPartException, "InvalidPartOrder",
                               "The list of parts was not in ascending order", key)
         bodies = []
         for number, e_tag in etags:
             held = upload.parts.get(number)
             if held is None or held[1].strip('"') != e_tag.strip('"'):
-                raise self._error(QarnotGenericException, "InvalidPart",
+                raise self._error(InvalidPartException, "InvalidPart",
                                   "One or more of the specified parts could not be found", key)
             bodies.append(held[0])
         if any(len(body) < self._min_part_size for body in bodies[:-1]):

@@ -10,13 +10,13 @@ from dataclasses import replace
 from datetime import datetime, timezone
 
 import pytest
-from botocore.exceptions import ReadTimeoutError
 from fakeclock import FakeClock
 
 from qarnotfs.exceptions import (
     MissingBucketException,
     MissingObjectException,
     QarnotGenericException,
+    StorageTimeout,
     StorageUnreachableException,
     UnauthorizedException,
 )
@@ -171,9 +171,7 @@ def test_errno_table(caplog: pytest.LogCaptureFixture) -> None:
         assert errno_for(MissingBucketException("gone")) == errno.EIO
     assert "gone" in caplog.text
     assert errno_for(StorageUnreachableException("refused")) == errno.EIO
-    timeout = StorageUnreachableException("storage unreachable")
-    timeout.__cause__ = ReadTimeoutError(endpoint_url="http://x")
-    assert errno_for(timeout) == errno.ETIMEDOUT
+    assert errno_for(StorageTimeout("read timeout")) == errno.ETIMEDOUT
     assert errno_for(QarnotGenericException("500")) == errno.EIO
     assert errno_for(OSError(errno.ENOSPC, "full")) == errno.ENOSPC
     assert errno_for(ValueError("bug")) == errno.EIO

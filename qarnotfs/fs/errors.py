@@ -10,12 +10,11 @@ import errno as errno_codes
 import logging
 import os
 
-from botocore.exceptions import ConnectTimeoutError, ReadTimeoutError
-
 from ..exceptions import (
     MissingBucketException,
     MissingObjectException,
     QarnotException,
+    StorageTimeout,
     StorageUnreachableException,
     UnauthorizedException,
 )
@@ -46,17 +45,12 @@ def errno_for(error: BaseException) -> int:
     if isinstance(error, MissingBucketException):
         log.error("the bucket is gone: %s", error)
         return errno_codes.EIO
+    if isinstance(error, StorageTimeout):
+        return errno_codes.ETIMEDOUT
     if isinstance(error, StorageUnreachableException):
-        return errno_codes.ETIMEDOUT if _is_timeout(error) else errno_codes.EIO
+        return errno_codes.EIO
     if isinstance(error, QarnotException):
         return errno_codes.EIO
     if isinstance(error, OSError) and error.errno:
         return error.errno
     return errno_codes.EIO
-
-
-def _is_timeout(error: BaseException) -> bool:
-    cause = error.__cause__
-    if isinstance(cause, (ConnectTimeoutError, ReadTimeoutError, TimeoutError)):
-        return True
-    return "timeout" in str(error).lower() or "timed out" in str(error).lower()

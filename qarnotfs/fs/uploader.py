@@ -30,7 +30,7 @@ from typing import IO, TYPE_CHECKING, Generic, TypeVar, cast
 from s3transfer.utils import ReadFileChunk
 
 from ..checksums import normalize_etag
-from ..exceptions import QarnotException
+from ..exceptions import InvalidPartException, MissingUploadException, QarnotException
 from .storage import part_size_for
 from .streaming import PartStream
 
@@ -57,12 +57,6 @@ def metadata_digest(metadata: dict[str, str]) -> str:
     """What a multipart upload's metadata is recorded as (it is fixed at its creation)."""
     kept = without(VOLATILE_METADATA, metadata)
     return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def upload_is_unusable(error: QarnotException) -> bool:
-    """The storage no longer knows the upload or its parts: start a new one."""
-    return getattr(error, "code", None) in ("NoSuchUpload", "InvalidPart") \
-        or "InvalidPart" in str(error) or "NoSuchUpload" in str(error)
 
 
 def multipart_etag(part_etags: list[str]) -> str:
@@ -219,9 +213,8 @@ class Uploader:
             future.result()  # the first failure, if any
         try:
             self.bucket.complete_multipart(key, upload_id, sorted(etags.items()))
-        except QarnotException as error:
-            if upload_is_unusable(error):
-                self.journal.forget_upload(entry_id)  # start afresh at the next try
+        except (MissingUploadException, InvalidPartException):
+            self.journal.forget_upload(entry_id)  # the storage lost it: afresh next time
             raise
 
     def _resumable(self, entry_id: int, key: str, path: Path, metadata: dict[str, str],
