@@ -3,7 +3,10 @@
 ``test_50_model_core`` (the filesystem core) and ``test_50_model_mount`` (a live FUSE
 mount) apply the same random operations to the system under test and to a local folder;
 this module owns the names, data and offsets they draw, and ``same``, which runs one call
-in both worlds and requires the same result or the same errno.
+in both worlds and requires the same result or the same errno. It also owns the pieces of
+the models' skeleton that do not depend on what is tested: picking an open file, walking
+the local tree, running a machine, and ``Outside``, the other client that changes the
+bucket behind the tested system's back.
 """
 
 from __future__ import annotations
@@ -11,13 +14,19 @@ from __future__ import annotations
 import errno
 import os
 import sys
-from collections.abc import Callable
-from typing import Any, TypeVar
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import hypothesis.strategies as st
-from hypothesis import event
+from hypothesis import HealthCheck, event, settings
+from hypothesis.stateful import RuleBasedStateMachine, run_state_machine_as_test
 
 from qarnotfs.fs.errors import errno_for
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
 
 T = TypeVar("T")
 
@@ -70,3 +79,61 @@ class OpenFlags:
     @property
     def writable(self) -> bool:
         return (self.flags & os.O_ACCMODE) != os.O_RDONLY
+
+
+# == the skeleton of a model: what both state machines do the same way ================
+
+LISTED = st.sampled_from(["/", "/a", "/b", "/a/a", "/a/b"])
+"""The folders a listing step looks at."""
+FOLDERS = st.lists(st.sampled_from(["/a", "/b", "/a/b"]), unique=True)
+FILES = st.lists(st.tuples(PATHS, DATA), max_size=4)
+"""What a model starts with (``FOLDERS`` made in this order, then ``FILES`` written), so
+that fewer steps just fail with ENOENT."""
+
+P = TypeVar("P")
+
+
+def pick(candidates: Iterable[P], index: int, want: Callable[[P], bool]) -> P | None:
+    """The ``index``-th (modulo their number) of the candidates ``want`` accepts."""
+    wanted = [candidate for candidate in candidates if want(candidate)]
+    return wanted[index % len(wanted)] if wanted else None
+
+
+def local_tree(root: Path) -> Iterator[tuple[str, list[str], list[str]]]:
+    """Each folder of the model's local tree, as a model path ("/", "/a", "/a/b"), with the
+    names of its folders and of its files."""
+    for folder, dirs, files in os.walk(root):
+        relative = os.path.relpath(folder, root)
+        yield ("/" if relative == "." else "/" + relative), dirs, files
+
+
+def run_model(machine: type[RuleBasedStateMachine], examples: int, steps: int) -> None:
+    """Run ``machine`` for ``examples`` examples of up to ``steps`` steps, each new (no
+    database: a failure is reported with its steps, not replayed from a file)."""
+    run_state_machine_as_test(machine, settings=settings(
+        max_examples=examples, stateful_step_count=steps, deadline=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+        database=None))
+
+
+class Outside(Protocol):
+    """Another client of the bucket, which changes objects behind the mount's back
+    (:class:`ServerClient` on a server; a ``tests/memstore.py`` MemStore is its own)."""
+
+    def put(self, key: str, data: bytes) -> object: ...
+
+    def delete(self, key: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class ServerClient:
+    """Another client of the test server's bucket: a raw boto3 client."""
+
+    client: S3Client
+    bucket_name: str
+
+    def put(self, key: str, data: bytes) -> None:
+        self.client.put_object(Bucket=self.bucket_name, Key=key, Body=data)
+
+    def delete(self, key: str) -> None:
+        self.client.delete_object(Bucket=self.bucket_name, Key=key)

@@ -1,15 +1,21 @@
 """The filesystem core against a reference model: a local directory.
 
-A Hypothesis state machine applies the same random operations to the core (over the test
-S3 server) and to a folder on local disk, and requires the same results: same bytes,
-sizes, listings, and the same errno when a call fails. It also remounts (a fresh
-Filesystem on the same keys, after closing every handle) and changes objects behind the
-mount's back with a raw client, then moves the caches' clock past their TTL (no sleep).
+A Hypothesis state machine applies the same random operations to the core and to a
+folder on local disk, and requires the same results: same bytes, sizes, listings, and the
+same errno when a call fails. It also remounts (a fresh Filesystem on the same keys, after
+closing every handle) and changes objects behind the mount's back through another client
+of the bucket, then moves the caches' clock past their TTL (no sleep).
+
+One machine, two storages: the in-memory store (``tests/memstore.py``, a new empty one
+per example), where it runs 2,000 examples of up to 25 steps (one remount at most) in
+about two minutes, and the test server (moto, or Ceph RGW with ``--backend rgw``, over
+HTTP), 30 examples of up to 40 steps, in about half a minute on moto.
 
 Calls the kernel would refuse before FUSE sees them (a parent that is missing or not a
 folder, a rename onto an ancestor) are applied to the model only.
 
-    QARNOTFS_MODEL_EXAMPLES=200 pytest tests/test_50_model_core.py   # a longer run
+    QARNOTFS_MEMSTORE_MODEL_EXAMPLES=10000 pytest tests/test_50_model_core.py -k memstore
+    QARNOTFS_MODEL_EXAMPLES=200 pytest tests/test_50_model_core.py -k server  # longer runs
 """
 
 from __future__ import annotations
@@ -20,35 +26,64 @@ import os
 import shutil
 import stat
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import hypothesis.strategies as st
-from hypothesis import HealthCheck, settings
-from hypothesis.stateful import (
-    RuleBasedStateMachine,
-    invariant,
-    precondition,
-    rule,
-    run_state_machine_as_test,
+import pytest
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+from memstore import MemStore
+from model_common import (
+    DATA,
+    FILES,
+    FOLDERS,
+    LISTED,
+    OFFSETS,
+    OPEN_MODES,
+    PATHS,
+    OpenFlags,
+    Outside,
+    ServerClient,
+    local_tree,
+    pick,
+    run_model,
+    same,
 )
-from model_common import DATA, OFFSETS, OPEN_MODES, PATHS, OpenFlags, same
 
-from qarnotfs.bucket import Bucket
 from qarnotfs.fs.core import Filesystem, FsOptions
 from qarnotfs.fs.keys import is_within, parent_of
 
 if TYPE_CHECKING:
-    from fs_helpers import FakeClock
-    from mypy_boto3_s3 import S3Client
+    from fakeclock import FakeClock
+
+    from qarnotfs.fs.storage import Storage
 
 pytest_plugins = ("fs_helpers",)
 
-EXAMPLES = int(os.environ.get("QARNOTFS_MODEL_EXAMPLES", "30"))
-STEPS = int(os.environ.get("QARNOTFS_MODEL_STEPS", "40"))
+MEMSTORE_EXAMPLES = int(os.environ.get("QARNOTFS_MEMSTORE_MODEL_EXAMPLES", "2000"))
+MEMSTORE_STEPS = int(os.environ.get("QARNOTFS_MEMSTORE_MODEL_STEPS", "25"))
+SERVER_EXAMPLES = int(os.environ.get("QARNOTFS_MODEL_EXAMPLES", "30"))
+SERVER_STEPS = int(os.environ.get("QARNOTFS_MODEL_STEPS", "40"))
 CACHE_TTL = 30.0
+TMPFS = Path("/dev/shm")
+
+
+@dataclass(frozen=True)
+class ModelStorage:
+    """Where the model's core keeps its objects, and how long the model runs there."""
+
+    example_bucket: Callable[[], tuple[Storage, Outside]]
+    """The bucket of a new example, and another client of it (each example also has its
+    own prefix, so a shared bucket serves)."""
+    examples: int
+    steps: int
+    remounts: int | None = None
+    """The most remounts in one example (None: no limit). A step that takes no argument
+    is drawn often, and a remount (a new journal, staging folder and thread pools) costs
+    as much as twenty other steps on the memstore."""
+
 
 @dataclass
 class Pair(OpenFlags):
@@ -63,21 +98,21 @@ class Pair(OpenFlags):
 class CoreModel(RuleBasedStateMachine):
     """Same operations on a Filesystem and on a local folder."""
 
-    bucket: Bucket
-    s3_client: S3Client
-    bucket_name: str
+    storage: ModelStorage
     clock: FakeClock
     work: Path
-    counter = itertools.count()
+    counter: itertools.count[int]
 
     def __init__(self) -> None:
         super().__init__()
         example = next(self.counter)
+        self.bucket, self.outside = self.storage.example_bucket()
         self.prefix = f"ex{example}/"
         self.local = Path(tempfile.mkdtemp(prefix=f"model{example}-", dir=self.work))
         self.staging = self.work / f"staging{example}"
         self.fs = self._mount()
         self.pairs: list[Pair] = []
+        self.remounts = 0
 
     def _mount(self) -> Filesystem:
         return Filesystem(self.bucket, FsOptions(
@@ -90,6 +125,32 @@ class CoreModel(RuleBasedStateMachine):
             self.fs.release(pair.fh)
         self.fs.shutdown()
         shutil.rmtree(self.local, ignore_errors=True)
+        shutil.rmtree(self.staging, ignore_errors=True)
+
+    @initialize(folders=FOLDERS, files=FILES)
+    def populate(self, folders: list[str], files: list[tuple[str, bytes]]) -> None:
+        """A few folders and files to start with, so fewer steps just fail with ENOENT."""
+        for folder in folders:
+            self.mkdir(folder)
+        for path, data in files:
+            if self.reachable(path) and not self.is_dir(path):
+                self._write_whole(path, data)
+
+    def _write_whole(self, path: str, data: bytes) -> None:
+        """``path`` holds ``data`` in both worlds (created or replaced), as a program
+        writes a whole file: open with O_TRUNC, write, close."""
+        same(lambda: Path(self.at(path)).write_bytes(data),
+             lambda: self._write_through_one_handle(path, data))
+
+    def _write_through_one_handle(self, path: str, data: bytes) -> int:
+        flags = os.O_CREAT | os.O_WRONLY | os.O_TRUNC
+        fh = self.fs.create(path, stat.S_IFREG | 0o644, flags)
+        try:
+            written = self.fs.write(fh, data, 0)
+            self.fs.flush(fh)
+            return written
+        finally:
+            self.fs.release(fh)
 
     # -- the model's view ------------------------------------------------------------------
 
@@ -172,8 +233,7 @@ class CoreModel(RuleBasedStateMachine):
     # -- handles ---------------------------------------------------------------------------
 
     def _pair(self, index: int, want: Callable[[Pair], bool]) -> Pair | None:
-        candidates = [pair for pair in self.pairs if want(pair)]
-        return candidates[index % len(candidates)] if candidates else None
+        return pick(self.pairs, index, want)
 
     @precondition(lambda self: self.pairs)
     @rule(index=st.integers(0, 20), data=DATA, offset=OFFSETS)
@@ -224,7 +284,7 @@ class CoreModel(RuleBasedStateMachine):
             if stat.S_ISREG(expected.st_mode):
                 assert got.size == expected.st_size
 
-    @rule(path=st.sampled_from(["/", "/a", "/b", "/a/a", "/a/b"]))
+    @rule(path=LISTED)
     def listdir(self, path: str) -> None:
         if path != "/" and not self.reachable(path):
             return
@@ -246,8 +306,11 @@ class CoreModel(RuleBasedStateMachine):
 
     # -- the world outside -------------------------------------------------------------------
 
+    @precondition(lambda self: self.storage.remounts is None
+                  or self.remounts < self.storage.remounts)
     @rule()
     def remount(self) -> None:
+        self.remounts += 1
         for pair in self.pairs:
             os.close(pair.local_fd)
             self.fs.flush(pair.fh)
@@ -263,8 +326,8 @@ class CoreModel(RuleBasedStateMachine):
     def put_behind_its_back(self, path: str, data: bytes) -> None:
         if not self.reachable(path) or self.is_dir(path):
             return
-        self.s3_client.put_object(Bucket=self.bucket_name, Key=self.prefix + path[1:],
-                                  Body=data)
+        self._before_the_other_client()
+        self.outside.put(self.prefix + path[1:], data)
         Path(self.at(path)).write_bytes(data)
         self.clock.advance(CACHE_TTL + 1)
 
@@ -273,9 +336,15 @@ class CoreModel(RuleBasedStateMachine):
     def delete_behind_its_back(self, path: str) -> None:
         if not self.is_file(path):
             return
-        self.s3_client.delete_object(Bucket=self.bucket_name, Key=self.prefix + path[1:])
+        self._before_the_other_client()
+        self.outside.delete(self.prefix + path[1:])
         os.unlink(self.at(path))
         self.clock.advance(CACHE_TTL + 1)
+
+    def _before_the_other_client(self) -> None:
+        """The mount's unlinks reach the bucket before the other client's change (they are
+        batched: ``fsyncdir`` is how a program waits for them, deletes.py)."""
+        self.fs.fsyncdir("/")
 
     @invariant()
     def handles_agree_on_size(self) -> None:
@@ -284,28 +353,54 @@ class CoreModel(RuleBasedStateMachine):
 
     def compare_trees(self) -> None:
         """Every folder, file and byte is the same in both worlds."""
-        for folder, dirs, files in os.walk(self.local):
-            path = "/" + os.path.relpath(folder, self.local).replace(".", "", 1).lstrip("/")
-            path = "/" if path == "/" else path.rstrip("/")
-            listed = {name: attrs for name, attrs in self.fs.readdir(path)[2:]}
+        for path, dirs, files in local_tree(self.local):
+            listed = [name for name, _ in self.fs.readdir(path)[2:]]
             assert sorted(listed) == sorted(dirs + files), path
             for name in files:
                 child = f"{path.rstrip('/')}/{name}"
-                assert self._content(child) == Path(folder, name).read_bytes(), child
+                assert self._content(child) == Path(self.at(child)).read_bytes(), child
 
 
-def test_core_behaves_like_a_local_folder(bucket: Bucket, s3_client: S3Client,
-                                          bucket_name: str, clock: FakeClock,
-                                          tmp_path: Path) -> None:
+@pytest.fixture
+def model_work(tmp_path: Path) -> Iterator[Path]:
+    """Where the examples' local trees and staging folders go: in memory (/dev/shm) where
+    the machine has it. Each mount opens a journal (SQLite, synced to disk) and removes it
+    at shutdown: on a disk that costs more than all of an example's steps on the memstore
+    (200 examples: 43 s, 15 s in memory)."""
+    if not (TMPFS.is_dir() and os.access(TMPFS, os.W_OK | os.X_OK)):
+        yield tmp_path
+        return
+    with tempfile.TemporaryDirectory(prefix="qarnotfs-model-", dir=TMPFS) as folder:
+        yield Path(folder)
+
+
+@pytest.fixture(params=[
+    # A step takes about 4 ms on a busy machine; shrinking a failure takes longer.
+    pytest.param("memstore", marks=pytest.mark.timeout(
+        120 + MEMSTORE_EXAMPLES * MEMSTORE_STEPS // 100)),
+    "server",
+])
+def model_storage(request: pytest.FixtureRequest) -> ModelStorage:
+    """The in-memory store (a new one per example), or the test server's bucket."""
+    if request.param == "memstore":
+        def new_store() -> tuple[Storage, Outside]:
+            store = MemStore("model")
+            return store, store
+        return ModelStorage(new_store, MEMSTORE_EXAMPLES, MEMSTORE_STEPS, remounts=1)
+    bucket = request.getfixturevalue("bucket")
+    other = ServerClient(request.getfixturevalue("s3_client"),
+                         request.getfixturevalue("bucket_name"))
+    return ModelStorage(lambda: (bucket, other), SERVER_EXAMPLES, SERVER_STEPS)
+
+
+def test_core_behaves_like_a_local_folder(model_storage: ModelStorage, clock: FakeClock,
+                                          model_work: Path) -> None:
     class Machine(CoreModel):
-        pass
+        storage = model_storage
+        counter = itertools.count()
 
-    Machine.bucket = bucket
-    Machine.s3_client = s3_client
-    Machine.bucket_name = bucket_name
     Machine.clock = clock
-    Machine.work = tmp_path
-    run_state_machine_as_test(Machine, settings=settings(
-        max_examples=EXAMPLES, stateful_step_count=STEPS, deadline=None,
-        suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
-        database=None))
+    Machine.work = model_work
+    run_model(Machine, model_storage.examples, model_storage.steps)
+    ran = next(Machine.counter)
+    assert ran >= model_storage.examples, f"Hypothesis stopped after {ran} examples"

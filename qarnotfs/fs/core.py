@@ -606,10 +606,7 @@ class Filesystem:
         else:
             with item.lock:  # no upload of it can start or be under way meanwhile
                 attrs = item.current_attrs()
-                if item.dirty and item.staged is not None:
-                    self.bucket.upload(new_key, item.staged.path, encode_metadata(attrs))
-                    self.writeback.uploaded_aside(item)
-                elif item.on_bucket:
+                if not self.writeback.upload_to(item, new_key) and item.on_bucket:
                     self.bucket.copy(old_key, new_key)
                 self.writeback.retarget(item, new, new_key)
         self._deletes.delete_now(old_key)  # a rename is complete when it returns

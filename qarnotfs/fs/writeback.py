@@ -480,9 +480,20 @@ class WriteBack:
             item.move(State.GONE)
         self._uploader.abort_soon()
 
-    def uploaded_aside(self, item: Item) -> None:
-        """The staged content went to the bucket by another way (a rename uploaded it to
-        the new key): the item is clean, its own upload given up."""
+    def upload_to(self, item: Item, key: str) -> bool:
+        """A rename of a dirty file: its staged content goes straight to the new ``key``
+        (the old key's object, if any, is stale); False if it is clean (the caller copies
+        the object instead)."""
+        with item.lock:
+            if not item.dirty or item.staged is None:
+                return False
+            self._storage.upload(key, item.staged.path, encode_metadata(item.current_attrs()))
+            self._uploaded_aside(item)
+            return True
+
+    def _uploaded_aside(self, item: Item) -> None:
+        """The staged content went to the bucket another way: the item is clean, its own
+        upload given up."""
         with item.lock:
             self._retries.forget(item)
             if item.stream is not None:
