@@ -5,6 +5,9 @@ Owns: the only import of ``mfusepy`` in the project, the translation of FUSE arg
 debug log line (with its duration) of every request, the libfuse configuration (kernel
 attribute and entry timeouts, mount options) and running the FUSE loop. It holds no
 filesystem semantics and never talks to the storage itself.
+
+Lock order: ``_listings_lock`` is a leaf (the table of open folder listings), never held
+while calling the core.
 """
 
 from __future__ import annotations

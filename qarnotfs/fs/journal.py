@@ -27,6 +27,9 @@ pending upload): SQLite needs room to record even a deletion. The journal keeps 
 ``reserve`` file beside it; when a removal finds the disk full (SQLITE_FULL, by code), the
 reserve is given back to the file system and the removal tried once more. The reserve is
 made again at the next change that finds room for it.
+
+Lock order: ``Journal._lock`` is a leaf: held for one SQLite statement or transaction,
+never across a storage request or while taking another lock.
 """
 
 from __future__ import annotations

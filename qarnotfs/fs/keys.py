@@ -15,6 +15,8 @@ rule for keys that cannot be shown as file names:
 
 Hidden keys are logged once (warning) and left untouched in the bucket; they never break a
 listing. They still count when deciding whether a folder is empty (rmdir says ENOTEMPTY).
+
+Lock order: ``_warned_lock`` is a leaf (the set of keys already logged).
 """
 
 from __future__ import annotations

@@ -12,6 +12,9 @@ What the mount *observes* (a HEAD, a LIST) goes through the ``learn*`` methods w
 generation read before the request: an observation is dropped if the mount changed that
 path, its folder or an ancestor meanwhile, so a slow LIST that started before our own
 upload can never hide the uploaded file (or bring back a deleted one) for a TTL.
+
+Lock order: ``MetaCache._lock`` is a leaf: held to read or change the cache, never while
+calling out (callers hold path claims or an item's lock before it, never after).
 """
 
 from __future__ import annotations

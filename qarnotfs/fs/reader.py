@@ -9,6 +9,9 @@ shared pool: one more per 256 KiB read, up to 3. A seek drops the pieces and sta
 with a small piece. Pieces behind the reader are dropped, so a handle holds at most 5
 pieces (the one being read, one kept for late reads, 3 ahead: about 40 MiB): memory per
 open file is bounded, whatever the file's size.
+
+Lock order: ``Reader._lock`` is a leaf: held to look at and change the handle's pieces,
+never while waiting for a GET (a read waits on the piece's future outside it).
 """
 
 from __future__ import annotations

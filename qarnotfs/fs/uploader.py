@@ -8,6 +8,9 @@ what the storage lacks or what changed locally, complete; parts a
 :class:`~.streaming.PartStream` sent while the file was written count too), and
 :class:`RetryQueue`, the background thread that retries failed uploads with exponential
 backoff until they succeed or are cancelled.
+
+Lock order: ``RetryQueue._condition`` is a leaf: held to schedule and pick items, never
+while an attempt runs (attempts take an item's lock: writeback.py).
 """
 
 from __future__ import annotations
