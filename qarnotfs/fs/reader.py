@@ -10,8 +10,9 @@ with a small piece. Pieces behind the reader are dropped, so a handle holds at m
 pieces (the one being read, one kept for late reads, 3 ahead: about 40 MiB): memory per
 open file is bounded, whatever the file's size.
 
-Lock order: ``Reader._lock`` is a leaf: held to look at and change the handle's pieces,
-never while waiting for a GET (a read waits on the piece's future outside it).
+Lock order: ``Reader._lock`` is a leaf, one per handle: it is held across the GET of a
+piece a read needs at once (pieces ahead go to the pool), so only parallel reads of that
+same handle can wait for it, never another file's operation.
 """
 
 from __future__ import annotations
