@@ -212,9 +212,13 @@ class Filesystem:
         node = self._node(path)
         if not node.attrs.is_dir:
             raise FsError(errno.ENOTDIR, path)
+        # Held files first: one whose upload completes during the listing leaves the
+        # table then, and the listing may have been taken just before its object existed.
+        held = self.items.in_folder(path)
         children = self.namespace.children(path)
-        for item in self.items.in_folder(path):
-            children[name_of(item.path)] = Node(item.current_attrs(), exact=True)
+        for item in held:
+            if not item.gone:
+                children[name_of(item.path)] = Node(item.current_attrs(), exact=True)
         entries = [(".", node.attrs), ("..", node.attrs)]
         entries.extend((name, children[name].attrs) for name in sorted(children))
         return entries

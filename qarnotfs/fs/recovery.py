@@ -87,13 +87,17 @@ def conflict_name(key: str, when: float | None = None, host: str | None = None,
 
 
 def settle(storage: Storage, key: str, path: str, base: tuple[str, str] | None,
-           staged: Path, part_size: int) -> tuple[str, str] | None:
+           staged: Path, part_size: int, owned: dict[str, str]) -> tuple[str, str] | None:
     """Where a recovered file goes, as (path, key); None if the bucket already has its
-    content. On a conflict the answer is a new name beside it (a warning says so)."""
+    content with the mode and owner in ``owned`` (metadata). On a conflict the answer is a
+    new name beside it (a warning says so)."""
     info = storage.stat(key)
     if info is not None and info.etag in local_etags(staged, part_size):
-        log.info("recovered %r: the bucket already has this content", key)
-        return None
+        theirs = {name: (info.metadata or {}).get(name) for name in owned}
+        if theirs == owned:
+            log.info("recovered %r: the bucket already has this content", key)
+            return None
+        return path, key  # same bytes, other attributes (a chmod before the crash)
     base_etag = base[0] if base else None
     if info is None or (base_etag is not None and info.etag == base_etag):
         if info is None and base_etag is not None:

@@ -98,6 +98,9 @@ _MOVES: dict[State, set[State]] = {
 }
 """The transitions an item may make; anything else is a bug (AssertionError)."""
 
+OWNERSHIP = frozenset({"mode", "uid", "gid"})
+"""The metadata a recovered file must carry for the bucket's copy to count as its own."""
+
 GHOSTS = 64
 GHOST_SECONDS = 30.0
 """How many unlinked files stay openable by their hidden name after their last close, and
@@ -544,8 +547,10 @@ class WriteBack:
                 return
             old_path = item.path
             try:
+                owned = {name: value for name, value in encode_metadata(item.attrs).items()
+                         if name in OWNERSHIP}
                 target = recovery.settle(self._storage, item.key, item.path, item.base,
-                                         item.staged.path, self._uploader.part_size)
+                                         item.staged.path, self._uploader.part_size, owned)
             except (QarnotException, OSError) as error:
                 self._failed(item, error)
                 raise FsError(errno.EIO, f"upload of {item.key} failed: {error}") from error
