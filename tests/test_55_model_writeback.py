@@ -400,3 +400,74 @@ def test_background_work_never_races_a_namespace_change() -> None:
     run_state_machine_as_test(WriteBackModel, settings=settings(
         max_examples=EXAMPLES, stateful_step_count=STEPS, deadline=None,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much]))
+
+
+# -- pinned examples: the cases of issue #10 and what the model found, replayed step by step --
+
+
+class Drawn:
+    """Stands for ``st.data()`` in a replayed step: always draws ``value``."""
+
+    def __init__(self, value: object) -> None:
+        self.value = value
+
+    def draw(self, strategy: object) -> object:
+        return self.value
+
+
+def replay(*steps: tuple[str, dict[str, Any]]) -> None:
+    """Run ``steps`` (rule name, arguments) on a fresh model, checking after each."""
+    model = WriteBackModel()
+    try:
+        model.make_folder()
+        for name, arguments in steps:
+            getattr(model, name)(**{key: Drawn(value[1]) if isinstance(value, tuple)
+                                    and value[0] == "draw" else value
+                                    for key, value in arguments.items()})
+            model.mount_shows_the_model()
+            model.bucket_agrees_where_nothing_is_pending()
+        model.settle()
+    finally:
+        model.teardown()
+
+
+BIG = (3 * PART + 7, 9)
+
+
+@pytest.mark.parametrize("steps", [
+    # (Case 1, an O_TRUNC open after early parts, is pinned in test_35_writeback.py: it
+    # needs the O_TRUNC writer to leave the file large, which no rule here does alone.)
+    pytest.param([("open_writer", {"top": True, "name": "a", "content": BIG}),
+                  ("o_trunc_write", {"data": ("draw", "/a"), "drawn": (13, 2)}),
+                  ("writer_goes_on", {"content": (PART + 10, 3)}),
+                  ("close_writer", {})], id="O_TRUNC open while a writer streams"),
+    pytest.param([("storage", {"failing": True}),
+                  ("write", {"top": False, "name": "a", "content": (13, 4)}),
+                  ("race_a_background_upload", {"data": ("draw", "/d/a"),
+                                                "change": "rename_folder"})],
+                 id="case 2: folder rename during a background retry"),
+    pytest.param([("storage", {"failing": True}),
+                  ("write", {"top": True, "name": "a", "content": (13, 5)}),
+                  ("race_a_background_upload", {"data": ("draw", "/a"), "change": "unlink"})],
+                 id="unlink during a background retry"),
+    pytest.param([("open_writer", {"top": True, "name": "b", "content": BIG}),
+                  ("unlink", {"data": ("draw", "/b")}),
+                  ("close_writer", {})], id="case 8: unlink of a streamed file"),
+    pytest.param([("open_writer", {"top": False, "name": "a", "content": BIG}),
+                  ("storage", {"failing": True}),
+                  ("close_writer", {}),
+                  ("storage", {"failing": False}),
+                  ("crash_and_recover", {})], id="a failed streamed close, then a crash"),
+    pytest.param([("write", {"top": False, "name": "a", "content": (0, 1)}),
+                  ("open_writer", {"top": False, "name": "a", "content": (0, 1)}),
+                  ("chmod", {"data": ("draw", "/d/a"), "mode": 0o600}),
+                  ("crash_and_recover", {}),
+                  ("crash_and_recover", {})],
+                 id="found: a chmod before a crash of a file the bucket had byte for byte"),
+    pytest.param([("open_writer", {"top": True, "name": "a", "content": (1, 6)}),
+                  ("crash_and_recover", {}),
+                  ("crash_and_recover", {})],
+                 id="found: a listing while a recovered file is uploaded"),
+])
+def test_pinned_sequence(steps: list[tuple[str, dict[str, Any]]]) -> None:
+    replay(*steps)
