@@ -468,6 +468,14 @@ BIG = (3 * PART + 7, 9)
                   ("crash_and_recover", {}),
                   ("crash_and_recover", {})],
                  id="found: a listing while a recovered file is uploaded"),
+    pytest.param([("write", {"top": False, "name": "a", "content": (0, 1)}),
+                  ("chmod", {"data": ("draw", "/d/a"), "mode": 0o600}),
+                  ("open_writer", {"top": False, "name": "a", "content": (1, 1)}),
+                  ("storage", {"failing": True}),
+                  ("crash_and_recover", {}),
+                  ("race_a_background_upload", {"data": ("draw", "/d/a"),
+                                                "change": "rename_folder"})],
+                 id="found: a folder rename waiting for an upload that frees its file"),
 ])
 def test_pinned_sequence(steps: list[tuple[str, dict[str, Any]]]) -> None:
     replay(*steps)

@@ -462,7 +462,8 @@ class Filesystem:
         else:
             self.unlink(old)  # deletes the object (queued) and detaches ``item``
         with item.lock:
-            self.items.rename(item, new)
+            item.path = new
+            self.items.put(item)
 
     def _drop_hidden(self, path: str) -> None:
         """libfuse's unlink of a ``.fuse_hidden`` name after the last close: local state

@@ -211,11 +211,15 @@ class Items:
             return item.handles
 
     def rename(self, item: Item, new_path: str) -> None:
+        """``item`` is now at ``new_path``; it stays out of the table if it was not in it
+        (freed by an upload that completed while a rename waited for it)."""
         with self._lock:
-            if self._by_path.get(item.path) is item:
+            registered = self._by_path.get(item.path) is item
+            if registered:
                 del self._by_path[item.path]
             item.path = new_path
-            self._by_path[new_path] = item
+            if registered:
+                self._by_path[new_path] = item
 
     def all(self) -> list[Item]:
         with self._lock:
