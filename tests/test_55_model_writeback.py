@@ -50,7 +50,7 @@ from qarnotfs.fs.core import Filesystem, FsOptions
 from qarnotfs.fs.errors import FsError
 from qarnotfs.fs.writeback import Item
 
-EXAMPLES = int(os.environ.get("QARNOTFS_WRITEBACK_EXAMPLES", "150"))
+EXAMPLES = int(os.environ.get("QARNOTFS_WRITEBACK_EXAMPLES", "300"))
 STEPS = int(os.environ.get("QARNOTFS_WRITEBACK_STEPS", "25"))
 PART = 64 * 1024
 """Small parts (the memstore accepts them) so that small files stream and go multipart."""
@@ -393,6 +393,10 @@ class WriteBackModel(RuleBasedStateMachine):
                 assert stored.get(path) == data, path
         extra = set(stored) - set(self.files) - pending
         assert not extra, f"the bucket holds what the mount does not: {extra}"
+
+
+# In memory, no server: run once per suite (the rgw pass would repeat it identically).
+pytestmark = pytest.mark.moto_only
 
 
 @pytest.mark.timeout(1800)
