@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from fs_helpers import write_file
 
 from qarnotfs.exceptions import QarnotGenericException
 from qarnotfs.fs.core import RENAME_EXCHANGE, RENAME_NOREPLACE, Filesystem
@@ -38,15 +39,6 @@ def recorded(calls: list[str], name: str, original: Callable[..., Any]) -> Calla
         return original(*args, **kwargs)
 
     return call
-
-
-def write_file(fs: Filesystem, path: str, data: bytes, mode: int = 0o644) -> None:
-    fh = fs.create(path, stat.S_IFREG | mode, CREATE | os.O_TRUNC)
-    try:
-        fs.write(fh, data, 0)
-        fs.flush(fh)
-    finally:
-        fs.release(fh)
 
 
 def read_file(fs: Filesystem, path: str) -> bytes:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from fs_helpers import write_file
 from mounting import wait_until
 
 from qarnotfs.exceptions import QarnotGenericException
@@ -84,15 +85,6 @@ def body(s3_client: S3Client, bucket_name: str, key: str) -> bytes:
 def multipart_uploads(s3_client: S3Client, bucket_name: str) -> list[str]:
     answer = s3_client.list_multipart_uploads(Bucket=bucket_name)
     return [upload["Key"] for upload in answer.get("Uploads", [])]
-
-
-def write_file(fs: Filesystem, path: str, data: bytes) -> None:
-    fh = fs.create(path, stat.S_IFREG | 0o644, CREATE | os.O_TRUNC)
-    try:
-        fs.write(fh, data, 0)
-        fs.flush(fh)
-    finally:
-        fs.release(fh)
 
 
 def read_all(fs: Filesystem, path: str) -> bytes:

@@ -475,17 +475,7 @@ class WriteBack:
     def give_up(self, item: Item) -> None:
         """``item`` was unlinked or replaced: never upload it; its journal entry goes and
         any multipart upload it started is aborted at once (in the background)."""
-        with item.lock:
-            self._retries.forget(item)
-            if item.stream is not None:
-                item.stream.cancel()
-                item.stream = None
-            if item.entry_id is not None:
-                self._steps.remove(item.entry_id, abandon=True)
-                item.entry_id = None
-            item.base, item.recovered = None, False
-            item.move(State.GONE)
-        self._uploader.abort_soon()
+        self._settle_without_upload(item, State.GONE)
 
     def upload_to(self, item: Item, key: str) -> bool:
         """A rename of a dirty file: its staged content goes straight to the new ``key``
@@ -495,12 +485,14 @@ class WriteBack:
             if not item.dirty or item.staged is None:
                 return False
             self._storage.upload(key, item.staged.path, encode_metadata(item.current_attrs()))
-            self._uploaded_aside(item)
+            self._settle_without_upload(item, State.CLEAN)
+            item.on_bucket = True
             return True
 
-    def _uploaded_aside(self, item: Item) -> None:
-        """The staged content went to the bucket another way: the item is clean, its own
-        upload given up."""
+    def _settle_without_upload(self, item: Item, state: State) -> None:
+        """``item`` needs no upload of its own any more (GONE: deleted; CLEAN: its content
+        went to the bucket another way): no retry, no early parts, no journal entry, and
+        the multipart upload it started is aborted at once (in the background)."""
         with item.lock:
             self._retries.forget(item)
             if item.stream is not None:
@@ -510,8 +502,7 @@ class WriteBack:
                 self._steps.remove(item.entry_id, abandon=True)
                 item.entry_id = None
             item.base, item.recovered = None, False
-            item.move(State.CLEAN)
-            item.on_bucket = True
+            item.move(state)
         self._uploader.abort_soon()
 
     def retarget(self, item: Item, path: str, key: str) -> None:
