@@ -9,7 +9,6 @@ private staging folder under the test's tmp_path; all are shut down at the end o
 from __future__ import annotations
 
 import os
-import stat
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -79,13 +78,3 @@ def memstore() -> MemStore:
 def make_memfs(memstore: MemStore, tmp_path: Path, clock: FakeClock) -> Iterator[MakeFs]:
     """make_memfs(**options) -> a new Filesystem on the test's ``memstore``."""
     yield from _filesystems(memstore, tmp_path, clock)
-
-
-def write_file(fs: Filesystem, path: str, data: bytes, mode: int = 0o644) -> None:
-    """Create (or truncate) ``path`` with ``data``, closed: in the bucket on return."""
-    fh = fs.create(path, stat.S_IFREG | mode, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
-    try:
-        fs.write(fh, data, 0)
-        fs.flush(fh)
-    finally:
-        fs.release(fh)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from fs_helpers import write_file
+from fs_calls import write_file
 
 from qarnotfs.exceptions import QarnotGenericException
 from qarnotfs.fs.core import RENAME_EXCHANGE, RENAME_NOREPLACE, Filesystem

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from fs_helpers import write_file
+from fs_calls import write_file
 from mounting import wait_until
 
 from qarnotfs.exceptions import QarnotGenericException
