@@ -4,8 +4,9 @@ Owns: the small per-mount state files a serving process writes (its pid, source,
 point, log file and staging folder) and removes when it exits, reading them back for
 ``qarnotfs status`` and ``qarnotfs unmount`` (which waits for that process: it uploads
 pending data after the kernel has let go of the mount), the summary of a mount's pending
-uploads read from its staging journal, and the kernel's own view of mounts (/proc
-mountinfo).
+uploads read from its staging journal, what every staging folder still holds whether a
+mount serves it or not, the processes that keep a mount busy (as ``fuser -m`` finds
+them), and the kernel's own view of mounts (/proc mountinfo).
 """
 
 from __future__ import annotations
@@ -64,6 +65,16 @@ def pending_summary(staging: str | None) -> str:
     return f"{len(pending)} upload(s) ({total / (1 << 20):.1f} MiB): {names}{more}"
 
 
+def waiting_line(staging: str | None) -> str:
+    """What an unmount waits for: the summary, and the last error if there is one."""
+    pending = _pending(staging)
+    summary = pending_summary(staging)
+    errors = [error for *_, error in pending if error and error.strip()]
+    if errors:
+        summary += f" (last error: {errors[-1].strip().splitlines()[0]})"
+    return summary
+
+
 def pending_lines(staging: str | None) -> list[str]:
     """One line per pending upload, for ``qarnotfs status``."""
     pending = _pending(staging)
@@ -80,10 +91,13 @@ def pending_lines(staging: str | None) -> list[str]:
 
 
 def state_dir() -> Path:
-    """The private folder of the state files (the runtime dir, else the cache dir)."""
+    """The private folder of the state files: the runtime dir ($XDG_RUNTIME_DIR, or
+    /run for root, so a mount started at boot and a shell agree), else the cache dir."""
     runtime = os.environ.get("XDG_RUNTIME_DIR")
     if runtime and os.path.isdir(runtime):
         base = Path(runtime) / "qarnotfs"
+    elif os.geteuid() == 0 and os.path.isdir("/run"):
+        base = Path("/run/qarnotfs")
     else:
         base = user_cache_path("qarnotfs") / "run"
     base.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -185,3 +199,84 @@ def mount_type(mountpoint: str) -> str | None:
 
 def is_qarnotfs_mount(mountpoint: str) -> bool:
     return mount_type(mountpoint) == FSTYPE
+
+
+# -- staging folders no mount serves ------------------------------------------------------
+
+def known_staging_roots(records: list[MountRecord], service_default: str | None) -> list[str]:
+    """The staging roots worth looking at: the default, systemd's, and the live mounts'."""
+    from .core import default_staging_dir
+
+    roots = [str(default_staging_dir())]
+    if service_default:
+        roots.append(service_default)
+    roots.extend(str(Path(r.staging).parent) for r in records if r.staging)
+    return roots
+
+
+def unmounted_lines(roots: list[str], held: set[str | None]) -> list[str]:
+    """For each staging folder under ``roots`` that no live mount serves and whose journal
+    still lists files: where it is, what it holds, and how to upload it."""
+    lines: list[str] = []
+    seen: set[Path] = set()
+    for root in roots:
+        base = Path(root).resolve()
+        if base in seen or not base.is_dir():
+            continue
+        seen.add(base)
+        for folder in sorted(p for p in base.iterdir()
+                             if p.is_dir() and not p.name.startswith(".")):
+            if str(folder) in held or os.fspath(folder.resolve()) in held:
+                continue
+            lines.extend(_unmounted_folder(base, folder))
+    return lines
+
+
+def _unmounted_folder(root: Path, folder: Path) -> list[str]:
+    entries = read_entries(folder)
+    if not entries:
+        return []
+    source = f"{entries[0].bucket}/{entries[0].prefix}".rstrip("/")
+    lines = [f"{folder}\t{source}\tnot mounted",
+             f"  upload with: qarnotfs mount {source} MOUNTPOINT --staging-dir {root} "
+             "(the mount uploads them at once)"]
+    lines.extend(f"  {line}" for line in pending_lines(str(folder)))
+    return lines
+
+
+# -- who keeps a mount busy ----------------------------------------------------------------
+
+def processes_using(mountpoint: str) -> list[tuple[int, str]]:
+    """(pid, command name) of the processes with a file, folder, root or program inside
+    ``mountpoint``, as ``fuser -m`` lists them (those this user may inspect)."""
+    inside = os.path.abspath(mountpoint)
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        if any(_is_inside(target, inside) for target in _open_paths(entry.path)):
+            found.append((int(entry.name), _command_name(entry.path)))
+    return found
+
+
+def _open_paths(proc: str) -> list[str]:
+    links = [f"{proc}/cwd", f"{proc}/root", f"{proc}/exe"]
+    with contextlib.suppress(OSError):
+        links.extend(f"{proc}/fd/{fd}" for fd in os.listdir(f"{proc}/fd"))
+    targets = []
+    for link in links:
+        with contextlib.suppress(OSError):
+            targets.append(os.readlink(link))
+    return targets
+
+
+def _is_inside(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip("/") + "/")
+
+
+def _command_name(proc: str) -> str:
+    try:
+        with open(f"{proc}/comm", encoding="utf-8", errors="replace") as handle:
+            return handle.read().strip()
+    except OSError:
+        return "?"
