@@ -45,7 +45,7 @@ from .outcome import (
 from .paths import as_prefix, local_path_for_key, walk_files
 from .remotes import SCHEME, Remote, parse_remote
 from .sync import DownloadPlan, SyncPlan, plan_download, plan_upload
-from .transfers import Job, Transfers
+from .transfers import Interrupted, Job, Transfers
 
 __all__ = ["EXIT_FAILURE", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_USAGE", "Remote",
            "UsageError", "build_parser", "describe", "exit_status", "main", "parse_remote"]
@@ -613,6 +613,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args))
     except BrokenPipeError:
         return _reader_went_away()
+    except Interrupted as error:
+        status = report(error)
+        if error.abandon:  # threads still wait for the server: do not wait for them
+            sys.stdout.flush()
+            os._exit(status)
+        return status
     except (Exception, KeyboardInterrupt) as error:
         return report(error)
 

@@ -4,34 +4,43 @@ Owns: carrying out the CLI's uploads and downloads through one s3transfer
 ``TransferManager`` per command (the transfer engine boto3 itself uses, so many files
 and the parts of big ones share one pool), the overall progress, the ``upload:`` /
 ``download:`` line printed as each file completes, and interruption. On Ctrl-C every
-transfer is cancelled: the part or object being sent stops at its next read of the
-local file (the progress callback raises :class:`Cancelled`, which botocore does not
-retry), s3transfer aborts the multipart uploads it started, a download's temporary file
-is removed, and :class:`Interrupted` says how many files did complete. Nothing half
-written is left: a single PUT is atomic, a multipart object exists only once completed,
-and a download replaces its target only when whole.
+transfer is cancelled: data being moved stops at its next chunk (the progress callback
+raises :class:`Cancelled`, which botocore does not retry) and s3transfer aborts the
+multipart uploads it started. A request still waiting for the server is not waited for
+beyond :data:`CANCEL_GRACE`: the multipart uploads this command created (recorded as
+they are created) are aborted directly, and :class:`Interrupted` asks the CLI to exit at
+once (``abandon``). A download goes to a temporary file beside its target, renamed over
+it only when whole, removed otherwise. So nothing half written is left: a single PUT is
+atomic, a multipart object exists only once completed.
 
-The threads are s3transfer's; this module's only lock is :class:`TransferProgress`'s
-(progress.py), never held across a request.
+Lock order: ``Transfers._lock`` (counters, the created uploads), then
+``TransferProgress``'s; neither is held across a request. The threads are s3transfer's.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import tempfile
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from s3transfer.manager import TransferManager
 from s3transfer.subscribers import BaseSubscriber
 
-from .exceptions import storage_errors
+from .exceptions import QarnotException, storage_errors
 from .outcome import EXIT_INTERRUPTED, CommandError
 from .progress import TransferProgress
 
 if TYPE_CHECKING:
     from .bucket import Bucket
+
+
+CANCEL_GRACE = 1.0
+"""Seconds Ctrl-C waits for transfers in flight to notice it before giving up on them."""
 
 
 class Cancelled(Exception):
@@ -42,6 +51,11 @@ class Interrupted(CommandError):
     """Ctrl-C during transfers: exit 130, saying what completed."""
 
     exit_code = EXIT_INTERRUPTED
+
+    def __init__(self, message: str, abandon: bool) -> None:
+        super().__init__(message)
+        self.abandon = abandon
+        """Threads still wait for the server: the process must exit without them."""
 
 
 @dataclass(frozen=True)
@@ -91,6 +105,7 @@ class Transfers:
         self._say = say
         self._cancelled = threading.Event()
         self._completed = 0
+        self._created: list[tuple[str, str]] = []
         self._lock = threading.Lock()
 
     def upload(self, jobs: Sequence[Job], metadata: dict[str, str] | None = None) -> None:
@@ -102,10 +117,12 @@ class Transfers:
 
     def download(self, jobs: Sequence[Job]) -> None:
         """Download every job's key to its path (folders created, targets replaced whole)."""
-        for job in jobs:
-            job.path.parent.mkdir(parents=True, exist_ok=True)
-        self._run(jobs, "download", lambda manager, job, subscribers: manager.download(
-            self._bucket.name, job.key, str(job.path), subscribers=subscribers))
+        with _temporary_files(jobs) as temporary:
+            self._run(jobs, "download", lambda manager, job, subscribers: manager.download(
+                self._bucket.name, job.key, temporary[job.key], subscribers=subscribers))
+            for job in jobs:
+                temporary[job.key].flush()
+                os.replace(temporary[job.key].name, job.path)
 
     def _run(self, jobs: Sequence[Job], verb: str,
              submit: Callable[[TransferManager, Job, list[BaseSubscriber]], Any]) -> None:
@@ -115,6 +132,8 @@ class Transfers:
         progress = TransferProgress(sum(job.size for job in jobs), len(jobs), verb,
                                     enabled=self._show_bar, name=jobs[0].key)
         manager = TransferManager(connection.s3, connection.transfer_config)
+        events = connection.s3.meta.events
+        events.register("after-call.s3.CreateMultipartUpload", self._record_upload)
         try:
             with progress, storage_errors(self._bucket.name):
                 futures = [submit(manager, job, [_Watcher(job, self._cancelled, progress,
@@ -123,16 +142,38 @@ class Transfers:
                 for future in futures:
                     future.result()
         except KeyboardInterrupt:
-            self._cancelled.set()
-            manager.shutdown(cancel=True, cancel_msg="interrupted")
+            abandon = self._cancel(manager)
             raise Interrupted(f"interrupted: {self._completed} of {len(jobs)} file(s) "
                               f"{verb}ed; the others were not, and nothing partial was left "
-                              "(unfinished multipart uploads aborted)") from None
+                              "(unfinished multipart uploads aborted)", abandon) from None
         except BaseException:
-            self._cancelled.set()
-            manager.shutdown(cancel=True, cancel_msg="failed")
+            self._cancel(manager)
             raise
+        finally:
+            events.unregister("after-call.s3.CreateMultipartUpload", self._record_upload)
         manager.shutdown()
+
+    def _cancel(self, manager: TransferManager) -> bool:
+        """Cancel everything; True if some request is still waiting for the server."""
+        self._cancelled.set()
+        stopper = threading.Thread(target=manager.shutdown, daemon=True,
+                                   kwargs={"cancel": True, "cancel_msg": "interrupted"})
+        stopper.start()
+        stopper.join(CANCEL_GRACE)
+        if not stopper.is_alive():
+            return False
+        with self._lock:
+            created = list(self._created)
+        for key, upload_id in created:
+            with contextlib.suppress(QarnotException):
+                self._bucket.abort_multipart(key, upload_id)
+        return True
+
+    def _record_upload(self, parsed: dict[str, Any], **kwargs: Any) -> None:
+        """botocore hook: remember each multipart upload this command creates."""
+        if parsed.get("UploadId") and parsed.get("Key"):
+            with self._lock:
+                self._created.append((str(parsed["Key"]), str(parsed["UploadId"])))
 
     def _finished(self, progress: TransferProgress) -> Callable[[Job], None]:
         def report(job: Job) -> None:
@@ -142,3 +183,21 @@ class Transfers:
             progress.write(job.line, self._say)
 
         return report
+
+
+@contextlib.contextmanager
+def _temporary_files(jobs: Sequence[Job]) -> Iterator[dict[str, IO[bytes]]]:
+    """An open temporary file beside each job's target (removed unless renamed)."""
+    files: dict[str, IO[bytes]] = {}
+    try:
+        for job in jobs:
+            job.path.parent.mkdir(parents=True, exist_ok=True)
+            files[job.key] = tempfile.NamedTemporaryFile(  # noqa: SIM115 (closed below)
+                prefix=f".{job.path.name[:200]}.", suffix=".part", dir=job.path.parent,
+                delete=False)
+        yield files
+    finally:
+        for handle in files.values():
+            handle.close()
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(handle.name)
