@@ -278,6 +278,7 @@ def serve(request: MountRequest, on_ready: Callable[[], None] | None = None) -> 
         nonlocal mounted
         mounted = True
         status.write_record(record)
+        status.remember_staging_root(str(filesystem.staging_root.parent))
         log.info("mounted %s on %s", request.source, request.mountpoint)
         notify_systemd(f"READY=1\nMAINPID={os.getpid()}\n"
                        f"STATUS=serving {request.source} on {request.mountpoint}")

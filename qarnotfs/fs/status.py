@@ -20,7 +20,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from platformdirs import user_cache_path
+from platformdirs import user_cache_path, user_state_path
 
 from .journal import read_entries
 
@@ -203,13 +203,40 @@ def is_qarnotfs_mount(mountpoint: str) -> bool:
 
 # -- staging folders no mount serves ------------------------------------------------------
 
+def _roots_file() -> Path:
+    return user_state_path("qarnotfs") / "staging-roots"
+
+
+def remember_staging_root(root: str) -> None:
+    """Note a staging root a mount used, so ``status`` looks there once it is gone."""
+    known = _remembered_roots()
+    if root in known:
+        return
+    path = _roots_file()
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    temporary = path.with_suffix(f".{os.getpid()}.tmp")
+    temporary.write_text("".join(f"{line}\n" for line in [*known, root]), encoding="utf-8")
+    os.replace(temporary, path)
+
+
+def _remembered_roots() -> list[str]:
+    """The remembered roots that still exist."""
+    try:
+        lines = _roots_file().read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return []
+    return [line for line in dict.fromkeys(lines) if line and os.path.isdir(line)]
+
+
 def known_staging_roots(records: list[MountRecord], service_default: str | None) -> list[str]:
-    """The staging roots worth looking at: the default, systemd's, and the live mounts'."""
+    """The staging roots worth looking at: the default, systemd's, those mounts used
+    before, and the live mounts'."""
     from .core import default_staging_dir
 
     roots = [str(default_staging_dir())]
     if service_default:
         roots.append(service_default)
+    roots.extend(_remembered_roots())
     roots.extend(str(Path(r.staging).parent) for r in records if r.staging)
     return roots
 
