@@ -127,13 +127,15 @@ def load_settings(
     """
     environ = os.environ if environ is None else environ
     values: dict[str, object] = {}
+    from_file: dict[str, object] = {}
     config_file: str | None = None
     if isinstance(fileconf, Mapping):
         values.update({_ALIASES.get(k, k): v for k, v in fileconf.items() if v is not None})
     else:
         path = Path(fileconf) if fileconf is not None else _first_existing(default_config_files())
         if path is not None:
-            values.update(_read_file(path, required=fileconf is not None))
+            from_file = _read_file(path, required=fileconf is not None)
+            values.update(from_file)
             config_file = str(path)
     for _section, _option, variable, name in _SOURCES:
         if environ.get(variable):
@@ -143,7 +145,10 @@ def load_settings(
     unknown = set(values) - {f.name for f in fields(Settings)}
     if unknown:
         raise ConfigurationException(f"unknown setting(s): {', '.join(sorted(unknown))}")
-    return replace(Settings(config_file=config_file), **_coerce(values))  # type: ignore[arg-type]
+    settings = replace(Settings(config_file=config_file), **_coerce(values))  # type: ignore[arg-type]
+    if config_file is not None and (from_file.get("secret_key") or from_file.get("client_token")):
+        _warn_if_readable_by_others(Path(config_file))
+    return settings
 
 
 def _aws_file(environ: Mapping[str, str], variable: str, name: str) -> Path:
@@ -179,15 +184,14 @@ def _read_ini(path: Path) -> configparser.ConfigParser:
     return parser
 
 
-def _warn_if_readable_by_others(path: Path, parser: configparser.ConfigParser) -> None:
-    """s3fs refuses such a file; qarnotfs says how to fix it and goes on."""
-    secret = any(parser.has_option(section, option) and parser.get(section, option)
-                 for section, option in (("storage", "secret_key"), ("client", "token")))
+def _warn_if_readable_by_others(path: Path) -> None:
+    """A file with a secret that others may read: s3fs refuses it; qarnotfs says how to
+    fix it and goes on."""
     try:
         mode = path.stat().st_mode
     except OSError:
         return
-    if secret and mode & (stat.S_IRWXG | stat.S_IRWXO):
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
         log.warning("%s holds a secret and other users may read it: run chmod 600 %s",
                     path, path)
 
@@ -209,7 +213,6 @@ def _read_file(path: Path, required: bool) -> dict[str, object]:
         first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise ConfigurationException(f"cannot read configuration file {path}: {first_line}") \
             from error
-    _warn_if_readable_by_others(path, parser)
     known = {(section, option) for section, option, _v, _n in _SOURCES}
     for section in parser.sections():
         for option in parser.options(section):

@@ -11,61 +11,25 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+from clirun import (  # noqa: F401 (the fixtures)
+    SCRIPT,
+    TIMEOUT,
+    cli_env_fixture,
+    fails,
+    keys_in,
+    ok,
+    qarnotfs,
+    work_fixture,
+)
 from strict_s3 import strict_endpoint
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
     from servers import S3Server
-
-SCRIPT = Path(sys.executable).parent / "qarnotfs"
-TIMEOUT = 120
-
-
-@pytest.fixture
-def cli_env(s3_env: dict[str, str], tmp_path: Path) -> dict[str, str]:
-    home = tmp_path / "home"
-    home.mkdir()
-    return {**s3_env, "HOME": str(home), "XDG_CONFIG_HOME": str(home / ".config")}
-
-
-@pytest.fixture
-def work(tmp_path: Path) -> Path:
-    folder = tmp_path / "work"
-    folder.mkdir()
-    return folder
-
-
-def qarnotfs(env: dict[str, str], cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([os.fspath(SCRIPT), *args], env=env, cwd=cwd,
-                          stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                          timeout=TIMEOUT, check=False)
-
-
-def ok(env: dict[str, str], cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    result = qarnotfs(env, cwd, *args)
-    assert result.returncode == 0, result.stderr
-    return result
-
-
-def fails(env: dict[str, str], cwd: Path, *args: str, status: int = 1) -> str:
-    """Run a command that must fail with ``status`` and ONE error line; return that line."""
-    result = qarnotfs(env, cwd, *args)
-    assert result.returncode == status, (result.stdout, result.stderr)
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("qarnotfs: error: "), result.stderr
-    return lines[0]
-
-
-def keys_in(s3_client: S3Client, bucket: str) -> set[str]:
-    paginator = s3_client.get_paginator("list_objects_v2")
-    return {entry["Key"] for page in paginator.paginate(Bucket=bucket)
-            for entry in page.get("Contents", [])}
-
 
 # -- names and usage ----------------------------------------------------------------------
 
@@ -83,14 +47,14 @@ def test_invalid_bucket_names_are_one_line(cli_env: dict[str, str], work: Path,
 
 def test_version_short_flag_and_options_after_the_command(
         cli_env: dict[str, str], work: Path, bucket_name: str, s3_client: S3Client) -> None:
-    assert ok(cli_env, work, "-V").stdout.strip() == "qarnotfs 0.1.0"
+    assert ok(cli_env, work, "-V").strip() == "qarnotfs 0.1.0"
     (work / "f.txt").write_text("quiet")
-    put = ok(cli_env, work, "put", "f.txt", bucket_name, "-q")
-    assert put.stdout == "" and keys_in(s3_client, bucket_name) == {"f.txt"}
-    debug = ok(cli_env, work, "ls", bucket_name, "--debug")
+    assert ok(cli_env, work, "put", "f.txt", bucket_name, "-q") == ""
+    assert keys_in(s3_client, bucket_name) == {"f.txt"}
+    debug = qarnotfs(cli_env, work, "ls", bucket_name, "--debug")
     assert "DEBUG" in debug.stderr and debug.stdout.strip() == "f.txt"
-    quiet_log = ok(cli_env, work, "ls", bucket_name, "--log-level", "error")
-    assert quiet_log.stderr == ""
+    quiet_log = qarnotfs(cli_env, work, "ls", bucket_name, "--log-level", "error")
+    assert quiet_log.returncode == 0 and quiet_log.stderr == ""
     assert "invalid choice" in fails(cli_env, work, "ls", bucket_name, "--log-level", "loud",
                                      status=2)
 
@@ -99,13 +63,13 @@ def test_ls_human_readable_and_json(cli_env: dict[str, str], work: Path, bucket_
                                     s3_client: S3Client) -> None:
     s3_client.put_object(Bucket=bucket_name, Key="big.bin", Body=b"\0" * (3 * 1024 * 1024 // 2))
     s3_client.put_object(Bucket=bucket_name, Key="dir/small.txt", Body=b"12345")
-    lines = ok(cli_env, work, "ls", "-lh", bucket_name).stdout.splitlines()
+    lines = ok(cli_env, work, "ls", "-lh", bucket_name).splitlines()
     assert lines[0].split() == ["PRE", "dir/"]
     size, _date, _time, name = lines[1].split()
     assert (size, name) == ("1.5MiB", "big.bin")
-    assert "usage" in ok(cli_env, work, "ls", "--help").stdout
+    assert "usage" in ok(cli_env, work, "ls", "--help")
     rows = [json.loads(line) for line in
-            ok(cli_env, work, "ls", "--json", "-r", bucket_name).stdout.splitlines()]
+            ok(cli_env, work, "ls", "--json", "-r", bucket_name).splitlines()]
     assert [(r["key"], r["size"]) for r in rows] == [("big.bin", 1572864), ("dir/small.txt", 5)]
     assert all(r["type"] == "object" and r["last_modified"] and r["etag"] for r in rows)
 
@@ -116,7 +80,7 @@ def test_ls_human_readable_and_json(cli_env: dict[str, str], work: Path, bucket_
 def test_get_into_a_folder(cli_env: dict[str, str], work: Path, bucket_name: str,
                            s3_client: S3Client) -> None:
     s3_client.put_object(Bucket=bucket_name, Key="docs/readme.txt", Body=b"read me")
-    out = ok(cli_env, work, "get", f"{bucket_name}/docs/readme.txt", "new/").stdout
+    out = ok(cli_env, work, "get", f"{bucket_name}/docs/readme.txt", "new/")
     assert (work / "new" / "readme.txt").read_bytes() == b"read me"
     assert out.strip() == f"download: {bucket_name}/docs/readme.txt -> new/readme.txt"
     (work / "existing").mkdir()
@@ -145,7 +109,7 @@ def test_put_r_keeps_empty_folders_and_says_each_file(
     (work / "tree" / "empty" / "deeper").mkdir(parents=True)
     (work / "tree" / "full").mkdir()
     (work / "tree" / "full" / "f.txt").write_text("f")
-    out = ok(cli_env, work, "put", "-r", "tree", bucket_name).stdout
+    out = ok(cli_env, work, "put", "-r", "tree", bucket_name)
     assert keys_in(s3_client, bucket_name) == {"tree/full/f.txt", "tree/empty/deeper/"}
     assert f"upload: tree/full/f.txt -> {bucket_name}/tree/full/f.txt" in out
     assert f"{bucket_name}/tree/empty/deeper/" in out
@@ -174,10 +138,10 @@ def test_uploads_lists_and_aborts_unfinished_multipart_uploads(
         cli_env: dict[str, str], work: Path, bucket_name: str, s3_client: S3Client) -> None:
     started = s3_client.create_multipart_upload(Bucket=bucket_name, Key="logs/half.bin")
     upload_id = started["UploadId"]
-    listed = ok(cli_env, work, "uploads", bucket_name).stdout.splitlines()
+    listed = ok(cli_env, work, "uploads", bucket_name).splitlines()
     assert len(listed) == 1 and listed[0].endswith(f"{upload_id} logs/half.bin")
-    assert "no unfinished" in ok(cli_env, work, "uploads", f"{bucket_name}/other").stdout
-    aborted = ok(cli_env, work, "uploads", f"{bucket_name}/logs", "--abort").stdout
+    assert "no unfinished" in ok(cli_env, work, "uploads", f"{bucket_name}/other")
+    aborted = ok(cli_env, work, "uploads", f"{bucket_name}/logs", "--abort")
     assert f"abort: {bucket_name}/logs/half.bin" in aborted
     assert s3_client.list_multipart_uploads(Bucket=bucket_name).get("Uploads", []) == []
 
@@ -199,10 +163,10 @@ def test_aws_default_profile_and_its_endpoint(cli_env: dict[str, str], work: Pat
         f"aws_secret_access_key = {s3_server.secret_key}\n")
     (aws / "config").write_text(f"[default]\nendpoint_url = {s3_server.endpoint_url}\n")
     env = _without_credentials(cli_env)
-    assert bucket_name in ok(env, work, "buckets").stdout.split()
+    assert bucket_name in ok(env, work, "buckets").split()
     (aws / "config").write_text("[default]\n")
     with_variable = {**env, "AWS_ENDPOINT_URL": s3_server.endpoint_url}
-    assert bucket_name in ok(with_variable, work, "buckets").stdout.split()
+    assert bucket_name in ok(with_variable, work, "buckets").split()
 
 
 def test_wrong_secret_says_check_the_secret_key_for_every_command(
@@ -224,7 +188,8 @@ def test_config_file_readable_by_others_is_warned_about(
                     f"access_key = {s3_server.access_key}\nsecret_key = {s3_server.secret_key}\n")
     conf.chmod(0o644)
     env = _without_credentials(cli_env)
-    result = ok(env, work, "--config", str(conf), "buckets")
+    result = qarnotfs(env, work, "--config", str(conf), "buckets")
+    assert result.returncode == 0
     assert f"{conf} holds a secret and other users may read it: run chmod 600" in result.stderr
     conf.chmod(0o600)
-    assert ok(env, work, "--config", str(conf), "buckets").stderr == ""
+    assert qarnotfs(env, work, "--config", str(conf), "buckets").stderr == ""

@@ -39,9 +39,20 @@ FAIL_FAST = {"QARNOTFS_CONNECT_TIMEOUT": "1", "QARNOTFS_READ_TIMEOUT": "1",
              "QARNOTFS_RETRY_COUNT": "0"}
 
 
+def _moto_server(url: str) -> S3Server:
+    return S3Server(endpoint_url=url, access_key="testing", secret_key="testing",
+                    backend="moto")
+
+
 def _moto_env(url: str) -> dict[str, str]:
-    return storage_environment(S3Server(endpoint_url=url, access_key="testing",
-                                        secret_key="testing", backend="moto"))
+    return storage_environment(_moto_server(url))
+
+
+def _moto_bucket(url: str, name: str) -> Any:
+    """A client of the moto server at ``url``, with bucket ``name`` created."""
+    client = _moto_server(url).client()
+    client.create_bucket(Bucket=name)
+    return client
 
 
 def _write_in_subprocess(path: Path, text: str) -> subprocess.CompletedProcess[str]:
@@ -57,11 +68,7 @@ def _write_in_subprocess(path: Path, text: str) -> subprocess.CompletedProcess[s
 def test_unmount_with_a_stopped_storage_says_what_stays_staged(tmp_path: Path) -> None:
     with moto_subprocess(tmp_path) as (url, server):
         env = {**_moto_env(url), **FAIL_FAST}
-        import boto3
-
-        client = boto3.client("s3", endpoint_url=url, aws_access_key_id="testing",
-                              aws_secret_access_key="testing", region_name="us-east-1")
-        client.create_bucket(Bucket="stopped")
+        client = _moto_bucket(url, "stopped")
         mountpoint = tmp_path / "mnt"
         # A long negative cache: the name is known to be free before the storage stops, so
         # the copy is accepted and staged, and only its upload meets the stopped storage.
@@ -105,11 +112,7 @@ def test_unmount_wait_shows_progress_and_ends_safely(tmp_path: Path, how: str) -
         # 15 s more for the frozen storage: that is the wait the user ends.
         patient = {**_moto_env(url), "QARNOTFS_READ_TIMEOUT": "15",
                    "QARNOTFS_RETRY_COUNT": "0"}
-        import boto3
-
-        client = boto3.client("s3", endpoint_url=url, aws_access_key_id="testing",
-                              aws_secret_access_key="testing", region_name="us-east-1")
-        client.create_bucket(Bucket="waiting")
+        client = _moto_bucket(url, "waiting")
         mountpoint = tmp_path / "mnt"
         mount = Mount("waiting", mountpoint, patient, tmp_path / "state",
                       ["--negative-ttl", "600"]).start()

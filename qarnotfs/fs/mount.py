@@ -159,8 +159,8 @@ def check_storage(request: MountRequest) -> None:
         if request.prefix:
             _check_prefix(connection, request)
     except UnauthorizedException as error:
-        raise MountError(f"access to bucket {request.bucket!r} denied ({error}): "
-                         f"{CREDENTIALS_HINT}") from error
+        raise MountError(f"access to bucket {request.bucket!r} denied: check the credentials: "
+                         f"{CREDENTIALS_HINT.removeprefix('check ')} ({error})") from error
     except QarnotException as error:
         raise MountError(f"cannot reach the storage at {connection.storage_url}: "
                          f"{error}") from error
@@ -278,7 +278,8 @@ def serve(request: MountRequest, on_ready: Callable[[], None] | None = None) -> 
         nonlocal mounted
         mounted = True
         status.write_record(record)
-        status.remember_staging_root(str(filesystem.staging_root.parent))
+        with contextlib.suppress(OSError):  # only a convenience for ``status``
+            status.remember_staging_root(str(filesystem.staging_root.parent))
         log.info("mounted %s on %s", request.source, request.mountpoint)
         notify_systemd(f"READY=1\nMAINPID={os.getpid()}\n"
                        f"STATUS=serving {request.source} on {request.mountpoint}")
@@ -485,9 +486,14 @@ $NOTIFY_SOCKET (systemd Type=notify), READY=1 is sent once the mount is up. Stop
 
 def add_mount_commands(subparsers: Any, parents: list[Any]) -> None:
     """Register ``mount``, ``unmount`` and ``status`` on the CLI's sub-parsers."""
+    # "resolve": here --debug is the mount's own (every FUSE call, in the mount's log);
+    # before the command it also shows the command's debug output.
     parser = subparsers.add_parser(
         "mount", parents=parents, help="mount a bucket (or a folder of it) on a local folder",
-        description=MOUNT_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+        description=MOUNT_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter,
+        conflict_handler="resolve")
+    parser.add_argument("--debug", dest="mount_debug", action="store_true",
+                        help="log every FUSE call with its duration (also -o debug)")
     parser.add_argument("source", metavar="BUCKET[/PREFIX]")
     parser.add_argument("mountpoint", metavar="MOUNTPOINT")
     parser.add_argument("-f", "--foreground", action="store_true",
@@ -527,7 +533,7 @@ def add_mount_commands(subparsers: Any, parents: list[Any]) -> None:
 def _mount_command(args: argparse.Namespace) -> int:
     values, kernel_flags = parse_o_options(args.o_options)
     values.update(flag_values(args))
-    values["debug"] = bool(args.debug) or values.get("debug", False)
+    values["debug"] = bool(args.debug or args.mount_debug or values.get("debug", False))
     if args.config and "config" not in values:
         values["config"] = os.path.abspath(args.config)
     if args.log_level and "log_level" not in values:
