@@ -447,17 +447,20 @@ def _run_download_plan(ctx: Context, bucket: Bucket, plan: DownloadPlan,
 # -- the parser ---------------------------------------------------------------------------
 
 
-def _global_options(parser: argparse.ArgumentParser, default: object) -> None:
+def _global_options(parser: argparse.ArgumentParser, default: object,
+                    debug: bool = True) -> None:
     """--config, --debug, --log-level, -q: on the main parser (``default`` None/False)
-    and again on every command (``default`` SUPPRESS, so they may follow the command)."""
+    and again on every command (``default`` SUPPRESS, so they may follow the command).
+    Without ``debug`` for ``mount``, whose --debug is its own."""
 
     def given(value: object) -> object:
         return argparse.SUPPRESS if default is argparse.SUPPRESS else value
 
     parser.add_argument("--config", metavar="FILE", default=given(None),
                         help="configuration file (default: see below)")
-    parser.add_argument("--debug", action="store_true", default=given(False),
-                        help="log everything, and show tracebacks (secrets are masked)")
+    if debug:
+        parser.add_argument("--debug", action="store_true", default=given(False),
+                            help="log everything, and show tracebacks (secrets are masked)")
     parser.add_argument("--log-level", choices=logs.LEVELS, default=given(None),
                         type=str.lower, help="what is logged (default warning; --debug: "
                         "debug; --quiet: error)")
@@ -476,11 +479,13 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--version", "-V", action="version", version=f"%(prog)s {__version__}")
     common = ArgumentParser(add_help=False)
     _global_options(common, argparse.SUPPRESS)
+    for_mount = ArgumentParser(add_help=False)
+    _global_options(for_mount, argparse.SUPPRESS, debug=False)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True,
                                      parser_class=ArgumentParser)
     _add_transfer_commands(commands, [common])
     _add_bucket_commands(commands, [common])
-    add_mount_commands(commands, [common])
+    add_mount_commands(commands, [common], [for_mount])
     return parser
 
 

@@ -8,6 +8,7 @@ the mount is driven with real tools and ``qarnotfs`` subprocesses.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -95,11 +96,16 @@ def test_unmount_with_a_stopped_storage_says_what_stays_staged(tmp_path: Path) -
                 assert "/kept.txt" in listed
                 assert (f"upload with: qarnotfs mount stopped MOUNTPOINT --staging-dir "
                         f"{mount.staging_dir}") in listed
+                report = json.loads(qarnotfs("status", "--json", env=env, check=True).stdout)
+                ours = [x for x in report["not_mounted"]
+                        if x["folder"].startswith(f"{mount.staging_dir}/")]
+                assert [(x["source"], [(p["path"], p["bytes"]) for p in x["pending"]])
+                        for x in ours] == [("stopped", [("/kept.txt", len("kept data"))])]
             mount.log_file.write_text("")  # the failed uploads were logged as errors
             mount.start()  # the storage is back: the next mount uploads what stayed
             mount.stop()
             assert bucket_bytes(client, "stopped", "kept.txt") == b"kept data"
-            assert "not mounted" not in qarnotfs("status", env=env, check=True).stdout
+            assert f"{mount.staging_dir}/" not in qarnotfs("status", env=env, check=True).stdout
         finally:
             mount.cleanup()
 
@@ -132,7 +138,7 @@ def test_unmount_wait_shows_progress_and_ends_safely(tmp_path: Path, how: str) -
                                            stderr=subprocess.PIPE, text=True)
                 assert unmount.stderr is not None
                 first = unmount.stderr.readline()  # the wait shows what it waits for
-                assert first.startswith("qarnotfs: waiting ("), first
+                assert first.startswith("qarnotfs: waiting for 1 upload(s)"), first
                 assert "slow.txt" in first
                 if how == "ctrl-c":
                     unmount.send_signal(signal.SIGINT)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
+import json
 import logging
 import os
 import select
@@ -28,7 +29,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -456,18 +457,20 @@ def _how_to_upload(record: status.MountRecord) -> str:
 def _wait_for_uploads(record: status.MountRecord, timeout: float | None) -> bool:
     """Wait for the serving process to exit, showing what it still uploads; False on
     timeout."""
-    deadline = None if timeout is None else time.monotonic() + timeout
-    shown, shown_at, started = "", 0.0, time.monotonic()
-    while not status.wait_for_exit(record.pid, 0.5):
+    started = time.monotonic()
+    deadline = None if timeout is None else started + timeout
+    shown, shown_at = "", 0.0
+    while True:
         now = time.monotonic()
-        if deadline is not None and now >= deadline:
-            return False
         waiting = status.waiting_line(record.staging)
         if waiting and (waiting != shown or now - shown_at >= PROGRESS_EVERY):
-            print(f"qarnotfs: waiting ({now - started:.0f} s) for {waiting}; Ctrl-C stops "
-                  "waiting (the data stays staged)", file=sys.stderr, flush=True)
+            print(f"qarnotfs: waiting for {waiting} ({now - started:.0f} s so far); Ctrl-C "
+                  "stops waiting (the data stays staged)", file=sys.stderr, flush=True)
             shown, shown_at = waiting, now
-    return True
+        if status.wait_for_exit(record.pid, 0.5):
+            return True
+        if deadline is not None and time.monotonic() >= deadline:
+            return False
 
 
 # -- sub-commands ----------------------------------------------------------------------
@@ -484,14 +487,14 @@ $NOTIFY_SOCKET (systemd Type=notify), READY=1 is sent once the mount is up. Stop
 'qarnotfs unmount', fusermount3 -u, umount, or SIGTERM: each waits for pending uploads."""
 
 
-def add_mount_commands(subparsers: Any, parents: list[Any]) -> None:
-    """Register ``mount``, ``unmount`` and ``status`` on the CLI's sub-parsers."""
-    # "resolve": here --debug is the mount's own (every FUSE call, in the mount's log);
-    # before the command it also shows the command's debug output.
+def add_mount_commands(subparsers: Any, parents: list[Any], mount_parents: list[Any]) -> None:
+    """Register ``mount``, ``unmount`` and ``status`` on the CLI's sub-parsers; ``mount``
+    takes ``mount_parents``' global options, for its --debug is its own (every FUSE call,
+    in the mount's log; before the command --debug also shows the command's output)."""
     parser = subparsers.add_parser(
-        "mount", parents=parents, help="mount a bucket (or a folder of it) on a local folder",
-        description=MOUNT_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter,
-        conflict_handler="resolve")
+        "mount", parents=mount_parents,
+        help="mount a bucket (or a folder of it) on a local folder",
+        description=MOUNT_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--debug", dest="mount_debug", action="store_true",
                         help="log every FUSE call with its duration (also -o debug)")
     parser.add_argument("source", metavar="BUCKET[/PREFIX]")
@@ -527,6 +530,7 @@ def add_mount_commands(subparsers: Any, parents: list[Any]) -> None:
     parser.add_argument("mountpoint", metavar="MOUNTPOINT", nargs="?", default=None)
     parser.add_argument("--staging-dir", action="append", default=[], metavar="FOLDER",
                         help="also look at this staging folder (repeatable)")
+    parser.add_argument("--json", action="store_true", help="the same as one JSON object")
     parser.set_defaults(func=_status_command)
 
 
@@ -554,13 +558,24 @@ def _status_command(args: argparse.Namespace) -> int:
         records = [r for r in records if r.mountpoint == wanted]
         if not records:
             raise MountError(f"{wanted} is not a live qarnotfs mount")
+    leftovers: list[status.Leftover] = []
+    if args.mountpoint is None:
+        roots = [*args.staging_dir, *status.known_staging_roots(records, default_staging_dir())]
+        leftovers = status.leftovers(roots, {r.staging for r in records})
+    if args.json:
+        print(json.dumps({
+            "mounts": [{**asdict(r), "pending": status.pending_records(r.staging)}
+                       for r in records],
+            "not_mounted": [{"folder": str(x.folder), "source": x.source,
+                             "upload_command": x.upload_command,
+                             "pending": status.pending_records(str(x.folder))}
+                            for x in leftovers]}, indent=2))
+        return 0
     for record in records:
         print(f"{record.mountpoint}\t{record.source}\tpid {record.pid}\t"
               f"log {record.log_file or '-'}")
         for line in status.pending_lines(record.staging):
             print(f"  {line}")
-    if args.mountpoint is None:
-        roots = [*args.staging_dir, *status.known_staging_roots(records, default_staging_dir())]
-        for line in status.unmounted_lines(roots, {r.staging for r in records}):
-            print(line)
+    for leftover in leftovers:
+        print("\n".join(status.leftover_lines(leftover)))
     return 0

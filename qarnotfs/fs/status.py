@@ -241,10 +241,23 @@ def known_staging_roots(records: list[MountRecord], service_default: str | None)
     return roots
 
 
-def unmounted_lines(roots: list[str], held: set[str | None]) -> list[str]:
-    """For each staging folder under ``roots`` that no live mount serves and whose journal
-    still lists files: where it is, what it holds, and how to upload it."""
-    lines: list[str] = []
+@dataclass(frozen=True)
+class Leftover:
+    """A staging folder no live mount serves whose journal still lists files."""
+
+    root: Path
+    folder: Path
+    source: str
+
+    @property
+    def upload_command(self) -> str:
+        return f"qarnotfs mount {self.source} MOUNTPOINT --staging-dir {self.root}"
+
+
+def leftovers(roots: list[str], held: set[str | None]) -> list[Leftover]:
+    """The staging folders under ``roots`` that no live mount serves and that still hold
+    files (each root looked at once)."""
+    found: list[Leftover] = []
     seen: set[Path] = set()
     for root in roots:
         base = Path(root).resolve()
@@ -255,20 +268,25 @@ def unmounted_lines(roots: list[str], held: set[str | None]) -> list[str]:
                              if p.is_dir() and not p.name.startswith(".")):
             if str(folder) in held or os.fspath(folder.resolve()) in held:
                 continue
-            lines.extend(_unmounted_folder(base, folder))
+            entries = read_entries(folder)
+            if entries:
+                source = f"{entries[0].bucket}/{entries[0].prefix}".rstrip("/")
+                found.append(Leftover(base, folder, source))
+    return found
+
+
+def leftover_lines(leftover: Leftover) -> list[str]:
+    """Where a leftover folder is, what it holds, and how to upload it."""
+    lines = [f"{leftover.folder}\t{leftover.source}\tnot mounted",
+             f"  upload with: {leftover.upload_command} (the mount uploads them at once)"]
+    lines.extend(f"  {line}" for line in pending_lines(str(leftover.folder)))
     return lines
 
 
-def _unmounted_folder(root: Path, folder: Path) -> list[str]:
-    entries = read_entries(folder)
-    if not entries:
-        return []
-    source = f"{entries[0].bucket}/{entries[0].prefix}".rstrip("/")
-    lines = [f"{folder}\t{source}\tnot mounted",
-             f"  upload with: qarnotfs mount {source} MOUNTPOINT --staging-dir {root} "
-             "(the mount uploads them at once)"]
-    lines.extend(f"  {line}" for line in pending_lines(str(folder)))
-    return lines
+def pending_records(staging: str | None) -> list[dict[str, object]]:
+    """The pending uploads as JSON-ready objects (``status --json``)."""
+    return [{"path": path, "bytes": size, "state": state, "retries": retries,
+             "last_error": error} for path, size, state, retries, error in _pending(staging)]
 
 
 # -- who keeps a mount busy ----------------------------------------------------------------
