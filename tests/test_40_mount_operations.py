@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -255,3 +256,26 @@ def test_auto_unmount_goes_when_the_process_dies(
         assert status.wait_for_exit(mount.pid, 30)
         wait_until(lambda: not is_mounted(mount.mountpoint), 30, "fusermount3 to unmount")
         mount.pid = None
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare"),
+                    reason="needs root and unshare(1) to hide /dev/fuse")
+def test_a_fuse_failure_shows_its_cause_on_the_terminal(
+        s3_server: S3Server, bucket_name: str, tmp_path: Path) -> None:
+    env = storage_environment(s3_server)
+    mountpoint = tmp_path / "mnt"
+    mountpoint.mkdir()
+    log_file = tmp_path / "mount.log"
+    # A private mount namespace whose /dev has no fuse device (but a /dev/null).
+    script = ('mount --make-rprivate / && mount -t tmpfs none /dev && '
+              'mknod -m 666 /dev/null c 1 3 && exec "$@"')
+    result = subprocess.run(
+        ["unshare", "-m", "sh", "-c", script, "sh", *QARNOTFS, "mount", bucket_name,
+         os.fspath(mountpoint), "--log-file", os.fspath(log_file),
+         "--staging-dir", os.fspath(tmp_path / "staging")],
+        env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        f"qarnotfs: error: FUSE could not mount {mountpoint}: fuse: device not found, try "
+        f"'modprobe fuse' first; see {log_file}")
+    assert not is_mounted(mountpoint)
