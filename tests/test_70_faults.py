@@ -462,7 +462,8 @@ def test_unmount_with_uploads_failing_keeps_the_staged_copy_and_says_where(
                          "37500")
     assert outcome == "EIO"
     result = qarnotfs("unmount", proxied_mount.mountpoint, "--timeout", "60", env=s3_env)
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 1, result.stderr  # issue 14: what was not uploaded is named
+    assert "): pending could not be uploaded" in result.stderr
     assert proxied_mount.pid is not None and not status.process_alive(proxied_mount.pid)
     kept = staged_copies(proxied_mount.staging_dir)
     assert [p.read_bytes() == data for p in kept] == [True], kept
