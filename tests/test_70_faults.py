@@ -617,7 +617,9 @@ def test_mount_process_killed_keeps_unsaved_writes_in_staging(
         assert stat_mode(kept[0]) == 0o600
         assert "unsaved" not in bucket_keys(s3_client, bucket_name)
         result = qarnotfs("unmount", mount.mountpoint, env=s3_env)  # clears the dead mount
-        assert result.returncode == 0, result.stderr
+        # issue 14: and says what is not uploaded (exit 1)
+        assert result.returncode == 1, result.stderr
+        assert "had died, and 1 upload(s) (0.5 MiB): unsaved were not uploaded" in result.stderr
         assert not is_mounted(mount.mountpoint)
 
 

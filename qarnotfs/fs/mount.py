@@ -408,6 +408,7 @@ def unmount(mountpoint: str, lazy: bool = False, timeout: float | None = None) -
     if not status.is_qarnotfs_mount(path):
         raise MountError(f"{path} is not a qarnotfs mount")
     record = status.read_record(path)
+    crashed = record is not None and not status.process_alive(record.pid)
     command = ["fusermount3", "-uz" if lazy else "-u", path]
     try:
         result = subprocess.run(command, capture_output=True, text=True, check=False)
@@ -416,6 +417,13 @@ def unmount(mountpoint: str, lazy: bool = False, timeout: float | None = None) -
     if result.returncode != 0:
         raise MountError(_why_not_unmounted(path, result.stderr))
     if record is None:
+        return 0
+    if crashed:
+        left = status.pending_summary(record.staging)
+        if left:
+            raise MountError(f"{path} is unmounted; its mount process {record.pid} had died, "
+                             f"and {left} were not uploaded; they stay staged in "
+                             f"{record.staging}, and {_how_to_upload(record)}")
         return 0
     try:
         finished = _wait_for_uploads(record, timeout)
