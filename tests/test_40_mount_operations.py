@@ -57,6 +57,16 @@ def _moto_bucket(url: str, name: str) -> Any:
     return client
 
 
+def _stoppable_mount(url: str, bucket: str, env: dict[str, str],
+                     tmp_path: Path) -> tuple[Any, Mount]:
+    """A new bucket on the moto server at ``url``, mounted. A long negative cache: names
+    known to be free before the storage stops, so a copy is accepted and staged, and only
+    its upload meets the stopped storage."""
+    client = _moto_bucket(url, bucket)
+    mount = Mount(bucket, tmp_path / "mnt", env, tmp_path / "state", ["--negative-ttl", "600"])
+    return client, mount.start()
+
+
 def _write_in_subprocess(path: Path, text: str) -> subprocess.CompletedProcess[str]:
     """Write through the mount in a child (a stuck FUSE call must not stall the test)."""
     return subprocess.run(["sh", "-c", 'printf %s "$1" > "$2"', "sh", text, os.fspath(path)],
@@ -70,12 +80,8 @@ def _write_in_subprocess(path: Path, text: str) -> subprocess.CompletedProcess[s
 def test_unmount_with_a_stopped_storage_says_what_stays_staged(tmp_path: Path) -> None:
     with moto_subprocess(tmp_path) as (url, server):
         env = {**_moto_env(url), **FAIL_FAST}
-        client = _moto_bucket(url, "stopped")
-        mountpoint = tmp_path / "mnt"
-        # A long negative cache: the name is known to be free before the storage stops, so
-        # the copy is accepted and staged, and only its upload meets the stopped storage.
-        mount = Mount("stopped", mountpoint, env, tmp_path / "state",
-                      ["--negative-ttl", "600"]).start()
+        client, mount = _stoppable_mount(url, "stopped", env, tmp_path)
+        mountpoint = mount.mountpoint
         try:
             assert not (mountpoint / "kept.txt").exists()
             with frozen_server(server):
@@ -119,10 +125,8 @@ def test_unmount_wait_shows_progress_and_ends_safely(tmp_path: Path, how: str) -
         # 15 s more for the frozen storage: that is the wait the user ends.
         patient = {**_moto_env(url), "QARNOTFS_READ_TIMEOUT": "15",
                    "QARNOTFS_RETRY_COUNT": "0"}
-        client = _moto_bucket(url, "waiting")
-        mountpoint = tmp_path / "mnt"
-        mount = Mount("waiting", mountpoint, patient, tmp_path / "state",
-                      ["--negative-ttl", "600"]).start()
+        client, mount = _stoppable_mount(url, "waiting", patient, tmp_path)
+        mountpoint = mount.mountpoint
         try:
             assert not (mountpoint / "slow.txt").exists()
             with frozen_server(server):
