@@ -591,6 +591,69 @@ def _add_bucket_commands(commands: Commands[ArgumentParser],
                       "kept on disk between runs (installs Debian's Ceph packages; root)")
     demo.set_defaults(func=cmd_demo)
 
+    help_command = commands.add_parser("help", parents=parents,
+                                       help="the help of a command (qarnotfs help mount)")
+    help_command.add_argument("topic", metavar="COMMAND", nargs="?")
+    help_command.set_defaults(func=_help)
+
+    completion = commands.add_parser(
+        "completion", parents=parents, help="a shell completion script (bash or zsh)",
+        description="eval \"$(qarnotfs completion bash)\" in ~/.bashrc (zsh: "
+                    "autoload -U bashcompinit && bashcompinit first).")
+    completion.add_argument("shell", choices=("bash", "zsh"))
+    completion.set_defaults(func=_completion)
+
+
+def _help(args: argparse.Namespace) -> int:
+    """``qarnotfs help [COMMAND]``: the same as ``qarnotfs [COMMAND] --help``."""
+    parser = build_parser()
+    commands = _subcommands(parser)
+    if args.topic is None:
+        parser.print_help()
+    elif args.topic in commands:
+        commands[args.topic].print_help()
+    else:
+        raise UsageError(f"no command {args.topic!r}: one of {', '.join(sorted(commands))}")
+    return EXIT_OK
+
+
+def _completion(args: argparse.Namespace) -> int:
+    """A bash completion function (zsh loads it through bashcompinit), built from the
+    parser: the commands, then each command's options."""
+    commands = _subcommands(build_parser())
+    cases = "\n".join(
+        f"        {name}) words=\"{' '.join(_option_strings(sub))}\" ;;"
+        for name, sub in sorted(commands.items()))
+    print(f"""_qarnotfs() {{
+    local current=${{COMP_WORDS[COMP_CWORD]}} words
+    if [ "$COMP_CWORD" -eq 1 ]; then
+        words="{' '.join(sorted(commands))} --help --version --config --debug --quiet"
+    else
+        case "${{COMP_WORDS[1]}}" in
+{cases}
+        esac
+    fi
+    if [ "$COMP_CWORD" -eq 1 ] || [[ "$current" == -* ]]; then
+        COMPREPLY=($(compgen -W "$words" -- "$current"))
+    else
+        COMPREPLY=($(compgen -f -- "$current"))
+    fi
+}}
+complete -F _qarnotfs qarnotfs""")
+    return EXIT_OK
+
+
+def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    return {}
+
+
+def _option_strings(parser: argparse.ArgumentParser) -> list[str]:
+    return sorted({option for action in parser._actions for option in action.option_strings
+                   if option.startswith("--")})
+
 
 # -- entry point --------------------------------------------------------------------------
 
@@ -638,10 +701,7 @@ def _reader_went_away() -> int:
 
 
 def _subcommand_names(parser: argparse.ArgumentParser) -> set[str]:
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            return set(action.choices)
-    return set()
+    return set(_subcommands(parser))
 
 
 def run() -> NoReturn:

@@ -193,3 +193,17 @@ def test_config_file_readable_by_others_is_warned_about(
     assert f"{conf} holds a secret and other users may read it: run chmod 600" in result.stderr
     conf.chmod(0o600)
     assert qarnotfs(env, work, "--config", str(conf), "buckets").stderr == ""
+
+
+def test_help_topics_and_bash_completion(cli_env: dict[str, str], work: Path) -> None:
+    assert "LOCAL... BUCKET[/PREFIX]" in ok(cli_env, work, "help", "put")
+    assert "no command 'frob'" in fails(cli_env, work, "help", "frob", status=2)
+    script = work / "completion.bash"
+    script.write_text(ok(cli_env, work, "completion", "bash"))
+    completed = subprocess.run(
+        ["bash", "-c", f'source "{script}"; '
+         'COMP_WORDS=(qarnotfs up); COMP_CWORD=1; _qarnotfs; echo "${COMPREPLY[@]}"; '
+         'COMP_WORDS=(qarnotfs mount --stag); COMP_CWORD=2; _qarnotfs; '
+         'echo "${COMPREPLY[@]}"'],
+        capture_output=True, text=True, timeout=TIMEOUT, check=True)
+    assert completed.stdout.splitlines() == ["uploads", "--staging-dir"]
