@@ -207,3 +207,20 @@ def test_help_topics_and_bash_completion(cli_env: dict[str, str], work: Path) ->
          'echo "${COMPREPLY[@]}"'],
         capture_output=True, text=True, timeout=TIMEOUT, check=True)
     assert completed.stdout.splitlines() == ["uploads", "--staging-dir"]
+
+
+def test_log_lines_carry_their_priority_for_journald(
+        cli_env: dict[str, str], work: Path, s3_server: S3Server) -> None:
+    conf = work / "shared.conf"
+    conf.write_text(f"[storage]\nurl = {s3_server.endpoint_url}\n"
+                    f"access_key = {s3_server.access_key}\nsecret_key = {s3_server.secret_key}\n")
+    conf.chmod(0o644)
+    journal = work / "journal"
+    with open(journal, "w") as stderr:
+        info = os.fstat(stderr.fileno())
+        env = {**_without_credentials(cli_env),
+               "JOURNAL_STREAM": f"{info.st_dev}:{info.st_ino}"}
+        subprocess.run([os.fspath(SCRIPT), "--config", os.fspath(conf), "buckets"], env=env,
+                       cwd=work, stdout=subprocess.DEVNULL, stderr=stderr, timeout=TIMEOUT,
+                       check=True)
+    assert journal.read_text().startswith(f"<4>qarnotfs.config: {conf} holds a secret")
