@@ -402,13 +402,37 @@ def unmount(mountpoint: str, lazy: bool = False, timeout: float | None = None) -
     """Unmount a qarnotfs mount and wait until its process has uploaded pending data.
 
     MountError (exit 1) if files could not be uploaded (they stay staged, and are named),
-    if the wait ends (``timeout``), or if the mount is busy (its users are named).
+    if the wait ends (``timeout``; Ctrl-C: exit 130), or if the mount is busy (its users
+    are named).
     """
     path = os.path.abspath(mountpoint)
     if not status.is_qarnotfs_mount(path):
         raise MountError(f"{path} is not a qarnotfs mount")
     record = status.read_record(path)
     crashed = record is not None and not status.process_alive(record.pid)
+    _detach(path, lazy)
+    if record is None:
+        return 0
+    if not crashed:
+        try:
+            finished = _wait_for_uploads(record, timeout)
+        except KeyboardInterrupt:
+            raise MountError(f"{path} is unmounted; stopped waiting for its uploads: "
+                             f"{_still_uploading(record)}", EXIT_INTERRUPTED) from None
+        if not finished:
+            raise MountError(f"{path} is unmounted; stopped waiting for its uploads after "
+                             f"{timeout:g} s: {_still_uploading(record)}")
+    left = status.pending_summary(record.staging)
+    if left:
+        what = (f"its mount process {record.pid} had died, and {left} were not uploaded"
+                if crashed else f"{left} could not be uploaded")
+        raise MountError(f"{path} is unmounted, but {what}; they stay staged in "
+                         f"{record.staging}, and {_how_to_upload(record)}")
+    return 0
+
+
+def _detach(path: str, lazy: bool) -> None:
+    """fusermount3 -u (-uz when ``lazy``); MountError naming the users of a busy mount."""
     command = ["fusermount3", "-uz" if lazy else "-u", path]
     try:
         result = subprocess.run(command, capture_output=True, text=True, check=False)
@@ -416,28 +440,6 @@ def unmount(mountpoint: str, lazy: bool = False, timeout: float | None = None) -
         raise MountError("fusermount3 is not installed (package fuse3)") from error
     if result.returncode != 0:
         raise MountError(_why_not_unmounted(path, result.stderr))
-    if record is None:
-        return 0
-    if crashed:
-        left = status.pending_summary(record.staging)
-        if left:
-            raise MountError(f"{path} is unmounted; its mount process {record.pid} had died, "
-                             f"and {left} were not uploaded; they stay staged in "
-                             f"{record.staging}, and {_how_to_upload(record)}")
-        return 0
-    try:
-        finished = _wait_for_uploads(record, timeout)
-    except KeyboardInterrupt:
-        raise MountError(f"{path} is unmounted; stopped waiting for its uploads: "
-                         f"{_still_uploading(record)}", EXIT_INTERRUPTED) from None
-    if not finished:
-        raise MountError(f"{path} is unmounted; stopped waiting for its uploads after "
-                         f"{timeout:g} s: {_still_uploading(record)}")
-    left = status.pending_summary(record.staging)
-    if left:
-        raise MountError(f"{path} is unmounted, but {left} could not be uploaded; they "
-                         f"stay staged in {record.staging}, and {_how_to_upload(record)}")
-    return 0
 
 
 def _why_not_unmounted(path: str, stderr: str) -> str:
