@@ -3,7 +3,8 @@
 # then `qarnotfs` and `mount.fuse.qarnotfs` on the system PATH, so the README's commands,
 # `mount -t fuse.qarnotfs` and /etc/fstab lines work, and the systemd unit qarnotfs@.service.
 #   bash scripts/install.sh            # the package, FUSE 3, the demo server, the links
-#   bash scripts/install.sh --test     # plus the test and development tools
+#   bash scripts/install.sh --test     # plus the test and development tools; no links (the
+#                                      # mount tests make and remove their own; add --system)
 #   bash scripts/install.sh --no-system  # only ./.venv (no links, no unit)
 # Where the links and the unit go (defaults shown; the tests point them at a temporary folder):
 #   QARNOTFS_BIN_DIR=/usr/local/bin QARNOTFS_SBIN_DIR=/usr/sbin
@@ -13,10 +14,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 extras="demo"
-system=1
+system=""
 for argument in "$@"; do
     case "$argument" in
-        --test) extras="dev" ;;
+        --test) extras="dev"; system=${system:-0} ;;
+        --system) system=1 ;;
         --no-system) system=0 ;;
         *) echo "install.sh: unknown option $argument (see the header of $0)" >&2; exit 2 ;;
     esac
@@ -58,7 +60,7 @@ quiet_pip -e ".[${extras}]"
 .venv/bin/qarnotfs --version >/dev/null
 echo "qarnotfs installed in $(pwd)/.venv" >&2
 
-if ((system)); then
+if ((${system:-1})); then
     bin_dir=${QARNOTFS_BIN_DIR:-/usr/local/bin}
     sbin_dir=${QARNOTFS_SBIN_DIR:-/usr/sbin}
     unit_dir=${QARNOTFS_UNIT_DIR:-/etc/systemd/system}
