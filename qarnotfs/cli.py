@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import fnmatch
 import json
 import logging
 import os
@@ -297,31 +298,73 @@ def cmd_sync(ctx: Context) -> int:
     remote_source, remote_destination = source.startswith(SCHEME), destination.startswith(SCHEME)
     if remote_source == remote_destination:
         raise UsageError(f"sync needs exactly one remote side written {SCHEME}BUCKET[/PREFIX]")
-    dry_run, delete = ctx.args.dry_run, ctx.args.delete
     if remote_destination:
-        remote, local = parse_remote(destination), Path(source)
-        if not local.is_dir():
-            raise NotADirectoryError(errno.ENOTDIR, "Not a directory", source)
-        bucket = ctx.bucket(remote.bucket)
-        prefix = as_prefix(remote.path)
-        wanted = {f"{prefix}{rel}": path for rel, path in walk_files(local)}
-        existing = {info.key: info for info in bucket.iter_objects(prefix)}
-        upload_plan = plan_upload(wanted, existing, bucket.stat)
-        if not delete:
-            upload_plan.deletes = []
-        _run_upload_plan(ctx, bucket, upload_plan, dry_run)
-        return EXIT_OK
-    remote, local = parse_remote(source), Path(destination)
-    if local.exists() and not local.is_dir():
-        raise NotADirectoryError(errno.ENOTDIR, "Not a directory", destination)
+        _sync_up(ctx, Path(source), parse_remote(destination))
+    else:
+        _sync_down(ctx, parse_remote(source), Path(destination))
+    return EXIT_OK
+
+
+@dataclass
+class _Selection:
+    """What a sync looks at: ``--exclude``/``--include`` patterns (fnmatch, on the path
+    relative to the synced folder; the last that matches decides, as aws-cli does), and
+    with ``--size-only`` the pairs of equal size, left alone without reading them."""
+
+    filters: list[tuple[str, str]]
+    size_only: bool
+
+    def selected(self, relative: str) -> bool:
+        chosen = True
+        for kind, pattern in self.filters:
+            if fnmatch.fnmatchcase(relative, pattern):
+                chosen = kind == "include"
+        return chosen
+
+
+def _sync_up(ctx: Context, local: Path, remote: Remote) -> None:
+    if not local.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, "Not a directory", os.fspath(local))
+    selection = _Selection(ctx.args.filters, ctx.args.size_only)
     bucket = ctx.bucket(remote.bucket)
     prefix = as_prefix(remote.path)
-    existing = {info.key: info for info in bucket.iter_objects(prefix)}
-    download_plan = plan_download(existing, prefix, local, bucket.stat, delete)
-    if not dry_run:
+    wanted = {f"{prefix}{rel}": path for rel, path in walk_files(local)
+              if selection.selected(rel)}
+    existing = {info.key: info for info in bucket.iter_objects(prefix)
+                if selection.selected(info.key[len(prefix):])}
+    same_size = {key for key, path in wanted.items() if selection.size_only
+                 and key in existing and existing[key].size == path.stat().st_size}
+    plan = plan_upload({k: p for k, p in wanted.items() if k not in same_size},
+                       {k: i for k, i in existing.items() if k not in same_size}, bucket.stat)
+    plan.unchanged.extend(sorted(same_size))
+    if not ctx.args.delete:
+        plan.deletes = []
+    _run_upload_plan(ctx, bucket, plan, ctx.args.dry_run)
+
+
+def _sync_down(ctx: Context, remote: Remote, local: Path) -> None:
+    if local.exists() and not local.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, "Not a directory", os.fspath(local))
+    selection = _Selection(ctx.args.filters, ctx.args.size_only)
+    bucket = ctx.bucket(remote.bucket)
+    prefix = as_prefix(remote.path)
+    existing = {info.key: info for info in bucket.iter_objects(prefix)
+                if selection.selected(info.key[len(prefix):])}
+    kept: set[Path] = set()
+    for key, info in list(existing.items()):
+        target = local_path_for_key(local, key[len(prefix):])
+        if selection.size_only and target is not None and target.is_file() \
+                and target.stat().st_size == info.size:
+            kept.add(target)
+            del existing[key]
+    plan = plan_download(existing, prefix, local, bucket.stat, ctx.args.delete)
+    root = Path(os.path.abspath(local))
+    plan.deletes = [path for path in plan.deletes if path not in kept
+                    and selection.selected(path.relative_to(root).as_posix())]
+    plan.unchanged.extend(sorted(kept))
+    if not ctx.args.dry_run:
         local.mkdir(parents=True, exist_ok=True)
-    _run_download_plan(ctx, bucket, download_plan, dry_run)
-    return EXIT_OK
+    _run_download_plan(ctx, bucket, plan, ctx.args.dry_run)
 
 
 @command
@@ -543,6 +586,15 @@ def _add_transfer_commands(commands: Commands[ArgumentParser],
                       help="also delete what the destination has and the source lacks")
     sync.add_argument("--dry-run", "-n", action="store_true",
                       help="print what would be done, change nothing")
+    sync.add_argument("--size-only", action="store_true",
+                      help="files of equal size are the same (nothing is read or hashed)")
+    sync.add_argument("--exclude", dest="filters", action="append", default=[],
+                      metavar="PATTERN", type=lambda pattern: ("exclude", pattern),
+                      help="leave out paths matching PATTERN (fnmatch, relative to the "
+                           "synced folder; repeatable; the last matching filter decides)")
+    sync.add_argument("--include", dest="filters", action="append", metavar="PATTERN",
+                      type=lambda pattern: ("include", pattern),
+                      help="take back paths matching PATTERN after an --exclude")
     sync.set_defaults(func=cmd_sync)
 
 

@@ -224,3 +224,34 @@ def test_log_lines_carry_their_priority_for_journald(
                        cwd=work, stdout=subprocess.DEVNULL, stderr=stderr, timeout=TIMEOUT,
                        check=True)
     assert journal.read_text().startswith(f"<4>qarnotfs.config: {conf} holds a secret")
+
+
+def test_sync_filters_and_size_only(cli_env: dict[str, str], work: Path, bucket_name: str,
+                                    s3_client: S3Client) -> None:
+    tree = work / "tree"
+    (tree / "sub").mkdir(parents=True)
+    for name, text in {"a.txt": "aaaa", "junk.tmp": "j", "keep.tmp": "k",
+                       "sub/b.txt": "bb"}.items():
+        (tree / name).write_text(text)
+    s3_client.put_object(Bucket=bucket_name, Key="p/old.tmp", Body=b"excluded: kept")
+    remote = f"qarnot://{bucket_name}/p"
+    out = ok(cli_env, work, "sync", "tree", remote, "--delete", "--exclude", "*.tmp",
+             "--include", "keep.tmp")
+    assert keys_in(s3_client, bucket_name) == {"p/a.txt", "p/keep.tmp", "p/sub/b.txt",
+                                               "p/old.tmp"}
+    assert "junk.tmp" not in out and "old.tmp" not in out
+    (tree / "a.txt").write_text("AAAA")  # same size, other content
+    assert ok(cli_env, work, "sync", "tree", remote, "--size-only", "--exclude", "*.tmp") == ""
+    assert s3_client.get_object(Bucket=bucket_name, Key="p/a.txt")["Body"].read() == b"aaaa"
+    assert "upload: tree/a.txt" in ok(cli_env, work, "sync", "tree", remote,
+                                      "--exclude", "*.tmp")
+
+    down = work / "down"
+    down.mkdir()
+    (down / "local-only.tmp").write_text("stays: excluded")
+    (down / "a.txt").write_text("zzzz")  # same size as the object
+    out = ok(cli_env, work, "sync", remote, "down", "--delete", "--size-only",
+             "--exclude", "*.tmp")
+    assert (down / "a.txt").read_text() == "zzzz" and (down / "sub" / "b.txt").exists()
+    assert (down / "local-only.tmp").exists() and not (down / "keep.tmp").exists()
+    assert "delete" not in out
