@@ -1,47 +1,57 @@
 """The ``qarnotfs`` command line: bucket commands, the demo, and the mount commands' entry.
 
 Owns: argument parsing (one subparser per command, each with ``set_defaults(func=...)``
-returning an exit status), the syntax of remote paths, how each command drives the
-:class:`~qarnotfs.bucket.Bucket` API, what is printed, and :func:`exit_status`, the one
-place that turns an exception into an exit status and one ``qarnotfs: error: ...`` line.
+returning an exit status; the global options accepted before or after the command), how
+each command drives the :class:`~qarnotfs.bucket.Bucket` API and the transfers
+(:mod:`qarnotfs.transfers`), and what is printed. Every error ends through
+:func:`qarnotfs.outcome.report` (one ``qarnotfs: error: ...`` line and its exit status);
+a reader that goes away (``| head``) ends the command quietly.
 
-Remote paths are ``BUCKET[/PREFIX]``; ``qarnot://BUCKET[/PREFIX]`` means the same and is
-required by ``sync``, whose two sides can each be local or remote.
+Remote paths (:mod:`qarnotfs.remotes`) are ``BUCKET[/PREFIX]``; ``qarnot://BUCKET[/PREFIX]``
+means the same and is required by ``sync``, whose two sides can each be local or remote.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
+import fnmatch
+import json
 import logging
 import os
 import sys
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NoReturn, TypeVar
+from typing import NoReturn
 
 from . import __version__, logs
 from .bucket import Bucket
 from .connection import Connection
-from .exceptions import (
-    ConfigurationException,
-    MissingObjectException,
-    QarnotException,
-)
+from .exceptions import MissingObjectException, QarnotException
+from .fs import mounthelper
+from .fs.mount import add_mount_commands
 from .objects import ObjectInfo
+from .outcome import (
+    EXIT_BROKEN_PIPE,
+    EXIT_FAILURE,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USAGE,
+    UsageError,
+    describe,
+    exit_status,
+    report,
+)
 from .paths import as_prefix, local_path_for_key, walk_files
-from .progress import ProgressArg
+from .remotes import SCHEME, Remote, parse_remote
 from .sync import DownloadPlan, SyncPlan, plan_download, plan_upload
+from .transfers import Interrupted, Job, Transfers
+
+__all__ = ["EXIT_FAILURE", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_USAGE", "Remote",
+           "UsageError", "build_parser", "describe", "exit_status", "main", "parse_remote"]
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
-
-SCHEME = "qarnot://"
-EXIT_OK = 0
-EXIT_FAILURE = 1
-EXIT_USAGE = 2
-EXIT_INTERRUPTED = 130
 
 EPILOG = f"""\
 remote paths:
@@ -49,16 +59,15 @@ remote paths:
   A prefix names a folder at a '/' boundary: 'demo/pre' never includes 'demo/pre2/'.
 
 credentials (never on the command line):
-  QARNOT_CLIENT_TOKEN (Qarnot mode), or QARNOT_STORAGE_URL with AWS_ACCESS_KEY_ID and
-  AWS_SECRET_ACCESS_KEY (any S3 endpoint), or a configuration file (--config, or
-  $QARNOTFS_CONFIG, ~/.config/qarnotfs/qarnotfs.conf, ~/.qarnot/qarnot.conf).
+  QARNOT_CLIENT_TOKEN (Qarnot mode), or QARNOT_STORAGE_URL (or AWS_ENDPOINT_URL) with
+  AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (any S3 endpoint), or AWS_PROFILE / the
+  default profile of ~/.aws/credentials (with the profile's endpoint_url), or a
+  configuration file (--config, or $QARNOTFS_CONFIG, ~/.config/qarnotfs/qarnotfs.conf,
+  ~/.qarnot/qarnot.conf).
 
+global options (--config, --debug, --log-level, -q) may also follow the command.
 exit status: 0 success, 1 runtime error, 2 usage error, 130 interrupted.
 """
-
-
-class UsageError(Exception):
-    """The command line is wrong: exit status 2."""
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -66,60 +75,6 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         raise UsageError(f"{message} (see '{self.prog} --help')")
-
-
-# -- errors and exit statuses, in one place ------------------------------------------------
-
-
-def exit_status(error: BaseException) -> int:
-    """The exit status for an exception that ended a command."""
-    if isinstance(error, UsageError):
-        return EXIT_USAGE
-    if isinstance(error, KeyboardInterrupt):
-        return EXIT_INTERRUPTED
-    return EXIT_FAILURE
-
-
-def describe(error: BaseException) -> str:
-    """The one line shown for an error (secrets masked)."""
-    if isinstance(error, KeyboardInterrupt):
-        return "interrupted"
-    if isinstance(error, ConfigurationException):
-        text = f"configuration: {error}"
-    elif isinstance(error, OSError) and error.filename is not None and error.strerror:
-        text = f"{error.filename}: {error.strerror}"
-    elif isinstance(error, _EXPECTED):
-        text = str(error) or type(error).__name__
-    else:
-        text = (f"unexpected {type(error).__name__}: {error} (run with --debug for the "
-                "traceback)")
-    return logs.redact(" ".join(text.split()))
-
-
-_EXPECTED = (QarnotException, OSError, ValueError, UsageError)
-
-
-# -- remote paths -------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Remote:
-    """A bucket and a key or prefix in it ('' for the whole bucket)."""
-
-    bucket: str
-    path: str = ""
-
-    def __str__(self) -> str:
-        return f"{self.bucket}/{self.path}" if self.path else self.bucket
-
-
-def parse_remote(text: str) -> Remote:
-    """``BUCKET[/PREFIX]`` or ``qarnot://BUCKET[/PREFIX]`` -> Remote."""
-    body = text[len(SCHEME):] if text.startswith(SCHEME) else text
-    bucket, _, path = body.partition("/")
-    if not bucket:
-        raise UsageError(f"{text!r} is not a remote path: expected BUCKET[/PREFIX]")
-    return Remote(bucket, path.lstrip("/"))
 
 
 # -- commands -----------------------------------------------------------------------------
@@ -145,13 +100,16 @@ class Context:
         return self.connection.retrieve_bucket(name)
 
     @property
-    def progress(self) -> ProgressArg:
-        return True if not self.args.quiet and sys.stderr.isatty() else None
+    def show_bar(self) -> bool:
+        return not self.args.quiet and sys.stderr.isatty()
 
     def say(self, line: str) -> None:
         """An informational line on stdout, unless --quiet."""
         if not self.args.quiet:
             print(line, flush=True)
+
+    def transfers(self, bucket: Bucket) -> Transfers:
+        return Transfers(bucket, self.show_bar, self.say)
 
     def close(self) -> None:
         if self._connection is not None:
@@ -184,36 +142,64 @@ def cmd_buckets(ctx: Context) -> int:
 def cmd_ls(ctx: Context) -> int:
     remote = parse_remote(ctx.args.remote)
     bucket = ctx.bucket(remote.bucket)
+    lister = _Lister(ctx.args.long, ctx.args.human_readable, ctx.args.json)
     if ctx.args.recursive:
-        found = _print_objects(ctx, bucket.iter_objects(as_prefix(remote.path)), "")
+        lister.objects(bucket.iter_objects(as_prefix(remote.path)), "")
     else:
         folder = as_prefix(remote.path)
         listing = bucket.list_folder(folder)
         for prefix in sorted(listing.prefixes):
-            name = prefix[len(folder):]
-            print(f"{'PRE':>31} {name}" if ctx.args.long else name)
-        found = bool(listing.prefixes)
-        found |= _print_objects(ctx, listing.objects, folder)
-    if not found and remote.path and not remote.path.endswith("/"):
+            lister.folder(prefix, prefix[len(folder):])
+        lister.objects(listing.objects, folder)
+    if not lister.found and remote.path and not remote.path.endswith("/"):
         info = bucket.stat(remote.path)
         if info is not None:
-            found = _print_objects(ctx, [info], "")
-    if not found and remote.path:
+            lister.objects([info], "")
+    if not lister.found and remote.path:
         raise MissingObjectException(f"{remote}: no such object or folder")
     return EXIT_OK
 
 
-def _print_objects(ctx: Context, objects: Iterable[ObjectInfo], strip: str) -> bool:
-    found = False
-    for info in objects:
-        found = True
-        name = info.key[len(strip):] or info.key
-        if ctx.args.long:
-            date = info.last_modified.strftime("%Y-%m-%d %H:%M:%S")
-            print(f"{info.size:>12} {date} {name}")
+@dataclass
+class _Lister:
+    """Prints what ``ls`` finds: names, a long form, sizes for people, or JSON lines."""
+
+    long: bool
+    human: bool
+    as_json: bool
+    found: bool = False
+
+    def folder(self, key: str, name: str) -> None:
+        self.found = True
+        if self.as_json:
+            print(json.dumps({"key": key, "type": "folder"}))
         else:
-            print(name)
-    return found
+            print(f"{'PRE':>31} {name}" if self.long or self.human else name)
+
+    def objects(self, objects: Iterable[ObjectInfo], strip: str) -> None:
+        for info in objects:
+            self.found = True
+            name = info.key[len(strip):] or info.key
+            if self.as_json:
+                print(json.dumps({"key": info.key, "type": "object", "size": info.size,
+                                  "last_modified": info.last_modified.isoformat(),
+                                  "etag": info.etag}))
+            elif self.long or self.human:
+                size = human_size(info.size) if self.human else str(info.size)
+                date = info.last_modified.strftime("%Y-%m-%d %H:%M:%S")
+                print(f"{size:>12} {date} {name}")
+            else:
+                print(name)
+
+
+def human_size(size: int) -> str:
+    """Bytes in binary units, as ``ls -lh`` shows them: 512B, 1.5KiB, 20MiB."""
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.0f}{unit}" if unit == "B" or value >= 10 else f"{value:.1f}{unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
 
 
 @command
@@ -225,9 +211,14 @@ def cmd_get(ctx: Context) -> int:
         raise UsageError("get -r needs a local folder: get -r BUCKET[/PREFIX] DIR")
     bucket = ctx.bucket(remote.bucket)
     if not ctx.args.recursive:
-        local = ctx.args.local or "."
-        written = bucket.get_file(remote.path, local, progress=ctx.progress)
-        ctx.say(f"download: {remote} -> {written}")
+        info = bucket.stat(remote.path)
+        if info is None or remote.path.endswith("/"):
+            if bucket.has_objects_under(as_prefix(remote.path)):
+                raise UsageError(f"{remote} is a folder: use get -r {remote} DIR")
+            raise MissingObjectException(f"{remote}: no such file")
+        into = _download_target(remote.path, ctx.args.local)
+        ctx.transfers(bucket).download(
+            [Job(remote.path, into, info.size, f"download: {remote} -> {_shown(into)}")])
         return EXIT_OK
     prefix = as_prefix(remote.path)
     root = Path(ctx.args.local)
@@ -248,6 +239,17 @@ def cmd_get(ctx: Context) -> int:
     return EXIT_OK
 
 
+def _download_target(key: str, local: str | None) -> Path:
+    """Where ``get`` writes one object: into a folder if LOCAL is one or ends with '/'
+    (as cp and aws do), else LOCAL itself; without LOCAL, the key's base name here."""
+    name = os.path.basename(key)
+    if local is None:
+        return Path(name)
+    if local.endswith("/") or os.path.isdir(local):
+        return Path(local) / name
+    return Path(local)
+
+
 @command
 def cmd_put(ctx: Context) -> int:
     *sources, destination = ctx.args.paths
@@ -258,23 +260,36 @@ def cmd_put(ctx: Context) -> int:
         if os.path.isdir(source) and not ctx.args.recursive:
             raise UsageError(f"{source} is a folder: use put -r")
         if not os.path.exists(source):
-            raise FileNotFoundError(2, "No such file or directory", source)
+            raise FileNotFoundError(errno.ENOENT, "No such file or directory", source)
     bucket = ctx.bucket(remote.bucket)
     into_folder = (len(sources) > 1 or not remote.path or remote.path.endswith("/")
                    or any(os.path.isdir(s) for s in sources)
                    or bucket.has_objects_under(as_prefix(remote.path)))
     uploads: dict[str, Path] = {}
+    markers: list[str] = []
     for source in sources:
         path = Path(source)
         if path.is_dir():
             base = f"{as_prefix(remote.path)}{path.resolve().name}/"
             uploads.update({f"{base}{rel}": p for rel, p in walk_files(path)})
+            markers.extend(f"{base}{rel}" for rel in empty_folders(path))
         else:
             key = f"{as_prefix(remote.path)}{path.name}" if into_folder else remote.path
             uploads[key] = path
-    plan = SyncPlan(uploads=sorted(uploads.items()))
-    _run_upload_plan(ctx, bucket, plan)
+    _run_upload_plan(ctx, bucket, SyncPlan(uploads=sorted(uploads.items())))
+    for key in markers:  # empty folders: a zero-byte "name/" object, as the mount makes
+        bucket.put(key, b"")
+        ctx.say(f"upload: (empty folder) -> {bucket.uuid}/{key}")
     return EXIT_OK
+
+
+def empty_folders(root: Path) -> list[str]:
+    """The relative paths ("a/b/") of the folders under ``root`` holding nothing."""
+    found = []
+    for folder, dirs, names in os.walk(root, followlinks=False):
+        if not dirs and not names and Path(folder) != root:
+            found.append(f"{Path(folder).relative_to(root).as_posix()}/")
+    return sorted(found)
 
 
 @command
@@ -283,31 +298,73 @@ def cmd_sync(ctx: Context) -> int:
     remote_source, remote_destination = source.startswith(SCHEME), destination.startswith(SCHEME)
     if remote_source == remote_destination:
         raise UsageError(f"sync needs exactly one remote side written {SCHEME}BUCKET[/PREFIX]")
-    dry_run, delete = ctx.args.dry_run, ctx.args.delete
     if remote_destination:
-        remote, local = parse_remote(destination), Path(source)
-        if not local.is_dir():
-            raise NotADirectoryError(20, "Not a directory", source)
-        bucket = ctx.bucket(remote.bucket)
-        prefix = as_prefix(remote.path)
-        wanted = {f"{prefix}{rel}": path for rel, path in walk_files(local)}
-        existing = {info.key: info for info in bucket.iter_objects(prefix)}
-        upload_plan = plan_upload(wanted, existing, bucket.stat)
-        if not delete:
-            upload_plan.deletes = []
-        _run_upload_plan(ctx, bucket, upload_plan, dry_run)
-        return EXIT_OK
-    remote, local = parse_remote(source), Path(destination)
-    if local.exists() and not local.is_dir():
-        raise NotADirectoryError(20, "Not a directory", destination)
+        _sync_up(ctx, Path(source), parse_remote(destination))
+    else:
+        _sync_down(ctx, parse_remote(source), Path(destination))
+    return EXIT_OK
+
+
+@dataclass
+class _Selection:
+    """What a sync looks at: ``--exclude``/``--include`` patterns (fnmatch, on the path
+    relative to the synced folder; the last that matches decides, as aws-cli does), and
+    with ``--size-only`` the pairs of equal size, left alone without reading them."""
+
+    filters: list[tuple[str, str]]
+    size_only: bool
+
+    def selected(self, relative: str) -> bool:
+        chosen = True
+        for kind, pattern in self.filters:
+            if fnmatch.fnmatchcase(relative, pattern):
+                chosen = kind == "include"
+        return chosen
+
+
+def _sync_up(ctx: Context, local: Path, remote: Remote) -> None:
+    if not local.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, "Not a directory", os.fspath(local))
+    selection = _Selection(ctx.args.filters, ctx.args.size_only)
     bucket = ctx.bucket(remote.bucket)
     prefix = as_prefix(remote.path)
-    existing = {info.key: info for info in bucket.iter_objects(prefix)}
-    download_plan = plan_download(existing, prefix, local, bucket.stat, delete)
-    if not dry_run:
+    wanted = {f"{prefix}{rel}": path for rel, path in walk_files(local)
+              if selection.selected(rel)}
+    existing = {info.key: info for info in bucket.iter_objects(prefix)
+                if selection.selected(info.key[len(prefix):])}
+    same_size = {key for key, path in wanted.items() if selection.size_only
+                 and key in existing and existing[key].size == path.stat().st_size}
+    plan = plan_upload({k: p for k, p in wanted.items() if k not in same_size},
+                       {k: i for k, i in existing.items() if k not in same_size}, bucket.stat)
+    plan.unchanged.extend(sorted(same_size))
+    if not ctx.args.delete:
+        plan.deletes = []
+    _run_upload_plan(ctx, bucket, plan, ctx.args.dry_run)
+
+
+def _sync_down(ctx: Context, remote: Remote, local: Path) -> None:
+    if local.exists() and not local.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, "Not a directory", os.fspath(local))
+    selection = _Selection(ctx.args.filters, ctx.args.size_only)
+    bucket = ctx.bucket(remote.bucket)
+    prefix = as_prefix(remote.path)
+    existing = {info.key: info for info in bucket.iter_objects(prefix)
+                if selection.selected(info.key[len(prefix):])}
+    kept: set[Path] = set()
+    for key, info in list(existing.items()):
+        target = local_path_for_key(local, key[len(prefix):])
+        if selection.size_only and target is not None and target.is_file() \
+                and target.stat().st_size == info.size:
+            kept.add(target)
+            del existing[key]
+    plan = plan_download(existing, prefix, local, bucket.stat, ctx.args.delete)
+    root = Path(os.path.abspath(local))
+    plan.deletes = [path for path in plan.deletes if path not in kept
+                    and selection.selected(path.relative_to(root).as_posix())]
+    plan.unchanged.extend(sorted(kept))
+    if not ctx.args.dry_run:
         local.mkdir(parents=True, exist_ok=True)
-    _run_download_plan(ctx, bucket, download_plan, dry_run)
-    return EXIT_OK
+    _run_download_plan(ctx, bucket, plan, ctx.args.dry_run)
 
 
 @command
@@ -324,10 +381,13 @@ def cmd_rm(ctx: Context) -> int:
             if not found:
                 raise MissingObjectException(f"{remote}: no objects under this prefix")
             keys.extend(found)
-        elif bucket.stat(remote.path) is None:
-            raise MissingObjectException(f"{remote}: no such object (nothing was deleted)")
-        else:
+        elif bucket.stat(remote.path) is not None:
             keys.append(remote.path)
+        elif bucket.has_objects_under(as_prefix(remote.path)):
+            raise UsageError(f"{remote} is a folder: use rm -r to delete it and everything "
+                             "in it (nothing was deleted)")
+        else:
+            raise MissingObjectException(f"{remote}: no such object (nothing was deleted)")
     for name, keys in keys_by_bucket.items():
         ctx.bucket(name).delete_many(keys)
         for key in keys:
@@ -356,6 +416,26 @@ def cmd_rb(ctx: Context) -> int:
 
 
 @command
+def cmd_uploads(ctx: Context) -> int:
+    """List (or with --abort, abort) the unfinished multipart uploads under a prefix."""
+    from datetime import datetime, timezone
+
+    remote = parse_remote(ctx.args.remote)
+    bucket = ctx.bucket(remote.bucket)
+    found = bucket.list_multipart_uploads(remote.path)
+    for key, upload_id, initiated in found:
+        when = datetime.fromtimestamp(initiated, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+        if ctx.args.abort:
+            bucket.abort_multipart(key, upload_id)
+            ctx.say(f"abort: {remote.bucket}/{key} (upload {upload_id}, started {when} UTC)")
+        else:
+            print(f"{when} {upload_id} {key}")
+    if not found:
+        ctx.say(f"no unfinished multipart uploads in {remote}")
+    return EXIT_OK
+
+
+@command
 def cmd_demo(ctx: Context) -> int:
     from .demo import run_demo
 
@@ -373,12 +453,21 @@ def _shown(path: Path) -> str:
 
 def _run_upload_plan(ctx: Context, bucket: Bucket, plan: SyncPlan,
                      dry_run: bool = False) -> None:
-    """Carry out (or with ``dry_run`` only print) an upload plan, printing each action."""
+    """Carry out (or with ``dry_run`` only print) an upload plan: copies, then uploads (a
+    line as each completes; Ctrl-C stops them), then deletes."""
     if dry_run:
         for line in plan.describe(bucket.uuid, _shown):
             ctx.say(f"(dry run) {line}")
-    else:
-        bucket.apply(plan, ctx.progress, ctx.say)
+        return
+    for source, destination in plan.copies:
+        bucket.copy(source, destination)
+        ctx.say(f"copy: {bucket.uuid}/{source} -> {bucket.uuid}/{destination}")
+    ctx.transfers(bucket).upload([
+        Job(key, path, path.stat().st_size, f"upload: {_shown(path)} -> {bucket.uuid}/{key}")
+        for key, path in plan.uploads])
+    bucket.delete_many(plan.deletes)
+    for key in plan.deletes:
+        ctx.say(f"delete: {bucket.uuid}/{key}")
 
 
 def _run_download_plan(ctx: Context, bucket: Bucket, plan: DownloadPlan,
@@ -386,26 +475,40 @@ def _run_download_plan(ctx: Context, bucket: Bucket, plan: DownloadPlan,
     """Carry out (or with ``dry_run`` only print) a download plan, printing each action."""
     for key in plan.skipped:
         log.warning("skipping key %r: it would be written outside the target folder", key)
-    if not dry_run:
-        _in_parallel(ctx, lambda item: bucket.download(item[0].key, item[1], ctx.progress,
-                                                       size=item[0].size), plan.downloads)
-        for path in plan.deletes:
-            path.unlink()
-    mark = "(dry run) " if dry_run else ""
-    for line in plan.describe(bucket.uuid, _shown):
-        ctx.say(f"{mark}{line}")
-
-
-def _in_parallel(ctx: Context, work: Callable[[T], object], items: Sequence[T]) -> None:
-    """Run ``work`` on the items in threads (errors propagate once all have been tried)."""
-    if not items:
+    if dry_run:
+        for line in plan.describe(bucket.uuid, _shown):
+            ctx.say(f"(dry run) {line}")
         return
-    workers = max(1, min(len(items), ctx.connection.max_concurrency))
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        list(pool.map(work, items))
+    ctx.transfers(bucket).download([
+        Job(info.key, path, info.size, f"download: {bucket.uuid}/{info.key} -> {_shown(path)}")
+        for info, path in plan.downloads])
+    for path in plan.deletes:
+        path.unlink()
+        ctx.say(f"delete: {_shown(path)}")
 
 
 # -- the parser ---------------------------------------------------------------------------
+
+
+def _global_options(parser: argparse.ArgumentParser, default: object,
+                    debug: bool = True) -> None:
+    """--config, --debug, --log-level, -q: on the main parser (``default`` None/False)
+    and again on every command (``default`` SUPPRESS, so they may follow the command).
+    Without ``debug`` for ``mount``, whose --debug is its own."""
+
+    def given(value: object) -> object:
+        return argparse.SUPPRESS if default is argparse.SUPPRESS else value
+
+    parser.add_argument("--config", metavar="FILE", default=given(None),
+                        help="configuration file (default: see below)")
+    if debug:
+        parser.add_argument("--debug", action="store_true", default=given(False),
+                            help="log everything, and show tracebacks (secrets are masked)")
+    parser.add_argument("--log-level", choices=logs.LEVELS, default=given(None),
+                        type=str.lower, help="what is logged (default warning; --debug: "
+                        "debug; --quiet: error)")
+    parser.add_argument("--quiet", "-q", action="store_true", default=given(False),
+                        help="print only results and errors; no progress bars")
 
 
 def build_parser() -> ArgumentParser:
@@ -415,54 +518,66 @@ def build_parser() -> ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--config", metavar="FILE",
-                        help="configuration file (default: see below)")
-    parser.add_argument("--debug", action="store_true",
-                        help="log everything, and show tracebacks (secrets are masked)")
-    parser.add_argument("--quiet", "-q", action="store_true",
-                        help="print only results and errors; no progress bars")
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    _add_transfer_commands(commands)
-    _add_bucket_commands(commands)
-    _add_mount_commands(commands)
+    _global_options(parser, None)
+    parser.add_argument("--version", "-V", action="version", version=f"%(prog)s {__version__}")
+    common = ArgumentParser(add_help=False)
+    _global_options(common, argparse.SUPPRESS)
+    for_mount = ArgumentParser(add_help=False)
+    _global_options(for_mount, argparse.SUPPRESS, debug=False)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True,
+                                     parser_class=ArgumentParser)
+    _add_transfer_commands(commands, [common])
+    _add_bucket_commands(commands, [common])
+    add_mount_commands(commands, [common], [for_mount])
     return parser
 
 
 Commands = argparse._SubParsersAction  # argparse's type for the sub-command table
 
 
-def _add_transfer_commands(commands: Commands[ArgumentParser]) -> None:
+def _add_transfer_commands(commands: Commands[ArgumentParser],
+                           parents: list[ArgumentParser]) -> None:
     """buckets, ls, get, put, sync: listing and moving objects."""
-    commands.add_parser("buckets", help="list the buckets").set_defaults(func=cmd_buckets)
+    commands.add_parser("buckets", parents=parents,
+                        help="list the buckets").set_defaults(func=cmd_buckets)
 
-    ls = commands.add_parser("ls", help="list a bucket or a folder in it")
+    # -h is --human-readable here, as for ls(1): only --help prints the help.
+    ls = commands.add_parser("ls", parents=parents, add_help=False,
+                             help="list a bucket or a folder in it")
+    ls.add_argument("--help", action="help", help="show this help message and exit")
     ls.add_argument("remote", metavar="BUCKET[/PREFIX]")
     ls.add_argument("-l", "--long", action="store_true", help="show size and date")
+    ls.add_argument("-h", "--human-readable", action="store_true",
+                    help="like -l, with sizes in KiB, MiB, GiB")
     ls.add_argument("-r", "--recursive", action="store_true",
                     help="every object under the prefix, with full keys")
+    ls.add_argument("--json", action="store_true",
+                    help="one JSON object per line: key, type, size, last_modified, etag")
     ls.set_defaults(func=cmd_ls)
 
-    get = commands.add_parser("get", help="download an object, or a folder with -r",
+    get = commands.add_parser("get", parents=parents,
+                              help="download an object, or a folder with -r",
                               description="get BUCKET/KEY [LOCAL]  |  get -r BUCKET[/PREFIX] DIR")
     get.add_argument("remote", metavar="BUCKET/KEY")
     get.add_argument("local", metavar="LOCAL", nargs="?",
-                     help="file or existing folder (default: the current folder)")
+                     help="file, or folder if it exists or ends with '/' (default: the "
+                          "current folder)")
     get.add_argument("-r", "--recursive", action="store_true",
                      help="download every object under the prefix into DIR")
     get.set_defaults(func=cmd_get)
 
     put = commands.add_parser(
-        "put", help="upload files (and folders with -r)",
+        "put", parents=parents, help="upload files (and folders with -r)",
         description="put LOCAL... BUCKET[/PREFIX]: files go into the prefix as a folder "
                     "(a single file to a new key is stored under that key); a folder "
-                    "DIR goes to PREFIX/DIR/...")
+                    "DIR goes to PREFIX/DIR/... (empty folders too). Ctrl-C stops at once: "
+                    "completed files stay, nothing partial is left.")
     put.add_argument("paths", metavar="LOCAL... BUCKET[/PREFIX]", nargs="+")
     put.add_argument("-r", "--recursive", action="store_true", help="upload folders")
     put.set_defaults(func=cmd_put)
 
     sync = commands.add_parser(
-        "sync", help="make a folder and a bucket prefix hold the same files",
+        "sync", parents=parents, help="make a folder and a bucket prefix hold the same files",
         description=f"sync SRC DST: exactly one side is {SCHEME}BUCKET[/PREFIX]. Files "
                     "are compared by name, size and content; only differing ones move.")
     sync.add_argument("source", metavar="SRC")
@@ -471,30 +586,53 @@ def _add_transfer_commands(commands: Commands[ArgumentParser]) -> None:
                       help="also delete what the destination has and the source lacks")
     sync.add_argument("--dry-run", "-n", action="store_true",
                       help="print what would be done, change nothing")
+    sync.add_argument("--size-only", action="store_true",
+                      help="files of equal size are the same (nothing is read or hashed)")
+    sync.add_argument("--exclude", dest="filters", action="append", default=[],
+                      metavar="PATTERN", type=lambda pattern: ("exclude", pattern),
+                      help="leave out paths matching PATTERN (fnmatch, relative to the "
+                           "synced folder; repeatable; the last matching filter decides)")
+    sync.add_argument("--include", dest="filters", action="append", metavar="PATTERN",
+                      type=lambda pattern: ("include", pattern),
+                      help="take back paths matching PATTERN after an --exclude")
     sync.set_defaults(func=cmd_sync)
 
 
-def _add_bucket_commands(commands: Commands[ArgumentParser]) -> None:
-    """rm, mb, rb, demo: deleting and creating, and the tour."""
+def _add_bucket_commands(commands: Commands[ArgumentParser],
+                         parents: list[ArgumentParser]) -> None:
+    """rm, mb, rb, uploads, demo: deleting and creating, leftovers, and the tour."""
 
-    rm = commands.add_parser("rm", help="delete objects (or a whole prefix with -r)")
+    rm = commands.add_parser("rm", parents=parents,
+                             help="delete objects (or a whole prefix with -r)")
     rm.add_argument("remotes", metavar="BUCKET/KEY", nargs="+")
     rm.add_argument("-r", "--recursive", action="store_true",
                     help="delete every object under the prefix")
     rm.set_defaults(func=cmd_rm)
 
-    mb = commands.add_parser("mb", help="create a bucket (an existing one of yours is fine)")
+    mb = commands.add_parser("mb", parents=parents,
+                             help="create a bucket (an existing one of yours is fine)")
     mb.add_argument("bucket", metavar="BUCKET")
     mb.set_defaults(func=cmd_mb)
 
-    rb = commands.add_parser("rb", help="delete an empty bucket")
+    rb = commands.add_parser("rb", parents=parents, help="delete an empty bucket")
     rb.add_argument("bucket", metavar="BUCKET")
     rb.add_argument("--force", action="store_true",
                     help="delete the bucket even if it holds objects (they are deleted)")
     rb.set_defaults(func=cmd_rb)
 
+    uploads = commands.add_parser(
+        "uploads", parents=parents,
+        help="list the unfinished multipart uploads (--abort to abort them)",
+        description="uploads BUCKET[/PREFIX] [--abort]: the multipart uploads started and "
+                    "never completed (they use space but are no object): date, upload id, "
+                    "key. --abort aborts them; do not abort those a live mount is sending.")
+    uploads.add_argument("remote", metavar="BUCKET[/PREFIX]")
+    uploads.add_argument("--abort", action="store_true", help="abort every one listed")
+    uploads.set_defaults(func=cmd_uploads)
+
     demo = commands.add_parser(
-        "demo", help="try qarnotfs on an embedded S3 server (needs qarnotfs[demo])")
+        "demo", parents=parents,
+        help="try qarnotfs on an embedded S3 server (needs qarnotfs[demo])")
     demo.add_argument("--keep", action="store_true",
                       help="keep the server running and print how to use it, until Ctrl-C")
     demo.add_argument("--port", type=int, default=0,
@@ -505,65 +643,117 @@ def _add_bucket_commands(commands: Commands[ArgumentParser]) -> None:
                       "kept on disk between runs (installs Debian's Ceph packages; root)")
     demo.set_defaults(func=cmd_demo)
 
+    help_command = commands.add_parser("help", parents=parents,
+                                       help="the help of a command (qarnotfs help mount)")
+    help_command.add_argument("topic", metavar="COMMAND", nargs="?")
+    help_command.set_defaults(func=_help)
 
-def _add_mount_commands(commands: Commands[ArgumentParser]) -> None:
-    # TODO(lead): import directly once qarnotfs.fs.mount exists; the guard is temporary.
-    try:
-        from .fs.mount import add_mount_commands  # type: ignore[import-not-found,unused-ignore]
-    except ImportError:
-        return
-    add_mount_commands(commands)
+    completion = commands.add_parser(
+        "completion", parents=parents, help="a shell completion script (bash or zsh)",
+        description="eval \"$(qarnotfs completion bash)\" in ~/.bashrc (zsh: "
+                    "autoload -U bashcompinit && bashcompinit first).")
+    completion.add_argument("shell", choices=("bash", "zsh"))
+    completion.set_defaults(func=_completion)
+
+
+def _help(args: argparse.Namespace) -> int:
+    """``qarnotfs help [COMMAND]``: the same as ``qarnotfs [COMMAND] --help``."""
+    parser = build_parser()
+    commands = _subcommands(parser)
+    if args.topic is None:
+        parser.print_help()
+    elif args.topic in commands:
+        commands[args.topic].print_help()
+    else:
+        raise UsageError(f"no command {args.topic!r}: one of {', '.join(sorted(commands))}")
+    return EXIT_OK
+
+
+def _completion(args: argparse.Namespace) -> int:
+    """A bash completion function (zsh loads it through bashcompinit), built from the
+    parser: the commands, then each command's options."""
+    commands = _subcommands(build_parser())
+    cases = "\n".join(
+        f"        {name}) words=\"{' '.join(_option_strings(sub))}\" ;;"
+        for name, sub in sorted(commands.items()))
+    print(f"""_qarnotfs() {{
+    local current=${{COMP_WORDS[COMP_CWORD]}} words
+    if [ "$COMP_CWORD" -eq 1 ]; then
+        words="{' '.join(sorted(commands))} --help --version --config --debug --quiet"
+    else
+        case "${{COMP_WORDS[1]}}" in
+{cases}
+        esac
+    fi
+    if [ "$COMP_CWORD" -eq 1 ] || [[ "$current" == -* ]]; then
+        COMPREPLY=($(compgen -W "$words" -- "$current"))
+    else
+        COMPREPLY=($(compgen -f -- "$current"))
+    fi
+}}
+complete -F _qarnotfs qarnotfs""")
+    return EXIT_OK
+
+
+def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    return {}
+
+
+def _option_strings(parser: argparse.ArgumentParser) -> list[str]:
+    return sorted({option for action in parser._actions for option in action.option_strings
+                   if option.startswith("--")})
 
 
 # -- entry point --------------------------------------------------------------------------
 
 
-def _mount_helper(argv: Sequence[str], known: Iterable[str]) -> int | None:
-    """HOOK (fuse3 mount helper convention): ``qarnotfs BUCKET[/PREFIX] DIR -o OPTS``.
+def _mount_helper_call(argv: Sequence[str], known: Iterable[str]) -> bool:
+    """True for the fuse3 mount helper convention: ``qarnotfs BUCKET[/PREFIX] DIR -o OPTS``.
 
-    mount.fuse3 runs the file system's command that way. When the first argument is not
-    a command and :func:`qarnotfs.fs.mounthelper.looks_like_helper_call` recognises the
-    shape, the arguments go to :func:`qarnotfs.fs.mounthelper.main`. Returns None when
-    it does not apply (argparse then reports what is wrong).
+    mount.fuse3 runs the file system's command that way; such arguments (first one no
+    command, shape recognised by :func:`mounthelper.looks_like_helper_call`) go to
+    :func:`mounthelper.main`.
     """
-    if not argv or argv[0].startswith("-") or argv[0] in known:
-        return None
-    # TODO(lead): import directly once qarnotfs.fs.mounthelper is merged.
-    try:
-        from .fs import mounthelper  # type: ignore[attr-defined,unused-ignore]
-    except ImportError:
-        return None
-    if not mounthelper.looks_like_helper_call(list(argv)):
-        return None
-    return int(mounthelper.main(list(argv)))
+    return (bool(argv) and not argv[0].startswith("-") and argv[0] not in known
+            and mounthelper.looks_like_helper_call(list(argv)))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; returns the exit status (the console script exits with it)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in argv
-    logs.setup(debug=debug, quiet="--quiet" in argv or "-q" in argv)
     try:
         parser = build_parser()
-        known = _subcommand_names(parser)
-        status = _mount_helper(argv, known)
-        if status is not None:
-            return status
+        if _mount_helper_call(argv, _subcommand_names(parser)):
+            return int(mounthelper.main(argv))
         args = parser.parse_args(argv)
-        logs.setup(debug=args.debug, quiet=args.quiet)
+        logs.setup(level=logs.level_from(args.debug, args.quiet, args.log_level))
         return int(args.func(args))
+    except BrokenPipeError:
+        return _reader_went_away()
+    except Interrupted as error:
+        status = report(error)
+        if error.abandon:  # threads still wait for the server: do not wait for them
+            sys.stdout.flush()
+            os._exit(status)
+        return status
     except (Exception, KeyboardInterrupt) as error:
-        if debug:
-            log.debug("traceback", exc_info=True)
-        print(f"qarnotfs: error: {describe(error)}", file=sys.stderr)
-        return exit_status(error)
+        return report(error)
+
+
+def _reader_went_away() -> int:
+    """stdout's reader left (``qarnotfs ls -r | head -1``): stop quietly, as tools do."""
+    # Python would complain again when it flushes stdout at exit.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return EXIT_BROKEN_PIPE
 
 
 def _subcommand_names(parser: argparse.ArgumentParser) -> set[str]:
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            return set(action.choices)
-    return set()
+    return set(_subcommands(parser))
 
 
 def run() -> NoReturn:

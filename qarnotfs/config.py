@@ -1,8 +1,13 @@
 """Where the connection settings come from: arguments, environment, configuration file.
 
 Owns: the search for the configuration file, its parsing, and the precedence rule
-(explicit arguments, then environment variables, then the file, then defaults). Produces a
-:class:`Settings` value; it performs no network call.
+(explicit arguments, then environment variables, then the file, then defaults), and the
+AWS chain as its users know it: ``AWS_ENDPOINT_URL`` (``AWS_ENDPOINT_URL_S3``) for the
+storage URL, ``AWS_PROFILE`` or else the ``default`` profile of the shared credentials file
+(``~/.aws/credentials``) when nothing else gives credentials, and a profile's
+``endpoint_url`` in ``~/.aws/config``. A configuration file holding a secret that other
+users may read is warned about. Produces a :class:`Settings` value; it performs no
+network call.
 
 The file is the Qarnot SDK's INI format::
 
@@ -25,7 +30,9 @@ The file is the Qarnot SDK's INI format::
 from __future__ import annotations
 
 import configparser
+import logging
 import os
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -33,6 +40,8 @@ from pathlib import Path
 from platformdirs import user_config_path
 
 from .exceptions import ConfigurationException
+
+log = logging.getLogger(__name__)
 
 DEFAULT_CLUSTER_URL = "https://api.qarnot.com"
 
@@ -44,6 +53,9 @@ _SOURCES: tuple[tuple[str, str, str, str], ...] = (
     ("cluster", "custom_certificate", "QARNOT_CLUSTER_CUSTOM_CERTIFICATE",
      "cluster_custom_certificate"),
     ("client", "token", "QARNOT_CLIENT_TOKEN", "client_token"),
+    # The AWS variables come first: QARNOT_STORAGE_URL wins over them.
+    ("storage", "url", "AWS_ENDPOINT_URL", "storage_url"),
+    ("storage", "url", "AWS_ENDPOINT_URL_S3", "storage_url"),
     ("storage", "url", "QARNOT_STORAGE_URL", "storage_url"),
     ("storage", "unsafe", "QARNOT_STORAGE_UNSAFE", "storage_unsafe"),
     ("storage", "custom_certificate", "QARNOT_STORAGE_CUSTOM_CERTIFICATE",
@@ -115,22 +127,73 @@ def load_settings(
     """
     environ = os.environ if environ is None else environ
     values: dict[str, object] = {}
+    from_file: dict[str, object] = {}
     config_file: str | None = None
     if isinstance(fileconf, Mapping):
         values.update({_ALIASES.get(k, k): v for k, v in fileconf.items() if v is not None})
     else:
         path = Path(fileconf) if fileconf is not None else _first_existing(default_config_files())
         if path is not None:
-            values.update(_read_file(path, required=fileconf is not None))
+            from_file = _read_file(path, required=fileconf is not None)
+            values.update(from_file)
             config_file = str(path)
     for _section, _option, variable, name in _SOURCES:
         if environ.get(variable):
             values[name] = environ[variable]
     values.update({k: v for k, v in explicit.items() if v is not None})
+    _aws_profile_defaults(values, environ)
     unknown = set(values) - {f.name for f in fields(Settings)}
     if unknown:
         raise ConfigurationException(f"unknown setting(s): {', '.join(sorted(unknown))}")
-    return replace(Settings(config_file=config_file), **_coerce(values))  # type: ignore[arg-type]
+    settings = replace(Settings(config_file=config_file), **_coerce(values))  # type: ignore[arg-type]
+    if config_file is not None and (from_file.get("secret_key") or from_file.get("client_token")):
+        _warn_if_readable_by_others(Path(config_file))
+    return settings
+
+
+def _aws_file(environ: Mapping[str, str], variable: str, name: str) -> Path:
+    return Path(environ.get(variable) or Path.home() / ".aws" / name)
+
+
+def _aws_profile_defaults(values: dict[str, object], environ: Mapping[str, str]) -> None:
+    """Complete ``values`` as the AWS tools would: the ``default`` profile of the shared
+    credentials file when nothing else gives credentials, and the profile's
+    ``endpoint_url`` (``~/.aws/config``) when no storage URL is set."""
+    has_keys = values.get("access_key") and values.get("secret_key")
+    if not (values.get("profile") or has_keys or values.get("client_token")):
+        credentials = _read_ini(_aws_file(environ, "AWS_SHARED_CREDENTIALS_FILE",
+                                          "credentials"))
+        if credentials.has_option("default", "aws_access_key_id"):
+            values["profile"] = "default"
+    profile = values.get("profile")
+    if profile and not values.get("storage_url"):
+        config = _read_ini(_aws_file(environ, "AWS_CONFIG_FILE", "config"))
+        section = "default" if profile == "default" else f"profile {profile}"
+        if config.has_option(section, "endpoint_url"):
+            values["storage_url"] = config.get(section, "endpoint_url")
+
+
+def _read_ini(path: Path) -> configparser.ConfigParser:
+    """An AWS-style INI file; empty if it is missing or does not parse."""
+    parser = configparser.ConfigParser(interpolation=None)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            parser.read_file(handle)
+    except (OSError, UnicodeDecodeError, configparser.Error):
+        return configparser.ConfigParser(interpolation=None)
+    return parser
+
+
+def _warn_if_readable_by_others(path: Path) -> None:
+    """A file with a secret that others may read: s3fs refuses it; qarnotfs says how to
+    fix it and goes on."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        log.warning("%s holds a secret and other users may read it: run chmod 600 %s",
+                    path, path)
 
 
 def _first_existing(paths: list[Path]) -> Path | None:

@@ -1,6 +1,8 @@
 """Logging for the command line: one handler on stderr that never shows a secret.
 
-Owns: the log level chosen by ``--debug``/``--quiet``, the format, and
+Owns: the log level chosen by ``--log-level``/``--debug``/``--quiet``, where records go
+(stderr, journald with priorities when run as a service, or a private rotating file for a
+mount in the background), the format, and
 :class:`RedactingFilter`, which rewrites every record before it is written: the registered
 secret values (the S3 secret key, the Qarnot token) and the values of ``Authorization``
 headers and ``X-Amz-Credential``/``X-Amz-Signature`` query parameters become ``***``.
@@ -11,6 +13,7 @@ the records of every logger.
 from __future__ import annotations
 
 import logging
+import logging.handlers
 import os
 import re
 import sys
@@ -70,27 +73,90 @@ class RedactingFilter(logging.Filter):
         return True
 
 
-def setup(debug: bool = False, quiet: bool = False) -> logging.Handler:
-    """Send log records to stderr through the redacting filter; returns the handler.
+LEVELS = ("debug", "info", "warning", "error")
+"""The names ``--log-level`` accepts."""
+LOG_MAX_BYTES = 10 * 1024 * 1024
+LOG_BACKUPS = 3
+"""A log file is rotated at 10 MiB, keeping three old files (``.1`` to ``.3``)."""
+# Their debug output is huge (every request's headers, masked by the filter): shown only
+# when the command line asks for debug, never in a mount's log.
+_NOISY = ("botocore", "boto3", "s3transfer", "urllib3")
+# sd-daemon(3) priority prefixes: journald files each line under its level.
+_JOURNAL_PRIORITIES = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4,
+                       logging.ERROR: 3, logging.CRITICAL: 2}
 
-    Calling it again replaces the handler it installed before (tests call ``main`` often).
+
+def level_from(debug: bool = False, quiet: bool = False, name: str | None = None) -> int:
+    """The level for ``--log-level NAME`` (wins), else ``--debug``, else ``--quiet``."""
+    if name:
+        return int(getattr(logging, name.upper()))
+    if debug:
+        return logging.DEBUG
+    return logging.ERROR if quiet else logging.WARNING
+
+
+def stderr_is_journal() -> bool:
+    """True when stderr is connected to journald (systemd sets $JOURNAL_STREAM to it)."""
+    device, _, inode = os.environ.get("JOURNAL_STREAM", "").partition(":")
+    try:
+        info = os.fstat(2)
+    except OSError:
+        return False
+    return f"{info.st_dev}:{info.st_ino}" == f"{device}:{inode}"
+
+
+class _JournalFormatter(logging.Formatter):
+    """``<priority>logger: message``: journald adds the time and the process."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        priority = _JOURNAL_PRIORITIES.get(record.levelno, 6)
+        return f"<{priority}>" + super().format(record)
+
+
+def _file_handler(log_file: str) -> logging.Handler:
+    """A rotating handler on ``log_file``, created private (0600, folder 0700)."""
+    # Rotated files are created with the umask: keep them private too.
+    os.umask(0o077)
+    os.makedirs(os.path.dirname(log_file) or ".", mode=0o700, exist_ok=True)
+    os.close(os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
+    return logging.handlers.RotatingFileHandler(
+        log_file, maxBytes=LOG_MAX_BYTES, backupCount=LOG_BACKUPS, encoding="utf-8")
+
+
+def setup(debug: bool = False, quiet: bool = False, *, level: int | None = None,
+          log_file: str | None = None, mount: bool = False) -> logging.Handler:
+    """Send log records to stderr (or ``log_file``) through the redacting filter.
+
+    The level is ``level``, else the one ``debug``/``quiet`` choose (:func:`level_from`).
+
+    ``mount`` is the serving process's format (time, pid, logger) and keeps the storage
+    libraries' debug output out. On journald, lines carry their priority instead of a
+    time. Calling it again replaces the handler it installed before.
     """
+    level = level_from(debug, quiet) if level is None else level
     add_secrets(os.environ.get(name) for name in SECRET_VARIABLES)
     root = logging.getLogger()
     for handler in list(root.handlers):
-        if getattr(handler, "_qarnotfs", False):
+        if getattr(handler, "_qarnotfs", False) or mount:
             root.removeHandler(handler)
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _file_handler(log_file) if log_file else logging.StreamHandler(sys.stderr)
     handler._qarnotfs = True  # type: ignore[attr-defined]
     handler.addFilter(RedactingFilter())
-    if debug:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
-        level = logging.DEBUG
+    if log_file is None and stderr_is_journal():
+        handler.setFormatter(_JournalFormatter("%(name)s: %(message)s"))
+    elif mount or level <= logging.DEBUG:
+        handler.setFormatter(logging.Formatter(
+            "%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s"))
     else:
         handler.setFormatter(logging.Formatter("qarnotfs: %(levelname)s: %(message)s"))
-        level = logging.ERROR if quiet else logging.WARNING
     root.addHandler(handler)
     root.setLevel(level)
+    libraries = logging.DEBUG if level <= logging.DEBUG and not mount else logging.WARNING
+    for name in _NOISY:
+        logging.getLogger(name).setLevel(libraries)
     # The demo's embedded server logs every request; that is noise unless debugging.
-    logging.getLogger("werkzeug").setLevel(logging.DEBUG if debug else logging.ERROR)
+    logging.getLogger("werkzeug").setLevel(logging.DEBUG if level <= logging.DEBUG
+                                           else logging.ERROR)
+    # mfusepy's own logger repeats each error the adapter already logs, with a traceback.
+    logging.getLogger("fuse").setLevel(max(level, logging.INFO))
     return handler

@@ -2,7 +2,11 @@
 
 Owns: the ``progress`` argument the Bucket API accepts (``None``/``False``, ``True`` for a
 bar on stderr, or a callable ``(bytes_done, bytes_total, name)``), adapted to the
-incremental callbacks boto3 transfers make, safely from several threads.
+incremental callbacks boto3 transfers make, safely from several threads; and
+:class:`TransferProgress`, one bar for a command moving many files (files done/total,
+bytes in binary units, rate), whose lines are written above the bar.
+
+Lock order: each object's own lock only, never held while calling out.
 """
 
 from __future__ import annotations
@@ -51,5 +55,58 @@ class Progress:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
+class TransferProgress:
+    """One bar for many files: ``upload 3/10 files  12.0MiB/40.0MiB  5.1MiB/s``.
+
+    Thread-safe; ``write`` prints a line (a completed file) without breaking the bar.
+    """
+
+    def __init__(self, total_bytes: int, total_files: int, verb: str, enabled: bool,
+                 name: str = "") -> None:
+        self.total_files = total_files
+        self._name = name
+        self.files_done = 0
+        self._verb = verb
+        self._lock = threading.Lock()
+        self._bar: tqdm[Any] | None = None
+        if enabled:
+            # unit "iB" with divisor 1024 labels binary units: KiB, MiB, GiB.
+            self._bar = tqdm(total=total_bytes, desc=self._description(), unit="iB",
+                             unit_scale=True, unit_divisor=1024, leave=False,
+                             dynamic_ncols=True)
+
+    def _description(self) -> str:
+        if self.total_files == 1 and self._name:
+            return f"{self._verb} {self._name}"
+        return f"{self._verb} {self.files_done}/{self.total_files} files"
+
+    def advance(self, increment: int) -> None:
+        """``increment`` more bytes moved (negative when a retry rewinds)."""
+        if self._bar is not None:
+            with self._lock:
+                self._bar.update(increment)
+
+    def file_done(self) -> None:
+        with self._lock:
+            self.files_done += 1
+            if self._bar is not None:
+                self._bar.set_description_str(self._description(), refresh=True)
+
+    def write(self, line: str, say: Callable[[str], None]) -> None:
+        """Print ``line`` through ``say``, above the bar if there is one."""
+        if self._bar is None:
+            say(line)
+            return
+        with self._lock, self._bar.external_write_mode():
+            say(line)
+
+    def __enter__(self) -> TransferProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
         if self._bar is not None:
             self._bar.close()

@@ -1,7 +1,8 @@
 """The ``qarnotfs`` command line, run as a subprocess against the test S3 server.
 
 The environment comes from ``s3_env`` (credentials only there, never in argv) with HOME
-pointing at an empty folder, so no configuration file of the machine is read.
+pointing at an empty folder, so no configuration file of the machine is read; commands
+run through the installed console script (``clirun``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+from clirun import cli_env_fixture, fails, keys_in, ok, qarnotfs, work_fixture  # noqa: F401
 from strict_s3 import strict_endpoint
 
 from qarnotfs.demo import why_no_mount
@@ -29,48 +31,6 @@ if TYPE_CHECKING:
     from servers import S3Server
 
 TIMEOUT = 120
-
-
-@pytest.fixture
-def cli_env(s3_env: dict[str, str], tmp_path: Path) -> dict[str, str]:
-    home = tmp_path / "home"
-    home.mkdir()
-    return {**s3_env, "HOME": str(home), "XDG_CONFIG_HOME": str(home / ".config")}
-
-
-@pytest.fixture
-def work(tmp_path: Path) -> Path:
-    folder = tmp_path / "work"
-    folder.mkdir()
-    return folder
-
-
-def qarnotfs(env: dict[str, str], cwd: Path, *args: str,
-             stderr: int | None = subprocess.PIPE) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "qarnotfs", *args], env=env, cwd=cwd,
-                          stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=stderr,
-                          text=True, timeout=TIMEOUT, check=False)
-
-
-def ok(env: dict[str, str], cwd: Path, *args: str) -> str:
-    result = qarnotfs(env, cwd, *args)
-    assert result.returncode == 0, result.stderr
-    return result.stdout
-
-
-def fails(env: dict[str, str], cwd: Path, *args: str, status: int = 1) -> str:
-    """Run a command that must fail with ``status`` and ONE error line; return that line."""
-    result = qarnotfs(env, cwd, *args)
-    assert result.returncode == status, (result.stdout, result.stderr)
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("qarnotfs: error: "), result.stderr
-    return lines[0]
-
-
-def keys_in(s3_client: S3Client, bucket: str) -> set[str]:
-    paginator = s3_client.get_paginator("list_objects_v2")
-    return {entry["Key"] for page in paginator.paginate(Bucket=bucket)
-            for entry in page.get("Contents", [])}
 
 
 def make_tree(root: Path, files: dict[str, str]) -> Path:

@@ -361,8 +361,9 @@ def test_unmount_says_what_it_waits_for_and_the_next_mount_finishes(
     data = payload(3 * MIB, "unmount")
     assert write_and_close(mount.mountpoint / "late.bin", data) == "EIO"
     result = qarnotfs("unmount", mount.mountpoint, "--timeout", "60", env=env)
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 1, result.stderr  # issue 14: what was not uploaded is named
     assert "waiting for 1 upload(s) (3.0 MiB): late.bin" in result.stderr
+    assert "1 upload(s) (3.0 MiB): late.bin could not be uploaded" in result.stderr
     assert "waiting for 1 upload(s) (3.0 MiB): late.bin" in mount.log_text()
     assert [p.read_bytes() == data for p in staged_copies(mounts.workdir / "staging")] == [True]
     proxy.clear()

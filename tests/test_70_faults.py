@@ -462,7 +462,8 @@ def test_unmount_with_uploads_failing_keeps_the_staged_copy_and_says_where(
                          "37500")
     assert outcome == "EIO"
     result = qarnotfs("unmount", proxied_mount.mountpoint, "--timeout", "60", env=s3_env)
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 1, result.stderr  # issue 14: what was not uploaded is named
+    assert "): pending could not be uploaded" in result.stderr
     assert proxied_mount.pid is not None and not status.process_alive(proxied_mount.pid)
     kept = staged_copies(proxied_mount.staging_dir)
     assert [p.read_bytes() == data for p in kept] == [True], kept
@@ -616,7 +617,9 @@ def test_mount_process_killed_keeps_unsaved_writes_in_staging(
         assert stat_mode(kept[0]) == 0o600
         assert "unsaved" not in bucket_keys(s3_client, bucket_name)
         result = qarnotfs("unmount", mount.mountpoint, env=s3_env)  # clears the dead mount
-        assert result.returncode == 0, result.stderr
+        # issue 14: and says what is not uploaded (exit 1)
+        assert result.returncode == 1, result.stderr
+        assert "had died, and 1 upload(s) (0.5 MiB): unsaved were not uploaded" in result.stderr
         assert not is_mounted(mount.mountpoint)
 
 

@@ -1,33 +1,35 @@
-"""Mounting and unmounting: options, checks before mounting, the serving process.
+"""Mounting and unmounting: checks before mounting, the serving process, the sub-commands.
 
-Owns: the mount options (command-line flags and their ``-o key=value`` spellings), their
-validation, the checks made before anything is mounted (mount point, configuration,
-endpoint, credentials, bucket), starting the serving process (in the foreground, or
-daemonized with a readiness report through a pipe), its logging, and the ``mount``,
-``unmount`` and ``status`` sub-commands (:func:`add_mount_commands`).
+Owns: the mount request (source, mount point, :class:`~.mountoptions.MountOptions`), the
+checks made before anything is mounted (mount point, configuration, endpoint,
+credentials, bucket, and that the prefix is a folder), starting the serving process (in
+the foreground, or daemonized with a readiness report through a pipe), telling systemd
+it is ready (``$NOTIFY_SOCKET``), unmounting (who keeps a mount busy; waiting for the
+uploads while showing them; what was not uploaded), and the ``mount``, ``unmount`` and
+``status`` sub-commands (:func:`add_mount_commands`). The options themselves are declared
+in :mod:`.mountoptions`.
 
-Logs go to ``--log-file`` when given; else to stderr in the foreground, and to
-``<user log dir>/mount-<hash of the mount point>.log`` (``~/.local/state/qarnotfs/log/``
-on Linux) in the background.
+Logs go to ``--log-file`` when given; else to stderr in the foreground (journald under
+systemd), and in the background to ``<user log dir>/mount-<hash of the mount point>.log``
+(``~/.local/state/qarnotfs/log/`` on Linux; ``$LOGS_DIRECTORY`` under systemd).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import grp
 import hashlib
+import json
 import logging
-import logging.handlers
 import os
-import pwd
 import select
+import socket
 import stat
 import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,198 +37,35 @@ from platformdirs import user_log_path
 
 from .. import logs
 from ..exceptions import QarnotException, UnauthorizedException
+from ..outcome import CREDENTIALS_HINT, EXIT_INTERRUPTED, CommandError, UsageError
 from ..paths import as_prefix
+from ..remotes import SCHEME, parse_remote
 from . import status
+from .mountoptions import (
+    MountOptions,
+    add_option_flags,
+    convert_option,
+    flag_values,
+    fs_options,
+    make_options,
+    parse_o_options,
+)
+
+__all__ = ["MountError", "MountRequest", "UsageError", "build_request", "convert_option",
+           "mount", "parse_o_options", "unmount"]
 
 log = logging.getLogger(__name__)
 
 READY_TIMEOUT = 60.0
 """How long the parent waits for the serving process to report the mount ready."""
-LOG_MAX_BYTES = 10 * 1024 * 1024
-LOG_BACKUPS = 3
-"""A mount's log is rotated at 10 MiB, keeping three old files."""
 CHECK_CONNECT_TIMEOUT = 5.0
 CHECK_READ_TIMEOUT = 15.0
-
-# Mount flags libfuse hands to mount(2) itself (libfuse's mount_flags table).
-KERNEL_FLAGS = frozenset({
-    "suid", "nosuid", "dev", "nodev", "exec", "noexec", "async", "sync", "atime", "noatime",
-    "dirsync",
-})
-# Options mount(8) and fstab use that mean nothing to a FUSE filesystem.
-IGNORED_OPTIONS = frozenset({
-    "defaults", "auto", "noauto", "user", "nouser", "users", "owner", "group", "nofail",
-    "_netdev", "relatime", "norelatime", "strictatime", "nostrictatime", "lazytime",
-    "nolazytime", "diratime", "nodiratime", "iversion", "noiversion", "loud", "silent",
-    "default_permissions", "subtype", "fsname",
-})
-SECRET_OPTIONS = frozenset({"access_key", "secret_key", "token", "client_token", "password"})
+PROGRESS_EVERY = 10.0
+"""While unmount waits, the pending uploads are shown again at least this often."""
 
 
-class MountError(Exception):
+class MountError(CommandError):
     """A mount or unmount that cannot go ahead; the message is the one line shown."""
-
-    def __init__(self, message: str, exit_code: int = 1) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
-
-
-class UsageError(MountError):
-    """Bad option or argument (exit status 2, as argparse uses)."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message, exit_code=2)
-
-
-# -- option values ---------------------------------------------------------------------
-
-def _seconds(text: str) -> float:
-    value = float(text)
-    if not value >= 0 or value == float("inf"):
-        raise ValueError(text)
-    return value
-
-
-def _count(text: str) -> int:
-    value = int(text, 10)
-    if value < 0:
-        raise ValueError(text)
-    return value
-
-
-_SIZE_SUFFIXES = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40, "P": 1 << 50}
-
-
-def _size(text: str) -> int:
-    """Bytes, with an optional binary suffix: 500G, 2T, 1P."""
-    number, suffix = text.rstrip("KMGTPkmgtp"), text[len(text.rstrip("KMGTPkmgtp")):]
-    if len(suffix) > 1:
-        raise ValueError(text)
-    value = int(number, 10) * _SIZE_SUFFIXES[suffix.upper()]
-    if value <= 0:
-        raise ValueError(text)
-    return value
-
-
-def _umask(text: str) -> int:
-    value = int(text, 8)
-    if not 0 <= value <= 0o777:
-        raise ValueError(text)
-    return value
-
-
-def _user(text: str) -> int:
-    if text.isdigit():
-        return int(text)
-    return pwd.getpwnam(text).pw_uid
-
-
-def _group(text: str) -> int:
-    if text.isdigit():
-        return int(text)
-    return grp.getgrnam(text).gr_gid
-
-
-def _path(text: str) -> str:
-    if not text:
-        raise ValueError(text)
-    return os.path.abspath(os.path.expanduser(text))
-
-
-def _flag(text: str) -> bool:
-    lowered = text.lower()
-    if lowered in ("", "1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(text)
-
-
-def _symlink_scan(text: str) -> str:
-    from .attrs import SYMLINK_SCANS
-
-    if text not in SYMLINK_SCANS:
-        raise ValueError(text)
-    return text
-
-
-@dataclass(frozen=True)
-class _Option:
-    name: str
-    convert: Callable[[str], Any]
-    expected: str
-    takes_value: bool = True
-
-
-_OPTIONS: dict[str, _Option] = {o.name: o for o in (
-    _Option("read_only", _flag, "no value", takes_value=False),
-    _Option("allow_other", _flag, "no value", takes_value=False),
-    _Option("nonempty", _flag, "no value", takes_value=False),
-    _Option("debug", _flag, "no value", takes_value=False),
-    _Option("uid", _user, "a user id or name"),
-    _Option("gid", _group, "a group id or name"),
-    _Option("umask", _umask, "an octal mask such as 022"),
-    _Option("staging_dir", _path, "a folder"),
-    _Option("cache_ttl", _seconds, "a number of seconds >= 0"),
-    _Option("negative_ttl", _seconds, "a number of seconds >= 0"),
-    _Option("cache_size", _count, "a whole number >= 0"),
-    _Option("delete_delay", _seconds, "a number of seconds >= 0"),
-    _Option("statfs_size", _size, "a size in bytes such as 500G or 1P"),
-    _Option("statfs_inodes", _count, "a whole number >= 0"),
-    _Option("symlink_scan", _symlink_scan, "marked or small"),
-    _Option("attr_timeout", _seconds, "a number of seconds >= 0"),
-    _Option("entry_timeout", _seconds, "a number of seconds >= 0"),
-    _Option("log_file", _path, "a file"),
-    _Option("connect_timeout", _seconds, "a number of seconds >= 0"),
-    _Option("read_timeout", _seconds, "a number of seconds >= 0"),
-    _Option("retries", _count, "a whole number >= 0"),
-    _Option("config", _path, "a configuration file"),
-)}
-_ALIASES = {"ro": "read_only", "staging": "staging_dir", "conf": "config"}
-
-
-def convert_option(name: str, text: str) -> Any:
-    """The value of one option, or UsageError saying what was expected."""
-    option = _OPTIONS[name]
-    try:
-        return option.convert(text)
-    except (ValueError, KeyError) as error:
-        raise UsageError(
-            f"invalid value for {name}: {text!r} (expected {option.expected})") from error
-
-
-def parse_o_options(specs: list[str], sloppy: bool = False) -> tuple[dict[str, Any], list[str]]:
-    """Parse ``-o`` strings into (qarnotfs option values, kernel mount flags).
-
-    Unknown options are an error unless ``sloppy`` (mount -s), when they are ignored.
-    """
-    values: dict[str, Any] = {}
-    kernel_flags: list[str] = []
-    for spec in specs:
-        for item in filter(None, (part.strip() for part in spec.split(","))):
-            key, has_value, text = item.partition("=")
-            name = _ALIASES.get(key, key).replace("-", "_")
-            if name == "rw" and not has_value:
-                values["read_only"] = False
-            elif name in _OPTIONS:
-                option = _OPTIONS[name]
-                if not option.takes_value:
-                    values[name] = convert_option(name, text) if has_value else True
-                elif not has_value or not text:
-                    raise UsageError(f"option {key} needs a value ({key}=...)")
-                else:
-                    values[name] = convert_option(name, text)
-            elif name in KERNEL_FLAGS and not has_value:
-                kernel_flags.append(name)
-            elif name in IGNORED_OPTIONS or name.startswith(("x-", "comment")):
-                continue
-            elif name in SECRET_OPTIONS:
-                raise UsageError(
-                    f"{key} cannot be a mount option (options are visible to every user): "
-                    "put credentials in a configuration file and use -o config=FILE")
-            elif not sloppy:
-                raise UsageError(f"unknown mount option: {key}")
-    return values, kernel_flags
 
 
 # -- the request -----------------------------------------------------------------------
@@ -239,28 +78,7 @@ class MountRequest:
     prefix: str
     mountpoint: str
     foreground: bool = False
-    read_only: bool = False
-    allow_other: bool = False
-    nonempty: bool = False
-    debug: bool = False
-    uid: int | None = None
-    gid: int | None = None
-    umask: int | None = None
-    staging_dir: str | None = None
-    cache_ttl: float | None = None
-    negative_ttl: float | None = None
-    cache_size: int | None = None
-    symlink_scan: str | None = None
-    delete_delay: float | None = None
-    statfs_size: int | None = None
-    statfs_inodes: int | None = None
-    attr_timeout: float = 1.0
-    entry_timeout: float = 1.0
-    log_file: str | None = None
-    config: str | None = None
-    connect_timeout: float | None = None
-    read_timeout: float | None = None
-    retries: int | None = None
+    options: MountOptions = field(default_factory=MountOptions)
     kernel_flags: list[str] = field(default_factory=list)
 
     @property
@@ -269,22 +87,18 @@ class MountRequest:
 
 
 def split_source(source: str) -> tuple[str, str]:
-    """``BUCKET[/PREFIX]`` as (bucket, prefix ending in '/', or '')."""
-    bucket, _, prefix = source.strip().partition("/")
-    if not bucket:
-        raise UsageError(f"invalid source {source!r}: expected BUCKET or BUCKET/PREFIX")
-    return bucket, as_prefix(prefix)
+    """``[qarnot://]BUCKET[/PREFIX]`` as (bucket, prefix ending in '/', or '')."""
+    remote = parse_remote(source.strip())
+    return remote.bucket, as_prefix(remote.path)
 
 
 def build_request(source: str, mountpoint: str, values: dict[str, Any],
-                  kernel_flags: list[str]) -> MountRequest:
+                  kernel_flags: list[str], foreground: bool = False) -> MountRequest:
     """A request from the source, mount point and option values (names as fields)."""
     bucket, prefix = split_source(source)
-    known = {f.name for f in fields(MountRequest)}
-    request = MountRequest(bucket=bucket, prefix=prefix, mountpoint=os.path.abspath(mountpoint),
-                           **{k: v for k, v in values.items() if k in known})
-    request.kernel_flags = list(dict.fromkeys(kernel_flags))
-    return request
+    return MountRequest(bucket=bucket, prefix=prefix, mountpoint=os.path.abspath(mountpoint),
+                        foreground=foreground, options=make_options(values),
+                        kernel_flags=list(dict.fromkeys(kernel_flags)))
 
 
 # -- checks before mounting ------------------------------------------------------------
@@ -304,7 +118,7 @@ def check_mountpoint(request: MountRequest) -> None:
         raise MountError(f"mount point {path} is not a folder")
     if os.path.ismount(path):
         raise MountError(f"{path} is already a mount point")
-    if not request.nonempty:
+    if not request.options.nonempty:
         try:
             with os.scandir(path) as entries:
                 not_empty = any(True for _ in entries)
@@ -317,7 +131,7 @@ def check_mountpoint(request: MountRequest) -> None:
 
 def check_allow_other(request: MountRequest, fuse_conf: str = "/etc/fuse.conf") -> None:
     """fusermount3 refuses allow_other to users unless /etc/fuse.conf permits it."""
-    if not request.allow_other or os.geteuid() == 0:
+    if not request.options.allow_other or os.geteuid() == 0:
         return
     try:
         with open(fuse_conf, encoding="utf-8") as handle:
@@ -330,85 +144,106 @@ def check_allow_other(request: MountRequest, fuse_conf: str = "/etc/fuse.conf") 
 
 
 def check_storage(request: MountRequest) -> None:
-    """Reach the storage with the configured credentials and make sure the bucket exists.
-
-    Fails fast (short timeouts, no retries) with one clear line.
-    """
+    """Reach the storage with the configured credentials; the bucket must exist and the
+    prefix must not be a file. Fails fast (short timeouts, no retries) with one line."""
     from ..connection import Connection
 
     try:
-        connection = Connection(fileconf=request.config, retry_count=0,
+        connection = Connection(fileconf=request.options.config, retry_count=0,
                                 connect_timeout=CHECK_CONNECT_TIMEOUT,
                                 read_timeout=CHECK_READ_TIMEOUT)
     except QarnotException as error:
         raise MountError(str(error)) from error
     try:
-        exists = connection.bucket_exists(request.bucket)
+        if not connection.bucket_exists(request.bucket):
+            raise MountError(f"bucket {request.bucket!r} does not exist")
+        if request.prefix:
+            _check_prefix(connection, request)
     except UnauthorizedException as error:
-        raise MountError(f"access to bucket {request.bucket!r} denied: check the credentials "
-                         f"({error})") from error
+        raise MountError(f"access to bucket {request.bucket!r} denied: check the credentials: "
+                         f"{CREDENTIALS_HINT.removeprefix('check ')} ({error})") from error
     except QarnotException as error:
         raise MountError(f"cannot reach the storage at {connection.storage_url}: "
                          f"{error}") from error
     finally:
         connection.close()
-    if not exists:
-        raise MountError(f"bucket {request.bucket!r} does not exist")
+
+
+def _check_prefix(connection: Any, request: MountRequest) -> None:
+    """Refuse a prefix that is a file; warn that a new prefix starts empty."""
+    from ..bucket import Bucket
+
+    bucket = Bucket(connection, request.bucket, create=False)
+    if bucket.has_objects_under(request.prefix):
+        return
+    if bucket.stat(request.prefix.rstrip("/")) is not None:
+        raise MountError(f"{request.source} is a file, not a folder: mount the folder that "
+                         "holds it, or another prefix")
+    log.warning("%s/ holds nothing yet: the mount starts empty, and the prefix is created "
+                "by the first file written in it", request.source)
 
 
 # -- serving ---------------------------------------------------------------------------
 
 def default_log_file(mountpoint: str) -> str:
     digest = hashlib.sha256(mountpoint.encode()).hexdigest()[:12]
-    return str(user_log_path("qarnotfs") / f"mount-{digest}.log")
+    folder = _service_directory("LOGS_DIRECTORY") or user_log_path("qarnotfs")
+    return str(Path(folder) / f"mount-{digest}.log")
 
 
-def setup_logging(debug: bool, log_file: str | None) -> None:
-    """Send this process's logs to ``log_file`` (0600) or stderr; keep secrets out."""
-    root = logging.getLogger()
-    for existing in list(root.handlers):
-        root.removeHandler(existing)
-    handler: logging.Handler = logging.StreamHandler(sys.stderr)
-    if log_file:
-        # Rotated log files are created with the umask: keep them private too.
-        os.umask(0o077)
-        os.makedirs(os.path.dirname(log_file), mode=0o700, exist_ok=True)
-        os.close(os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
-        handler = logging.handlers.RotatingFileHandler(
-            log_file, maxBytes=LOG_MAX_BYTES, backupCount=LOG_BACKUPS, encoding="utf-8")
-    handler.setFormatter(logging.Formatter(
-        "%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s"))
-    logs.add_secrets(os.environ.get(name) for name in logs.SECRET_VARIABLES)
-    handler.addFilter(logs.RedactingFilter())
-    root.addHandler(handler)
-    root.setLevel(logging.DEBUG if debug else logging.INFO)
-    # Their debug output carries request headers (the access key, signatures).
-    for noisy in ("botocore", "boto3", "s3transfer", "urllib3"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    # mfusepy's own logger repeats each error the adapter already logs, with a traceback.
-    logging.getLogger("fuse").setLevel(logging.INFO)
+def _service_directory(variable: str) -> str | None:
+    """The first folder systemd gave the service in ``variable`` (StateDirectory=...)."""
+    value = os.environ.get(variable, "").split(":")[0]
+    return value or None
 
 
-def _fs_options(request: MountRequest) -> Any:
-    from .core import FsOptions
+def default_staging_dir() -> str | None:
+    """$STATE_DIRECTORY/staging under systemd; else None (the core's default)."""
+    state = _service_directory("STATE_DIRECTORY")
+    return os.path.join(state, "staging") if state else None
 
-    values: dict[str, Any] = {
-        "prefix": request.prefix,
-        "read_only": request.read_only,
-        "uid": os.getuid() if request.uid is None else request.uid,
-        "gid": os.getgid() if request.gid is None else request.gid,
-    }
-    for name in ("umask", "cache_ttl", "negative_ttl", "cache_size", "symlink_scan",
-                 "delete_delay"):
-        if getattr(request, name) is not None:
-            values[name] = getattr(request, name)
-    if request.staging_dir is not None:
-        values["staging_dir"] = Path(request.staging_dir)
-    if request.statfs_size is not None:
-        values["statfs_total_bytes"] = request.statfs_size
-    if request.statfs_inodes is not None:
-        values["statfs_total_inodes"] = request.statfs_inodes
-    return FsOptions(**values)
+
+def notify_systemd(message: str) -> None:
+    """sd_notify(3): one datagram to $NOTIFY_SOCKET, if systemd gave one."""
+    address = os.environ.get("NOTIFY_SOCKET", "")
+    if not address:
+        return
+    if address.startswith("@"):  # an abstract socket
+        address = "\0" + address[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.connect(address)
+            sock.sendall(message.encode())
+    except OSError as error:
+        log.warning("could not notify systemd at %s: %s", address.lstrip("\0"), error)
+
+
+def _log_level(request: MountRequest) -> int:
+    if request.options.log_level:
+        return logs.level_from(name=request.options.log_level)
+    return logging.DEBUG if request.options.debug else logging.INFO
+
+
+def _libfuse_said(log_file: str | None, offset: int) -> str:
+    """What libfuse or fusermount3 wrote to the log after ``offset`` (their own lines)."""
+    if not log_file:
+        return ""
+    try:
+        with open(log_file, "rb") as handle:
+            handle.seek(offset)
+            text = handle.read(65536).decode("utf-8", errors="replace")
+    except OSError:
+        return ""
+    said = [line.strip() for line in text.splitlines()
+            if line.startswith(("fuse:", "fusermount3:", "fusermount:"))]
+    return "; ".join(dict.fromkeys(said))
+
+
+def _log_size(log_file: str | None) -> int:
+    try:
+        return os.path.getsize(log_file) if log_file else 0
+    except OSError:
+        return 0
 
 
 def serve(request: MountRequest, on_ready: Callable[[], None] | None = None) -> None:
@@ -419,31 +254,36 @@ def serve(request: MountRequest, on_ready: Callable[[], None] | None = None) -> 
     from .fuse_ops import KernelSettings
     from .fuse_ops import serve as serve_fuse
 
+    options = request.options
     try:
-        connection = Connection(fileconf=request.config, retry_count=request.retries,
-                                connect_timeout=request.connect_timeout,
-                                read_timeout=request.read_timeout)
+        connection = Connection(fileconf=options.config, retry_count=options.retries,
+                                connect_timeout=options.connect_timeout,
+                                read_timeout=options.read_timeout)
         filesystem = Filesystem(Bucket(connection, request.bucket, create=False),
-                                _fs_options(request))
+                                fs_options(options, request.prefix, default_staging_dir()))
     except QarnotException as error:
         raise MountError(str(error)) from error
     except OSError as error:
         raise MountError(f"cannot prepare the filesystem: {error}") from error
     settings = KernelSettings(
-        fsname=request.source, read_only=request.read_only, allow_other=request.allow_other,
-        attr_timeout=request.attr_timeout, entry_timeout=request.entry_timeout,
+        fsname=request.source, read_only=options.read_only, allow_other=options.allow_other,
+        attr_timeout=options.attr_timeout, entry_timeout=options.entry_timeout,
         flags=tuple(request.kernel_flags))
     record = status.MountRecord(pid=os.getpid(), source=request.source,
-                                mountpoint=request.mountpoint, log_file=request.log_file,
+                                mountpoint=request.mountpoint, log_file=options.log_file,
                                 started=time.time(), staging=str(filesystem.staging_root))
-
     mounted = False
+    log_offset = _log_size(options.log_file)
 
     def ready() -> None:
         nonlocal mounted
         mounted = True
         status.write_record(record)
+        with contextlib.suppress(OSError):  # only a convenience for ``status``
+            status.remember_staging_root(str(filesystem.staging_root.parent))
         log.info("mounted %s on %s", request.source, request.mountpoint)
+        notify_systemd(f"READY=1\nMAINPID={os.getpid()}\n"
+                       f"STATUS=serving {request.source} on {request.mountpoint}")
         if on_ready is not None:
             on_ready()
 
@@ -451,27 +291,29 @@ def serve(request: MountRequest, on_ready: Callable[[], None] | None = None) -> 
         serve_fuse(filesystem, request.mountpoint, settings, ready)
     except RuntimeError as error:
         if not mounted:
-            where = f"; see {request.log_file}" if request.log_file else ""
-            raise MountError(f"FUSE could not mount {request.mountpoint} (libfuse status "
-                             f"{error}{where})") from error
+            cause = _libfuse_said(options.log_file, log_offset)
+            where = f"; see {options.log_file}" if options.log_file else ""
+            raise MountError(f"FUSE could not mount {request.mountpoint}: "
+                             f"{cause or f'libfuse status {error}'}{where}") from error
         # libfuse reports a loop ended by SIGINT/SIGTERM/SIGHUP as a failure (status 8).
         log.info("stopped by a signal")
     finally:
+        notify_systemd("STOPPING=1")
         status.remove_record(request.mountpoint, os.getpid())
         connection.close()
     log.info("unmounted %s from %s", request.source, request.mountpoint)
 
 
 def _run_foreground(request: MountRequest) -> int:
-    setup_logging(request.debug, request.log_file)
+    logs.setup(level=_log_level(request), log_file=request.options.log_file, mount=True)
     serve(request)
     return 0
 
 
 def _run_background(request: MountRequest) -> int:
     """Fork the serving process; return once it reports the mount ready (or fails)."""
-    if request.log_file is None:
-        request.log_file = default_log_file(request.mountpoint)
+    if request.options.log_file is None:
+        request.options.log_file = default_log_file(request.mountpoint)
     sys.stdout.flush()
     sys.stderr.flush()
     read_end, write_end = os.pipe()
@@ -484,11 +326,11 @@ def _run_background(request: MountRequest) -> int:
         report = _read_report(pipe, READY_TIMEOUT)
     if report is None:
         raise MountError(f"the mount of {request.mountpoint} did not become ready within "
-                         f"{READY_TIMEOUT:.0f} s; see {request.log_file}")
+                         f"{READY_TIMEOUT:.0f} s; see {request.options.log_file}")
     if report == "ready":
         return 0
     raise MountError(report or f"the mount process ended before the mount was ready; see "
-                               f"{request.log_file}")
+                               f"{request.options.log_file}")
 
 
 def _read_report(pipe: Any, timeout: float) -> str | None:
@@ -514,21 +356,17 @@ def _daemon_main(request: MountRequest, report_fd: int) -> int:
     try:
         os.setsid()
         os.chdir("/")
-        setup_logging(request.debug, request.log_file)
-        _redirect_std_streams(request.log_file)
+        logs.setup(level=_log_level(request), log_file=request.options.log_file, mount=True)
+        _redirect_std_streams(request.options.log_file)
         serve(request, on_ready=lambda: report("ready"))
         return 0
-    except MountError as error:
+    except (CommandError, QarnotException) as error:
         log.error("%s", error)
         report(str(error))
-        return error.exit_code
-    except QarnotException as error:
-        log.error("%s", error)
-        report(str(error))
-        return 1
+        return getattr(error, "exit_code", 1)
     except BaseException as error:
         log.exception("the mount process failed")
-        report(f"the mount process failed: {error!r}; see {request.log_file}")
+        report(f"the mount process failed: {error!r}; see {request.options.log_file}")
         return 1
 
 
@@ -561,154 +399,166 @@ def mount(request: MountRequest, fake: bool = False) -> int:
 # -- unmounting ------------------------------------------------------------------------
 
 def unmount(mountpoint: str, lazy: bool = False, timeout: float | None = None) -> int:
-    """Unmount a qarnotfs mount and wait until its process has uploaded pending data."""
+    """Unmount a qarnotfs mount and wait until its process has uploaded pending data.
+
+    MountError (exit 1) if files could not be uploaded (they stay staged, and are named),
+    if the wait ends (``timeout``; Ctrl-C: exit 130), or if the mount is busy (its users
+    are named).
+    """
     path = os.path.abspath(mountpoint)
     if not status.is_qarnotfs_mount(path):
         raise MountError(f"{path} is not a qarnotfs mount")
     record = status.read_record(path)
+    crashed = record is not None and not status.process_alive(record.pid)
+    _detach(path, lazy)
+    if record is None:
+        return 0
+    if not crashed:
+        try:
+            finished = _wait_for_uploads(record, timeout)
+        except KeyboardInterrupt:
+            raise MountError(f"{path} is unmounted; stopped waiting for its uploads: "
+                             f"{_still_uploading(record)}", EXIT_INTERRUPTED) from None
+        if not finished:
+            raise MountError(f"{path} is unmounted; stopped waiting for its uploads after "
+                             f"{timeout:g} s: {_still_uploading(record)}")
+    left = status.pending_summary(record.staging)
+    if left:
+        what = (f"its mount process {record.pid} had died, and {left} were not uploaded"
+                if crashed else f"{left} could not be uploaded")
+        raise MountError(f"{path} is unmounted, but {what}; they stay staged in "
+                         f"{record.staging}, and {_how_to_upload(record)}")
+    return 0
+
+
+def _detach(path: str, lazy: bool) -> None:
+    """fusermount3 -u (-uz when ``lazy``); MountError naming the users of a busy mount."""
     command = ["fusermount3", "-uz" if lazy else "-u", path]
     try:
         result = subprocess.run(command, capture_output=True, text=True, check=False)
     except FileNotFoundError as error:
         raise MountError("fusermount3 is not installed (package fuse3)") from error
     if result.returncode != 0:
-        reason = result.stderr.strip().splitlines()[-1] if result.stderr.strip() else ""
-        reason = reason.removeprefix("fusermount3: ")
-        raise MountError(f"cannot unmount {path}: {reason or 'fusermount3 failed'}")
-    if record is not None and record.staging:
-        waiting = status.pending_summary(record.staging)
-        if waiting:
-            message = f"waiting for {waiting}"
-            log.info("%s", message)
-            print(f"qarnotfs: {message}", file=sys.stderr)
-    if record is not None and not status.wait_for_exit(record.pid, timeout):
-        raise MountError(f"{path} is unmounted, but its process {record.pid} is still "
-                         f"uploading after {timeout:g} s; see {record.log_file}")
-    return 0
+        raise MountError(_why_not_unmounted(path, result.stderr))
+
+
+def _why_not_unmounted(path: str, stderr: str) -> str:
+    reason = stderr.strip().splitlines()[-1] if stderr.strip() else "fusermount3 failed"
+    reason = reason.removeprefix("fusermount3: ")
+    users = status.processes_using(path)
+    if not users:
+        return f"cannot unmount {path}: {reason}"
+    shown = ", ".join(f"{name} (pid {pid})" for pid, name in users[:10])
+    return (f"cannot unmount {path}: it is in use by {shown}; stop them, or detach it now "
+            f"with: qarnotfs unmount -z {path} (it goes once they let go)")
+
+
+def _still_uploading(record: status.MountRecord) -> str:
+    return (f"process {record.pid} goes on uploading in the background, and what it has "
+            f"not uploaded stays staged in {record.staging} (see qarnotfs status)")
+
+
+def _how_to_upload(record: status.MountRecord) -> str:
+    staging_root = Path(record.staging or "").parent
+    return (f"the next mount of {record.source} with staging folder {staging_root} uploads "
+            f"them (qarnotfs mount {record.source} MOUNTPOINT --staging-dir {staging_root})")
+
+
+def _wait_for_uploads(record: status.MountRecord, timeout: float | None) -> bool:
+    """Wait for the serving process to exit, showing what it still uploads; False on
+    timeout."""
+    started = time.monotonic()
+    deadline = None if timeout is None else started + timeout
+    shown, shown_at = "", 0.0
+    while True:
+        now = time.monotonic()
+        waiting = status.waiting_line(record.staging)
+        if waiting and (waiting != shown or now - shown_at >= PROGRESS_EVERY):
+            print(f"qarnotfs: waiting for {waiting} ({now - started:.0f} s so far); Ctrl-C "
+                  "stops waiting (the data stays staged)", file=sys.stderr, flush=True)
+            shown, shown_at = waiting, now
+        if status.wait_for_exit(record.pid, 0.5):
+            return True
+        if deadline is not None and time.monotonic() >= deadline:
+            return False
 
 
 # -- sub-commands ----------------------------------------------------------------------
 
-_MOUNT_FLAGS: tuple[tuple[str, str, str], ...] = (
-    # (flag, option name, help)
-    ("--read-only", "read_only", "mount read-only (also -o ro)"),
-    ("--allow-other", "allow_other", "let other users use the mount (needs user_allow_other "
-                                     "in /etc/fuse.conf unless root)"),
-    ("--nonempty", "nonempty", "allow mounting over a non-empty folder"),
-)
-_MOUNT_VALUES: tuple[tuple[str, str, str], ...] = (
-    ("--uid", "uid", "owner of files without stored owner (default: you)"),
-    ("--gid", "gid", "group of files without stored group (default: yours)"),
-    ("--umask", "umask", "octal umask for files without stored mode (default 022)"),
-    ("--staging-dir", "staging_dir", "private folder for files being written"),
-    ("--cache-ttl", "cache_ttl", "seconds metadata stays cached (default 60)"),
-    ("--negative-ttl", "negative_ttl", "seconds a missing name stays cached (default 5)"),
-    ("--cache-size", "cache_size", "entries in the metadata cache"),
-    ("--symlink-scan", "symlink_scan", "which listed objects are checked for being symbolic "
-                                       "links: marked (default: those qarnotfs wrote) or small "
-                                       "(every object of 1-4095 bytes: s3fs's links too; one "
-                                       "HEAD each)"),
-    ("--delete-delay", "delete_delay", "seconds an unlink waits for others to join one "
-                                       "batched delete (default 0.05; 0: each unlink deletes "
-                                       "before it returns)"),
-    ("--statfs-size", "statfs_size", "size df shows for the mount, e.g. 500G (default 1P; "
-                                     "all of it free)"),
-    ("--statfs-inodes", "statfs_inodes", "number of files df -i shows (default 2^32)"),
-    ("--attr-timeout", "attr_timeout", "seconds the kernel caches attributes (default 1)"),
-    ("--entry-timeout", "entry_timeout", "seconds the kernel caches names (default 1)"),
-    ("--log-file", "log_file", "write logs to this file"),
-    ("--connect-timeout", "connect_timeout", "seconds to connect to the storage (default 10, "
-                                             "or $QARNOTFS_CONNECT_TIMEOUT)"),
-    ("--read-timeout", "read_timeout", "seconds to wait for each answer of the storage "
-                                       "(default 60, or $QARNOTFS_READ_TIMEOUT)"),
-    ("--retries", "retries", "retries of a failed request (default 5, or "
-                             "$QARNOTFS_RETRY_COUNT); failed uploads are also retried in the "
-                             "background until they succeed"),
-)
+MOUNT_DESCRIPTION = f"""\
+Mount BUCKET[/PREFIX] (or {SCHEME}BUCKET[/PREFIX]) on MOUNTPOINT. Returns once the mount
+is ready and keeps serving in the background (logs: --log-file, else
+~/.local/state/qarnotfs/log/). Every option can also be given as -o name=value (e.g. -o
+ro,allow_other,uid=1000,cache_ttl=5), as can config=FILE, log_level=LEVEL and the mount
+flags nodev, nosuid, noexec, sync, noatime, auto_unmount. Credentials come from the
+environment or the configuration file, never from options. The same works as 'mount -t
+fuse.qarnotfs BUCKET[/PREFIX] MOUNTPOINT -o OPTIONS' and in /etc/fstab. With -f and
+$NOTIFY_SOCKET (systemd Type=notify), READY=1 is sent once the mount is up. Stop with
+'qarnotfs unmount', fusermount3 -u, umount, or SIGTERM: each waits for pending uploads."""
 
 
-def add_mount_commands(subparsers: Any) -> None:
-    """Register ``mount``, ``unmount`` and ``status`` on the CLI's sub-parsers."""
+def add_mount_commands(subparsers: Any, parents: list[Any], mount_parents: list[Any]) -> None:
+    """Register ``mount``, ``unmount`` and ``status`` on the CLI's sub-parsers; ``mount``
+    takes ``mount_parents``' global options, for its --debug is its own (every FUSE call,
+    in the mount's log; before the command --debug also shows the command's output)."""
     parser = subparsers.add_parser(
-        "mount", help="mount a bucket (or a folder of it) on a local folder",
-        description="Mount BUCKET[/PREFIX] on MOUNTPOINT. Returns once the mount is ready "
-                    "and keeps serving in the background (logs: --log-file, else "
-                    "~/.local/state/qarnotfs/log/). Every option can also be given as "
-                    "-o name=value (e.g. -o ro,allow_other,uid=1000,cache_ttl=5), as can "
-                    "config=FILE and the mount flags nodev, nosuid, noexec, sync, noatime. "
-                    "Credentials come from the environment or the configuration file, "
-                    "never from options. The same works as 'mount -t fuse.qarnotfs "
-                    "BUCKET[/PREFIX] MOUNTPOINT -o OPTIONS' and in /etc/fstab. Stop with "
-                    "'qarnotfs unmount', fusermount3 -u, umount, or SIGTERM: each waits "
-                    "for pending uploads.")
+        "mount", parents=mount_parents,
+        help="mount a bucket (or a folder of it) on a local folder",
+        description=MOUNT_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--debug", dest="mount_debug", action="store_true",
+                        help="log every FUSE call with its duration (also -o debug)")
     parser.add_argument("source", metavar="BUCKET[/PREFIX]")
     parser.add_argument("mountpoint", metavar="MOUNTPOINT")
     parser.add_argument("-f", "--foreground", action="store_true",
-                        help="stay attached and log to stderr")
+                        help="stay attached and log to stderr (journald under systemd)")
     parser.add_argument("-o", dest="o_options", action="append", default=[],
                         metavar="OPTIONS", help="comma-separated mount options")
-    parser.add_argument("--debug", dest="mount_debug", action="store_true",
-                        default=argparse.SUPPRESS, help="log every FUSE call")
-    for flag, name, text in _MOUNT_FLAGS:
-        parser.add_argument(flag, dest=f"opt_{name}", action="store_true",
-                            default=argparse.SUPPRESS, help=text)
-    for flag, name, text in _MOUNT_VALUES:
-        parser.add_argument(flag, dest=f"opt_{name}", default=argparse.SUPPRESS,
-                            metavar=name.split("_")[-1].upper(), help=text)
+    add_option_flags(parser)
     parser.set_defaults(func=_mount_command)
 
     parser = subparsers.add_parser(
-        "unmount", aliases=["umount"], help="unmount and wait for pending uploads",
-        description="Unmount MOUNTPOINT and wait until its pending uploads are done.")
+        "unmount", aliases=["umount"], parents=parents,
+        help="unmount and wait for pending uploads",
+        description="Unmount MOUNTPOINT and wait until its pending uploads are done, showing "
+                    "them. Exits 1 (naming them) if some could not be uploaded: they stay "
+                    "staged for the next mount; see 'qarnotfs status'.")
     parser.add_argument("mountpoint", metavar="MOUNTPOINT")
     parser.add_argument("-z", "--lazy", action="store_true",
                         help="detach even if busy (the mount goes once no longer used)")
     parser.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
-                        help="stop waiting for pending uploads after this long")
+                        help="stop waiting for pending uploads after this long (they go on "
+                             "in the background; the data stays staged)")
     parser.set_defaults(func=_unmount_command)
 
     parser = subparsers.add_parser(
-        "status", help="list the qarnotfs mounts of this user and their pending uploads",
+        "status", parents=parents,
+        help="list the qarnotfs mounts and what every staging folder still holds",
         description="List the live qarnotfs mounts (or only MOUNTPOINT's) and, for each, "
                     "the files not in the bucket yet: bytes, upload state, retries and the "
-                    "last error.")
+                    "last error; then the staging folders no mount serves that still hold "
+                    "files, and how to upload them.")
     parser.add_argument("mountpoint", metavar="MOUNTPOINT", nargs="?", default=None)
+    parser.add_argument("--staging-dir", action="append", default=[], metavar="FOLDER",
+                        help="also look at this staging folder (repeatable)")
+    parser.add_argument("--json", action="store_true", help="the same as one JSON object")
     parser.set_defaults(func=_status_command)
 
 
-def _fail(error: MountError, debug: bool) -> int:
-    if debug:
-        log.debug("details", exc_info=True)
-    print(f"qarnotfs: error: {error}", file=sys.stderr)
-    return error.exit_code
-
-
 def _mount_command(args: argparse.Namespace) -> int:
-    debug = bool(getattr(args, "debug", False) or getattr(args, "mount_debug", False))
-    try:
-        values, kernel_flags = parse_o_options(args.o_options)
-        for _flag_name, name, _text in _MOUNT_FLAGS:
-            if getattr(args, f"opt_{name}", False):
-                values[name] = True
-        for _flag_name, name, _text in _MOUNT_VALUES:
-            text = getattr(args, f"opt_{name}", None)
-            if text is not None:
-                values[name] = convert_option(name, text)
-        values["debug"] = debug or values.get("debug", False)
-        values["foreground"] = args.foreground
-        if getattr(args, "config", None) and "config" not in values:
-            values["config"] = os.path.abspath(args.config)
-        request = build_request(args.source, args.mountpoint, values, kernel_flags)
-        return mount(request)
-    except MountError as error:
-        return _fail(error, debug)
+    values, kernel_flags = parse_o_options(args.o_options)
+    values.update(flag_values(args))
+    values["debug"] = bool(args.debug or args.mount_debug or values.get("debug", False))
+    if args.config and "config" not in values:
+        values["config"] = os.path.abspath(args.config)
+    if args.log_level and "log_level" not in values:
+        values["log_level"] = convert_option("log_level", args.log_level)
+    request = build_request(args.source, args.mountpoint, values, kernel_flags,
+                            foreground=args.foreground)
+    return mount(request)
 
 
 def _unmount_command(args: argparse.Namespace) -> int:
-    try:
-        return unmount(args.mountpoint, lazy=args.lazy, timeout=args.timeout)
-    except MountError as error:
-        return _fail(error, bool(getattr(args, "debug", False)))
+    return unmount(args.mountpoint, lazy=args.lazy, timeout=args.timeout)
 
 
 def _status_command(args: argparse.Namespace) -> int:
@@ -717,11 +567,25 @@ def _status_command(args: argparse.Namespace) -> int:
         wanted = os.path.abspath(args.mountpoint)
         records = [r for r in records if r.mountpoint == wanted]
         if not records:
-            print(f"qarnotfs: error: {wanted} is not a live qarnotfs mount", file=sys.stderr)
-            return 1
+            raise MountError(f"{wanted} is not a live qarnotfs mount")
+    leftovers: list[status.Leftover] = []
+    if args.mountpoint is None:
+        roots = [*args.staging_dir, *status.known_staging_roots(records, default_staging_dir())]
+        leftovers = status.leftovers(roots, {r.staging for r in records})
+    if args.json:
+        print(json.dumps({
+            "mounts": [{**asdict(r), "pending": status.pending_records(r.staging)}
+                       for r in records],
+            "not_mounted": [{"folder": str(x.folder), "source": x.source,
+                             "upload_command": x.upload_command,
+                             "pending": status.pending_records(str(x.folder))}
+                            for x in leftovers]}, indent=2))
+        return 0
     for record in records:
         print(f"{record.mountpoint}\t{record.source}\tpid {record.pid}\t"
               f"log {record.log_file or '-'}")
         for line in status.pending_lines(record.staging):
             print(f"  {line}")
+    for leftover in leftovers:
+        print("\n".join(status.leftover_lines(leftover)))
     return 0

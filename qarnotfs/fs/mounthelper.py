@@ -6,7 +6,7 @@ Owns: the helper calling convention. mount(8) runs ``/sbin/mount.fuse.qarnotfs S
 ``mount.fuse3`` runs ``qarnotfs SOURCE DIR -o OPTIONS`` for the same ``fuse.qarnotfs``
 type, which the ``qarnotfs`` command hands here (see :func:`looks_like_helper_call`).
 mount(8) runs helpers with a standard PATH, so that route needs ``qarnotfs``
-in /usr/local/bin or /usr/bin.
+in /usr/local/bin or /usr/bin (``scripts/install.sh`` links both there).
 
 An /etc/fstab line::
 
@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import sys
 
-from .mount import MountError, build_request, mount, parse_o_options
+from .. import logs
+from ..outcome import UsageError, report
+from .mount import build_request, mount, parse_o_options
 
 USAGE = ("usage: mount.fuse.qarnotfs BUCKET[/PREFIX] MOUNTPOINT [-sfnv] [-o OPTIONS] "
          "[-t fuse.qarnotfs]")
@@ -60,7 +62,7 @@ def _parse(argv: list[str]) -> tuple[str, str, list[str], set[str]]:
         if arg in ("-o", "-t"):
             value = next(items, None)
             if value is None:
-                raise MountError(f"{arg} needs a value\n{USAGE}", exit_code=2)
+                raise UsageError(f"{arg} needs a value; {USAGE}")
             if arg == "-o":
                 o_options.append(value)
         elif arg.startswith("-o") and len(arg) > 2:
@@ -68,27 +70,27 @@ def _parse(argv: list[str]) -> tuple[str, str, list[str], set[str]]:
         elif arg.startswith("-") and len(arg) > 1:
             unknown = set(arg[1:]) - set("sfnvN")
             if unknown:
-                raise MountError(f"unknown flag {arg}\n{USAGE}", exit_code=2)
+                raise UsageError(f"unknown flag {arg}; {USAGE}")
             letters.update(arg[1:])
         else:
             positional.append(arg)
     if len(positional) != 2:
-        raise MountError(USAGE, exit_code=2)
+        raise UsageError(USAGE)
     return positional[0], positional[1], o_options, letters
 
 
 def main(argv: list[str] | None = None) -> int:
     """Mount as mount(8) asks: check, then return once the mount is ready."""
     arguments = sys.argv[1:] if argv is None else argv
+    logs.setup()
     try:
         source, mountpoint, o_options, letters = _parse(arguments)
         values, kernel_flags = parse_o_options(o_options, sloppy="s" in letters)
         request = build_request(source, mountpoint, values, kernel_flags)
         # -f is mount(8)'s "fake": do everything but the mount itself.
         return mount(request, fake="f" in letters)
-    except MountError as error:
-        print(f"qarnotfs: error: {error}", file=sys.stderr)
-        return error.exit_code
+    except Exception as error:
+        return report(error)
 
 
 if __name__ == "__main__":

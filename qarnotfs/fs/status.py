@@ -4,8 +4,9 @@ Owns: the small per-mount state files a serving process writes (its pid, source,
 point, log file and staging folder) and removes when it exits, reading them back for
 ``qarnotfs status`` and ``qarnotfs unmount`` (which waits for that process: it uploads
 pending data after the kernel has let go of the mount), the summary of a mount's pending
-uploads read from its staging journal, and the kernel's own view of mounts (/proc
-mountinfo).
+uploads read from its staging journal, what every staging folder still holds whether a
+mount serves it or not, the processes that keep a mount busy (as ``fuser -m`` finds
+them), and the kernel's own view of mounts (/proc mountinfo).
 """
 
 from __future__ import annotations
@@ -15,13 +16,18 @@ import hashlib
 import json
 import os
 import re
+import sqlite3
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from platformdirs import user_cache_path
+from platformdirs import user_cache_path, user_state_path
 
 from .journal import read_entries
+
+if TYPE_CHECKING:
+    from .journal import Entry
 
 FSTYPE = "fuse.qarnotfs"
 
@@ -44,13 +50,25 @@ def _pending(staging: str | None) -> list[tuple[str, int, str, int, str | None]]
     if not staging:
         return []
     pending = []
-    for entry in read_entries(Path(staging)):
+    for entry in _entries(Path(staging)):
         try:
             size = os.stat(Path(staging) / entry.staged).st_size
         except OSError:
             size = 0
         pending.append((entry.path, size, entry.state, entry.retries, entry.last_error))
     return pending
+
+
+def _entries(folder: Path) -> list[Entry]:
+    """The journal's entries; none once a clean mount has removed its folder (which it
+    renames away first, so the journal can vanish between a look and its opening)."""
+    for _attempt in range(3):
+        try:
+            return read_entries(folder)
+        except sqlite3.Error:
+            if not folder.is_dir():
+                return []
+    return read_entries(folder)
 
 
 def pending_summary(staging: str | None) -> str:
@@ -62,6 +80,16 @@ def pending_summary(staging: str | None) -> str:
     names = ", ".join(sorted(path.lstrip("/") for path, *_ in pending)[:10])
     more = ", ..." if len(pending) > 10 else ""
     return f"{len(pending)} upload(s) ({total / (1 << 20):.1f} MiB): {names}{more}"
+
+
+def waiting_line(staging: str | None) -> str:
+    """What an unmount waits for: the summary, and the last error if there is one."""
+    pending = _pending(staging)
+    summary = pending_summary(staging)
+    errors = [error for *_, error in pending if error and error.strip()]
+    if errors:
+        summary += f" (last error: {errors[-1].strip().splitlines()[0]})"
+    return summary
 
 
 def pending_lines(staging: str | None) -> list[str]:
@@ -80,10 +108,13 @@ def pending_lines(staging: str | None) -> list[str]:
 
 
 def state_dir() -> Path:
-    """The private folder of the state files (the runtime dir, else the cache dir)."""
+    """The private folder of the state files: the runtime dir ($XDG_RUNTIME_DIR, or
+    /run for root, so a mount started at boot and a shell agree), else the cache dir."""
     runtime = os.environ.get("XDG_RUNTIME_DIR")
     if runtime and os.path.isdir(runtime):
         base = Path(runtime) / "qarnotfs"
+    elif os.geteuid() == 0 and os.path.isdir("/run"):
+        base = Path("/run/qarnotfs")
     else:
         base = user_cache_path("qarnotfs") / "run"
     base.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -185,3 +216,129 @@ def mount_type(mountpoint: str) -> str | None:
 
 def is_qarnotfs_mount(mountpoint: str) -> bool:
     return mount_type(mountpoint) == FSTYPE
+
+
+# -- staging folders no mount serves ------------------------------------------------------
+
+def _roots_file() -> Path:
+    return user_state_path("qarnotfs") / "staging-roots"
+
+
+def remember_staging_root(root: str) -> None:
+    """Note a staging root a mount used, so ``status`` looks there once it is gone."""
+    known = _remembered_roots()
+    if root in known:
+        return
+    path = _roots_file()
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    temporary = path.with_suffix(f".{os.getpid()}.tmp")
+    temporary.write_text("".join(f"{line}\n" for line in [*known, root]), encoding="utf-8")
+    os.replace(temporary, path)
+
+
+def _remembered_roots() -> list[str]:
+    """The remembered roots that still exist."""
+    try:
+        lines = _roots_file().read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return []
+    return [line for line in dict.fromkeys(lines) if line and os.path.isdir(line)]
+
+
+def known_staging_roots(records: list[MountRecord], service_default: str | None) -> list[str]:
+    """The staging roots worth looking at: the default, systemd's, those mounts used
+    before, and the live mounts'."""
+    from .core import default_staging_dir
+
+    roots = [str(default_staging_dir())]
+    if service_default:
+        roots.append(service_default)
+    roots.extend(_remembered_roots())
+    roots.extend(str(Path(r.staging).parent) for r in records if r.staging)
+    return roots
+
+
+@dataclass(frozen=True)
+class Leftover:
+    """A staging folder no live mount serves whose journal still lists files."""
+
+    root: Path
+    folder: Path
+    source: str
+
+    @property
+    def upload_command(self) -> str:
+        return f"qarnotfs mount {self.source} MOUNTPOINT --staging-dir {self.root}"
+
+
+def leftovers(roots: list[str], held: set[str | None]) -> list[Leftover]:
+    """The staging folders under ``roots`` that no live mount serves and that still hold
+    files (each root looked at once)."""
+    found: list[Leftover] = []
+    seen: set[Path] = set()
+    for root in roots:
+        base = Path(root).resolve()
+        if base in seen or not base.is_dir():
+            continue
+        seen.add(base)
+        for folder in sorted(p for p in base.iterdir()
+                             if p.is_dir() and not p.name.startswith(".")):
+            if str(folder) in held or os.fspath(folder.resolve()) in held:
+                continue
+            entries = _entries(folder)
+            if entries:
+                source = f"{entries[0].bucket}/{entries[0].prefix}".rstrip("/")
+                found.append(Leftover(base, folder, source))
+    return found
+
+
+def leftover_lines(leftover: Leftover) -> list[str]:
+    """Where a leftover folder is, what it holds, and how to upload it."""
+    lines = [f"{leftover.folder}\t{leftover.source}\tnot mounted",
+             f"  upload with: {leftover.upload_command} (the mount uploads them at once)"]
+    lines.extend(f"  {line}" for line in pending_lines(str(leftover.folder)))
+    return lines
+
+
+def pending_records(staging: str | None) -> list[dict[str, object]]:
+    """The pending uploads as JSON-ready objects (``status --json``)."""
+    return [{"path": path, "bytes": size, "state": state, "retries": retries,
+             "last_error": error} for path, size, state, retries, error in _pending(staging)]
+
+
+# -- who keeps a mount busy ----------------------------------------------------------------
+
+def processes_using(mountpoint: str) -> list[tuple[int, str]]:
+    """(pid, command name) of the processes with a file, folder, root or program inside
+    ``mountpoint``, as ``fuser -m`` lists them (those this user may inspect)."""
+    inside = os.path.abspath(mountpoint)
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        if any(_is_inside(target, inside) for target in _open_paths(entry.path)):
+            found.append((int(entry.name), _command_name(entry.path)))
+    return found
+
+
+def _open_paths(proc: str) -> list[str]:
+    links = [f"{proc}/cwd", f"{proc}/root", f"{proc}/exe"]
+    with contextlib.suppress(OSError):
+        links.extend(f"{proc}/fd/{fd}" for fd in os.listdir(f"{proc}/fd"))
+    targets = []
+    for link in links:
+        with contextlib.suppress(OSError):
+            targets.append(os.readlink(link))
+    return targets
+
+
+def _is_inside(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip("/") + "/")
+
+
+def _command_name(proc: str) -> str:
+    try:
+        with open(f"{proc}/comm", encoding="utf-8", errors="replace") as handle:
+            return handle.read().strip()
+    except OSError:
+        return "?"
