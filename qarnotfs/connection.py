@@ -54,9 +54,12 @@ MIB = 1024 * 1024
 PART_SIZE = 8 * MIB
 """Multipart threshold and part size, as the Qarnot SDK uses (so ETags compare equal)."""
 
-DEFAULT_RETRY_COUNT = 5
-DEFAULT_CONNECT_TIMEOUT = 10.0
-DEFAULT_READ_TIMEOUT = 60.0
+# A stopped server makes a call fail after about (retries + 1) x read timeout: 80 s with
+# these, where 10/60/5 made `cp` wait 6 minutes and an unmount 24 (issue #14). A read
+# timeout is the wait for the next bytes of an answer, not for a whole transfer.
+DEFAULT_RETRY_COUNT = 3
+DEFAULT_CONNECT_TIMEOUT = 5.0
+DEFAULT_READ_TIMEOUT = 20.0
 RETRY_MODE: Final = "standard"
 """botocore's retry policy: bounded attempts, exponential backoff with jitter."""
 _ENV_RETRY_COUNT = "QARNOTFS_RETRY_COUNT"

@@ -690,8 +690,8 @@ def test_timeouts_and_retries_from_arguments_or_environment(
         s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> None:
     with connect(s3_server) as conn:
         config: Any = conn.s3.meta.config  # botocore-stubs lack these attributes
-        assert (config.connect_timeout, config.read_timeout) == (10.0, 60.0)
-        assert config.retries == {"total_max_attempts": 6, "mode": "standard"}
+        assert (config.connect_timeout, config.read_timeout) == (5.0, 20.0)
+        assert config.retries == {"total_max_attempts": 4, "mode": "standard"}
     monkeypatch.setenv("QARNOTFS_CONNECT_TIMEOUT", "2.5")
     monkeypatch.setenv("QARNOTFS_READ_TIMEOUT", "7")
     monkeypatch.setenv("QARNOTFS_RETRY_COUNT", "0")

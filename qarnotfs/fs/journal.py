@@ -425,7 +425,10 @@ def read_entries(folder: Path) -> list[Entry]:
     path = Path(folder) / JOURNAL_NAME
     if not path.is_file():
         return []
-    db = sqlite3.connect(path, isolation_level=None, timeout=30)
+    try:  # a clean unmount may be renaming the folder away right now
+        db = sqlite3.connect(path, isolation_level=None, timeout=30)
+    except sqlite3.OperationalError:
+        return []
     try:
         return _entries(db)
     except sqlite3.DatabaseError:

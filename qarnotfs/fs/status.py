@@ -16,7 +16,6 @@ import hashlib
 import json
 import os
 import re
-import sqlite3
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -27,7 +26,7 @@ from platformdirs import user_cache_path, user_state_path
 from .journal import read_entries
 
 if TYPE_CHECKING:
-    from .journal import Entry
+    pass
 
 FSTYPE = "fuse.qarnotfs"
 
@@ -50,25 +49,13 @@ def _pending(staging: str | None) -> list[tuple[str, int, str, int, str | None]]
     if not staging:
         return []
     pending = []
-    for entry in _entries(Path(staging)):
+    for entry in read_entries(Path(staging)):
         try:
             size = os.stat(Path(staging) / entry.staged).st_size
         except OSError:
             size = 0
         pending.append((entry.path, size, entry.state, entry.retries, entry.last_error))
     return pending
-
-
-def _entries(folder: Path) -> list[Entry]:
-    """The journal's entries; none once a clean mount has removed its folder (which it
-    renames away first, so the journal can vanish between a look and its opening)."""
-    for _attempt in range(3):
-        try:
-            return read_entries(folder)
-        except sqlite3.Error:
-            if not folder.is_dir():
-                return []
-    return read_entries(folder)
 
 
 def pending_summary(staging: str | None) -> str:
@@ -285,7 +272,7 @@ def leftovers(roots: list[str], held: set[str | None]) -> list[Leftover]:
                              if p.is_dir() and not p.name.startswith(".")):
             if str(folder) in held or os.fspath(folder.resolve()) in held:
                 continue
-            entries = _entries(folder)
+            entries = read_entries(folder)
             if entries:
                 source = f"{entries[0].bucket}/{entries[0].prefix}".rstrip("/")
                 found.append(Leftover(base, folder, source))
