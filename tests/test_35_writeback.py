@@ -477,3 +477,37 @@ def test_claims_exclude_only_what_overlaps() -> None:
                 pass
         inside.result(10)
     assert entered.is_set() and claims.busy() == []
+
+
+# -- files past 10,000 parts -------------------------------------------------------------------
+
+
+def test_a_file_that_outgrows_the_parts_limit_is_sent_with_larger_parts(
+        make_memfs: MakeFs, memstore: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The 10,000-part limit, scaled down to 3 parts of 64 KiB (an 80 GiB file here is out of
+    reach): the early parts went with the base size; at close the file is past the limit,
+    so that upload is aborted and the file goes with parts large enough."""
+    from qarnotfs.fs import storage, streaming
+
+    monkeypatch.setattr(storage, "MAX_PARTS", 3)
+    monkeypatch.setattr(streaming, "MAX_PARTS", 3)
+    monkeypatch.setattr(storage, "MIB", 64 * 1024)  # part sizes grow by 64 KiB steps
+    memstore._min_part_size = 1
+    sizes: list[int] = []
+    real = memstore.upload_part
+
+    def upload_part(key: str, upload_id: str, number: int, data: Any) -> str:
+        body = data if isinstance(data, bytes) else data.read()
+        sizes.append(len(body))
+        return str(real(key, upload_id, number, body))
+
+    monkeypatch.setattr(memstore, "upload_part", upload_part)
+    fs = make_memfs(part_size=64 * 1024)
+    data = os.urandom(5 * 64 * 1024 + 100)
+    fh = fs.create("/huge", stat.S_IFREG | 0o644, CREATE)
+    write_in_order(fs, fh, data)
+    fs.release(fh)
+    assert memstore.contents()["huge"] == data
+    assert 64 * 1024 in sizes, "the early parts went with the base size"
+    assert max(sizes) == 2 * 64 * 1024, "then the whole file in 3 larger parts"
+    wait_until(lambda: memstore.uploads() == {}, message="the first upload aborted")
