@@ -376,8 +376,9 @@ def model_work(tmp_path: Path) -> Iterator[Path]:
 
 @pytest.fixture(params=[
     # A step takes about 4 ms on a busy machine; shrinking a failure takes longer.
-    pytest.param("memstore", marks=pytest.mark.timeout(
-        120 + MEMSTORE_EXAMPLES * MEMSTORE_STEPS // 100)),
+    # No server: run once per suite (the rgw pass would repeat it identically).
+    pytest.param("memstore", marks=[pytest.mark.moto_only, pytest.mark.timeout(
+        120 + MEMSTORE_EXAMPLES * MEMSTORE_STEPS // 100)]),
     "server",
 ])
 def model_storage(request: pytest.FixtureRequest) -> ModelStorage:
