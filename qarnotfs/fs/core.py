@@ -386,15 +386,25 @@ class Filesystem:
         system would give it. Ghosts go after 30 s, or when 64 newer ones came.
         """
         with item.lock:
+            # Still under its hidden name: libfuse has not unlinked that yet (it does right
+            # after this last close), so the kernel may yet open it by that name.
+            hidden = item.gone and is_fuse_hidden(item.path) \
+                and self.items.get(item.path) is item
             if item.dirty or not self.items.drop_if_idle(item):
                 return
-            if not (item.gone and is_fuse_hidden(item.path) and item.staged is not None):
+            if not hidden or item.staged is None:
                 item.discard_staged()
+                self._free(self.items.expired(time.monotonic()))
                 return
-        for evicted in self.items.bury(item, time.monotonic()):
-            with evicted.lock:
-                if evicted.handles == 0:
-                    evicted.discard_staged()
+        self._free(self.items.bury(item, time.monotonic()))
+
+    @staticmethod
+    def _free(ghosts: list[Item]) -> None:
+        """Discard the staged copies of expired ghosts (unless reopened meanwhile)."""
+        for ghost in ghosts:
+            with ghost.lock:
+                if ghost.handles == 0:
+                    ghost.discard_staged()
 
     # == namespace changes ===============================================================
 

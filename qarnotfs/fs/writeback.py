@@ -244,6 +244,11 @@ class Items:
         with self._lock:
             self._ghosts[item.path] = (now, item)
             self._ghosts.move_to_end(item.path)
+        return self.expired(now)
+
+    def expired(self, now: float) -> list[Item]:
+        """Remove and return the ghosts past their time or their number."""
+        with self._lock:
             out = []
             while self._ghosts and (len(self._ghosts) > GHOSTS
                                     or next(iter(self._ghosts.values()))[0] < now - GHOST_SECONDS):
