@@ -480,6 +480,10 @@ BIG = (3 * PART + 7, 9)
                   ("race_a_background_upload", {"data": ("draw", "/d/a"),
                                                 "change": "rename_folder"})],
                  id="found: a folder rename waiting for an upload that frees its file"),
+    pytest.param([("open_writer", {"top": False, "name": "a", "content": BIG}),
+                  ("rename_folder", {}),
+                  ("settle", {})],
+                 id="found: a streamed part creating its upload as a rename cancels it"),
 ])
 def test_pinned_sequence(steps: list[tuple[str, dict[str, Any]]]) -> None:
     replay(*steps)

@@ -24,7 +24,8 @@ their results): this module depends on that small interface, not on uploader.py.
 Lock order: writeback's ``Item.lock`` -> ``PartStream._creating`` -> ``PartStream._lock``.
 Sends hold ``_lock`` only briefly and never across a request, so a writer never waits for
 the network; ``_creating`` is held across CreateMultipartUpload only by the part that
-creates the upload and by :meth:`PartStream.finish` (close waits for that one request).
+creates the upload, and by :meth:`PartStream.finish` and :meth:`PartStream.cancel`
+(close, unlink and rename wait for that one request).
 """
 
 from __future__ import annotations
@@ -125,8 +126,12 @@ class PartStream:
 
     def cancel(self) -> None:
         """The file is gone or renamed: send and record nothing more (the uploader's
-        journal gives the upload up, and it is aborted)."""
-        with self._lock:
+        journal gives the upload up, and it is aborted).
+
+        Waits for a creation of the upload under way (one request): a creation that
+        finished after the caller gave the entry's upload up would record its id in the
+        entry again, over the upload the next close starts, and have that one aborted."""
+        with self._creating, self._lock:
             self._cancelled = True
             self._sending = False
 
@@ -229,13 +234,8 @@ class PartStream:
     def _ensure_upload(self) -> str:
         with self._creating:
             if self._upload_id is None:
-                if self._finished:
+                if self._finished or self._cancelled:  # set under _creating: no race
                     raise _Finished
-                upload_id = self._uploader.create(self._entry_id, self.key, self.metadata)
-                with self._lock:
-                    cancelled = self._cancelled
-                if cancelled:  # its journal entry may be gone before the id reached it
-                    self._uploader.give_up(self._entry_id, self.key, upload_id)
-                    raise _Finished
-                self._upload_id = upload_id
+                self._upload_id = self._uploader.create(self._entry_id, self.key,
+                                                        self.metadata)
             return self._upload_id
