@@ -392,6 +392,10 @@ class Filesystem:
                 and self.items.get(item.path) is item
             if item.dirty or not self.items.drop_if_idle(item):
                 return
+            known = None if item.gone else self.cache.get(item.path)
+            if not item.gone and (known is None or not known.exact):
+                # What it knew stays known: the object has these attributes.
+                self.cache.put(item.path, Node(item.current_attrs(), exact=True))
             if not hidden or item.staged is None:
                 item.discard_staged()
                 self._free(self.items.expired(time.monotonic()))
@@ -638,9 +642,11 @@ class Filesystem:
             for item in moved:
                 held.enter_context(item.lock)
             self._move_tree(old, new, source, replacing, moved)
-        self.cache.remove(old, tree=True)
-        self.cache.forget(new)
-        self.cache.put(new, source)
+            # Before the items are let go: an upload waiting for one of them caches what
+            # it sends under the new name, which this must not forget.
+            self.cache.remove(old, tree=True)
+            self.cache.forget(new)
+            self.cache.put(new, source)
 
     def _move_tree(self, old: str, new: str, source: Node, replacing: bool,
                    moved: list[Item]) -> None:
