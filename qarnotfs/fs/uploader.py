@@ -124,7 +124,11 @@ class Uploader:
         if stream is not None:
             upload_id = stream.finish(key, size)
             if upload_id is not None:
-                self._send_and_complete(entry_id, key, path, size, upload_id, {}, stream)
+                try:
+                    self._send_and_complete(entry_id, key, path, size, upload_id, {}, stream)
+                except (MissingUploadException, InvalidPartException):
+                    self._send_afresh(entry_id, key, path, size, metadata, part_size)
+                    return
                 if stream.metadata_stale or without(TIMES, metadata) != stream.metadata:
                     self.bucket.copy(key, key, metadata, size=size)
                 return
@@ -136,11 +140,28 @@ class Uploader:
             return
         recorded, done = self._resumable(entry_id, key, path, metadata, part_size)
         if recorded is None:
-            recorded = self.create(entry_id, key, metadata, part_size)
-        elif done:
+            self._send_afresh(entry_id, key, path, size, metadata, part_size)
+            return
+        if done:
             log.info("resuming the upload of %r: %d of %d parts already sent", key, len(done),
                      -(-size // part_size))
-        self._send_and_complete(entry_id, key, path, size, recorded, done, part_size=part_size)
+        try:
+            self._send_and_complete(entry_id, key, path, size, recorded, done,
+                                    part_size=part_size)
+        except (MissingUploadException, InvalidPartException):
+            self._send_afresh(entry_id, key, path, size, metadata, part_size)
+
+    def _send_afresh(self, entry_id: int, key: str, path: Path, size: int,
+                     metadata: dict[str, str], part_size: int) -> None:
+        """The whole file as a new multipart upload.
+
+        Also what follows when an upload that already held parts cannot be completed: the
+        storage lost it (S3 forgets old uploads), or it holds a part the completion does not
+        name (a file that shrank after parts went): Ceph RGW then refuses the completion
+        with InvalidPart, where S3 and moto accept it. The refused upload is aborted.
+        """
+        upload_id = self.create(entry_id, key, metadata, part_size)
+        self._send_and_complete(entry_id, key, path, size, upload_id, {}, part_size=part_size)
 
     def create(self, entry_id: int, key: str, metadata: dict[str, str],
                part_size: int | None = None) -> str:
