@@ -622,7 +622,3 @@ class WriteBack:
         self._uploader.close()
         with contextlib.suppress(QarnotException, sqlite3.Error):
             self._uploader.abort_abandoned()
-
-    @property
-    def staging_root(self) -> Path:
-        return self._staging.root
