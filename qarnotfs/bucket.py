@@ -24,18 +24,20 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Union, cast
 
-from .checksums import SHA1_METADATA_KEY
+from .checksums import SHA1_METADATA_KEY, normalize_etag
 from .connection import PART_SIZE
 from .exceptions import (
     InvalidRangeException,
     MissingBucketException,
     MissingObjectException,
     MissingUploadException,
+    NotModifiedException,
+    PreconditionFailedException,
     QarnotGenericException,
     StorageUnreachableException,
     storage_errors,
 )
-from .objects import Listing, ObjectInfo
+from .objects import Listing, ObjectInfo, ObjectRead
 from .paths import as_prefix, local_path_for_key, sanitize_key, walk_files
 from .progress import Progress, ProgressArg
 from .summaries import ObjectSummaries
@@ -179,24 +181,56 @@ class Bucket:
 
     def read(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
         """Bytes of the object from ``offset`` (``length`` of them, or up to the end)."""
-        arguments: dict[str, Any] = {"Bucket": self._name, "Key": key}
+        if length == 0:
+            return b""
+        try:
+            return self._get(key, offset, length, {})[1]
+        except InvalidRangeException:
+            return b""
+
+    def get(self, key: str, offset: int = 0, length: int | None = None, *,
+            unless_etag: str = "", only_etag: str = "") -> ObjectRead | None:
+        """One GET of ``length`` bytes from ``offset`` (or up to the end), with what the
+        response's headers tell of the object (its whole size, ETag, metadata).
+
+        ``unless_etag``: answer None if the object still has this ETag (If-None-Match: a
+        304 costs a round trip, no transfer). ``only_etag``: raise
+        :class:`PreconditionFailedException` if the object no longer has this ETag
+        (If-Match: the bytes can never come from a replacement). A range starting at or
+        past the end gives no bytes (and, since such an answer has no headers, a HEAD says
+        what the object is). Raises :class:`MissingObjectException` if there is none.
+        """
+        conditions = {"IfNoneMatch": _quoted(unless_etag)} if unless_etag else {}
+        if only_etag:
+            conditions["IfMatch"] = _quoted(only_etag)
+        try:
+            answer, data = self._get(key, offset, length, conditions)
+        except NotModifiedException:
+            return None
+        except InvalidRangeException:
+            info = self.stat(key)
+            if info is None:
+                raise MissingObjectException(f"{self._name}/{key}: no such object") from None
+            if only_etag and info.etag != normalize_etag(only_etag):
+                raise PreconditionFailedException(f"{self._name}/{key}: replaced") from None
+            return ObjectRead(info)
+        return ObjectRead(ObjectInfo.from_get(key, answer, self._name), data)
+
+    def _get(self, key: str, offset: int, length: int | None, conditions: dict[str, str]) \
+            -> tuple[dict[str, Any], bytes]:
+        arguments: dict[str, Any] = {"Bucket": self._name, "Key": key, **conditions}
         if offset or length is not None:
             end = "" if length is None else str(offset + length - 1)
-            if length == 0:
-                return b""
             arguments["Range"] = f"bytes={offset}-{end}"
         # botocore retries a request until its response starts; a connection cut while
         # the body arrives is retried here (as s3transfer does for downloads).
         failures = 0
         while True:
+            with storage_errors(self._name, key):
+                answer = cast(dict[str, Any], self._s3.get_object(**arguments))
             try:
                 with storage_errors(self._name, key):
-                    answer = self._s3.get_object(**arguments)
-            except InvalidRangeException:
-                return b""
-            try:
-                with storage_errors(self._name, key):
-                    return bytes(answer["Body"].read())
+                    return answer, bytes(answer["Body"].read())
             except StorageUnreachableException as error:
                 failures += 1
                 if failures > self._connection.retry_count:
@@ -688,3 +722,8 @@ def _size_of(source: LocalPath | IO[bytes]) -> int:
 
 
 __all__ = ["Bucket", "MissingBucketException"]
+
+
+def _quoted(etag: str) -> str:
+    """An ETag as HTTP conditions carry it (in double quotes)."""
+    return f'"{normalize_etag(etag)}"'

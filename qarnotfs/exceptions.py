@@ -105,6 +105,16 @@ class InvalidRangeException(QarnotGenericException):
     """A ranged read starts at or past the object's end (S3 ``InvalidRange``)."""
 
 
+class NotModifiedException(QarnotGenericException):
+    """A conditional read found the object unchanged (HTTP 304): not a failure, the
+    :meth:`~qarnotfs.bucket.Bucket.get` that asked for it answers with no bytes."""
+
+
+class PreconditionFailedException(QarnotGenericException):
+    """The object is no longer the one a read was conditional on (S3
+    ``PreconditionFailed``, HTTP 412): it was replaced meanwhile."""
+
+
 class ConfigurationException(QarnotException):
     """The configuration (file, environment, arguments) is incomplete or wrong."""
 
@@ -118,6 +128,10 @@ ERROR_CODE_TO_EXCEPTION: dict[str, type[QarnotException]] = {
     "InvalidPart": InvalidPartException,
     "InvalidPartOrder": InvalidPartException,
     "InvalidRange": InvalidRangeException,
+    "304": NotModifiedException,
+    "NotModified": NotModifiedException,
+    "PreconditionFailed": PreconditionFailedException,
+    "412": PreconditionFailedException,
     "AccessDenied": UnauthorizedException,
     "403": UnauthorizedException,
     "Forbidden": UnauthorizedException,

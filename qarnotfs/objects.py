@@ -55,6 +55,30 @@ class ObjectInfo:
             bucket_name=bucket_name,
         )
 
+    @classmethod
+    def from_get(cls, key: str, answer: dict[str, Any], bucket_name: str = "") -> ObjectInfo:
+        """The object a GET answered for; its size is the whole object's, even when the
+        GET asked for a range (``Content-Range: bytes 0-99/1000``)."""
+        whole = str(answer.get("ContentRange", "")).rpartition("/")[2]
+        size = int(whole) if whole.isdigit() else int(answer.get("ContentLength", 0))
+        return cls(
+            key=key,
+            size=size,
+            e_tag=answer.get("ETag", ""),
+            last_modified=answer["LastModified"],
+            metadata={k.lower(): v for k, v in answer.get("Metadata", {}).items()},
+            bucket_name=bucket_name,
+        )
+
+
+@dataclass(frozen=True)
+class ObjectRead:
+    """What one GET told: the object (``info``: its whole size, ETag and metadata, from
+    the response's headers) and the bytes asked for."""
+
+    info: ObjectInfo
+    data: bytes = b""
+
 
 @dataclass
 class Listing:

@@ -212,6 +212,11 @@ class Bench:
         mount = kind(self.endpoint, side.bucket, mountpoint, side.scratch)
         try:
             mount.mount()
+            if workload.read_before_remount:
+                workload.with_mount(side, mountpoint)
+                mount.unmount()
+                drop_page_cache(self.notes)
+                mount.mount()
             if self.args.profile and kind is QarnotfsMount:
                 self.args.profile.mkdir(parents=True, exist_ok=True)
                 mount.start_profile(self.args.profile / f"{workload.name}.txt")

@@ -37,15 +37,17 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO
 
+from qarnotfs.checksums import normalize_etag
 from qarnotfs.exceptions import (
     InvalidPartException,
     MissingObjectException,
     MissingUploadException,
+    PreconditionFailedException,
     QarnotException,
     QarnotGenericException,
 )
 from qarnotfs.fs.storage import MAX_PARTS, PART_SIZE, LocalPath
-from qarnotfs.objects import Listing, ObjectInfo
+from qarnotfs.objects import Listing, ObjectInfo, ObjectRead
 from qarnotfs.progress import ProgressArg
 
 LIST_PAGE = 1000
@@ -356,6 +358,19 @@ class MemStore:
             data = self._get(key).data
         end = len(data) if length is None else offset + length
         return data[offset:end]
+
+    def get(self, key: str, offset: int = 0, length: int | None = None, *,
+            unless_etag: str = "", only_etag: str = "") -> ObjectRead | None:
+        with self.faults.request("get", key):
+            stored = self._get(key)
+        summary = self._summary(key, stored, with_metadata=True)
+        if only_etag and summary.etag != normalize_etag(only_etag):
+            raise self._error(PreconditionFailedException, "PreconditionFailed",
+                              "At least one of the pre-conditions did not hold.", key)
+        if unless_etag and summary.etag == normalize_etag(unless_etag):
+            return None
+        end = len(stored.data) if length is None else offset + length
+        return ObjectRead(summary, stored.data[offset:end])
 
     def put(self, key: str, data: bytes, metadata: dict[str, str] | None = None) -> str:
         with self.faults.request("put", key):

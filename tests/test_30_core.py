@@ -100,9 +100,11 @@ def test_create_write_close_uploads_with_metadata(make_fs: MakeFs, s3_client: S3
     mtime = fs.getattr("/hello.txt").mtime_ns
     assert meta["mtime"] == f"{mtime // 10**9}.{mtime % 10**9:09d}"
     again = make_fs()
-    attrs = again.getattr("/hello.txt")
-    assert (attrs.mode, attrs.size, attrs.mtime_ns) == (stat.S_IFREG | 0o640, 11, mtime)
+    assert again.getattr("/hello.txt").size == 11, "a listing tells the size"
     assert read_file(again, "/hello.txt") == b"hello world"
+    attrs = again.getattr("/hello.txt")
+    assert (attrs.mode, attrs.size, attrs.mtime_ns) == (stat.S_IFREG | 0o640, 11, mtime), \
+        "the open's GET told the metadata"
 
 
 def test_exclusive_create_without_writes_leaves_an_empty_object(
@@ -534,7 +536,9 @@ def test_rename_file_keeps_content_and_metadata(make_fs: MakeFs, s3_client: S3Cl
     fails_with(errno.EINVAL, fs.rename, "/c", "/b", RENAME_EXCHANGE)
     fails_with(errno.ENOENT, fs.rename, "/missing", "/x")
     fails_with(errno.ENOENT, fs.rename, "/c", "/nofolder/x")
-    assert make_fs().getattr("/b").mode == stat.S_IFREG | 0o600
+    again = make_fs()
+    assert read_file(again, "/b") == b"content"
+    assert again.getattr("/b").mode == stat.S_IFREG | 0o600
 
 
 def test_rename_open_dirty_file_uploads_under_the_new_name(
@@ -606,7 +610,7 @@ def test_moving_the_last_file_out_keeps_the_folder(make_fs: MakeFs, s3_client: S
 
 
 def test_chmod_chown_utimens_stored_as_s3fs_does(make_fs: MakeFs, s3_client: S3Client,
-                                                 bucket_name: str) -> None:
+                                                 bucket_name: str, clock: FakeClock) -> None:
     s3_client.put_object(Bucket=bucket_name, Key="f", Body=b"data",
                          Metadata={"qarnot-sha1": "keepme"})
     fs = make_fs()
@@ -622,12 +626,14 @@ def test_chmod_chown_utimens_stored_as_s3fs_does(make_fs: MakeFs, s3_client: S3C
     assert body(s3_client, bucket_name, "f") == b"data"
     fs.utimens("/f", None, 5 * 10**9)  # atime omitted
     for view in (fs, make_fs()):
+        assert read_file(view, "/f") == b"data"  # a remount learns metadata at open
         attrs = view.getattr("/f")
         assert (attrs.mode, attrs.uid, attrs.mtime_ns) == (stat.S_IFREG | 0o600, 1000, 5 * 10**9)
         assert attrs.atime_ns == 1_000_000_000_123
     fs.mkdir("/d", 0o755)
     fs.chmod("/d", 0o700)
     s3_client.put_object(Bucket=bucket_name, Key="implicit/child", Body=b"")
+    clock.advance(fs.options.negative_ttl + 1)  # the root's listing was cached before
     fs.chmod("/implicit", 0o711)
     again = make_fs()
     assert again.getattr("/d").mode == stat.S_IFDIR | 0o700
@@ -813,12 +819,16 @@ def test_cache_hides_changes_by_others_until_its_ttl(
     clock.advance(3)
     assert fs.getattr("/other").size == 5, "the negative TTL is shorter"
     fs.unlink("/other")
+    fs.fsyncdir("/")  # the delete reaches the bucket before the other client's put
     assert names(fs, "/") == []
     s3_client.put_object(Bucket=bucket_name, Key="other", Body=b"12345")
     assert names(fs, "/") == []  # cached listing
+    fails_with(errno.ENOENT, fs.getattr, "/other")  # answered by the cached listing
     clock.advance(3)
     assert names(fs, "/") == [], "a listing lives as long as positive entries"
-    fails_with(errno.ENOENT, fs.getattr, "/other")  # answered by the cached listing
+    assert fs.getattr("/other").size == 5, \
+        "but vouches for a missing name only as long as a negative answer would"
+    assert names(fs, "/") == ["other"], "and what a lookup finds joins it"
     clock.advance(10)
     assert fs.getattr("/other").size == 5
     s3_client.put_object(Bucket=bucket_name, Key="other", Body=b"1234567")

@@ -53,8 +53,9 @@ def test_create_write_close_uploads_with_metadata(make_memfs: MakeFs,
     mtime = fs.getattr("/hello.txt").mtime_ns
     assert stored.metadata["mtime"] == f"{mtime // 10**9}.{mtime % 10**9:09d}"
     again = make_memfs()
-    assert again.getattr("/hello.txt").mode == stat.S_IFREG | 0o640
+    assert again.getattr("/hello.txt").size == 11, "a listing tells the size"
     assert read_file(again, "/hello.txt") == b"hello world"
+    assert again.getattr("/hello.txt").mode == stat.S_IFREG | 0o640, "the open's GET tells"
 
 
 def test_rename_folder_with_children_and_an_open_file(make_memfs: MakeFs,

@@ -18,16 +18,18 @@ import tracemalloc
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from qarnotfs.bucket import Bucket
-from qarnotfs.exceptions import QarnotGenericException
+from qarnotfs.exceptions import PreconditionFailedException, QarnotGenericException
 from qarnotfs.fs.attrs import Attributes
-from qarnotfs.fs.errors import FsError
+from qarnotfs.fs.errors import FsError, errno_for
 from qarnotfs.fs.metacache import MetaCache, Node
 from qarnotfs.fs.reader import MAXIMUM_AHEAD, MAXIMUM_PIECE, Reader
+from qarnotfs.objects import ObjectInfo, ObjectRead
 
 if TYPE_CHECKING:
     from fs_helpers import FakeClock, MakeFs
@@ -83,7 +85,11 @@ def test_ls_l_of_a_big_folder_is_one_list_per_page_and_lookups_are_free(
     fs = make_fs()
     requests.take()
     assert fs.getattr("/big").is_dir
-    assert requests.take() == {"HeadObject": 1, "ListObjectsV2": 1}, "one round trip"
+    assert requests.take() == {"HeadObject": 1, "ListObjectsV2": 2}, \
+        "the root holds more than a page of keys: a page, then a lookup by name"
+    with pytest.raises(FsError):
+        fs.getattr("/other")
+    assert requests.take() == {"HeadObject": 1, "ListObjectsV2": 1}, "remembered as big"
     entries = dict(fs.readdir("/big"))
     assert sorted(entries) == [".", "..", *names]
     assert all(entries[name].size == 4 for name in names)
@@ -102,7 +108,7 @@ def test_negative_lookups_are_cached(make_fs: MakeFs, requests: Requests) -> Non
     for _ in range(3):
         with pytest.raises(FsError):
             fs.getattr("/nothing/here")
-    assert requests.take() == {"HeadObject": 1, "ListObjectsV2": 1}, "asked once"
+    assert requests.take() == {"ListObjectsV2": 1}, "its folder listed once"
 
 
 def test_a_tree_is_listed_by_its_first_page(make_fs: MakeFs, s3_client: S3Client,
@@ -112,13 +118,14 @@ def test_a_tree_is_listed_by_its_first_page(make_fs: MakeFs, s3_client: S3Client
     s3_client.put_object(Bucket=bucket_name, Key="tree/d0/", Body=b"",
                          Metadata={"mode": str(stat.S_IFDIR | 0o700)})
     fs = make_fs()
-    fs.getattr("/tree")
     requests.take()
+    fs.getattr("/tree")
     walked = {name for name, _ in fs.readdir("/tree")} - {".", ".."}
     for folder in sorted(walked):
         assert len(fs.readdir(f"/tree/{folder}")) == 2 + 20
     heads = [params["Key"] for name, params in requests.seen if name == "HeadObject"]
-    assert requests.take() == {"ListObjectsV2": 1, "HeadObject": 1}, "find: one LIST"
+    assert requests.take() == {"ListObjectsV2": 1, "HeadObject": 1}, \
+        "its lookup lists the root, which holds the tree: find costs nothing more"
     assert heads == ["tree/d0/"], "only the folder that has a marker is HEADed"
     assert fs.getattr("/tree/d0").mode == stat.S_IFDIR | 0o700
     assert fs.getattr("/tree/d1").mode == stat.S_IFDIR | 0o755
@@ -135,8 +142,8 @@ def test_links_are_marked_so_listings_need_no_head_per_small_file(
     assert etag.endswith('-1"'), "qarnotfs writes its links as one multipart part"
 
     fs = make_fs()  # a remount: only the bucket knows
-    fs.getattr("/d")
     requests.take()
+    fs.getattr("/d")  # lists the root, and /d with it
     listed = dict(fs.readdir("/d"))
     assert [params["Key"] for name, params in requests.seen if name == "HeadObject"] \
         == ["d/ours"], "only the marked candidate is HEADed"
@@ -217,9 +224,11 @@ class FakeBucket:
     def __init__(self) -> None:
         self.reads: list[tuple[int, int]] = []
 
-    def read(self, key: str, offset: int, length: int) -> bytes:
+    def get(self, key: str, offset: int, length: int, *, unless_etag: str = "",
+            only_etag: str = "") -> ObjectRead:
         self.reads.append((offset, length))
-        return bytes(length)
+        return ObjectRead(ObjectInfo(key, offset + length, only_etag, datetime.now()),
+                          bytes(length))
 
 
 def test_sequential_reads_grow_the_pieces_and_fetch_ahead() -> None:
@@ -228,7 +237,7 @@ def test_sequential_reads_grow_the_pieces_and_fetch_ahead() -> None:
     with ThreadPoolExecutor(8) as pool:
         reader = Reader(bucket, pool)  # type: ignore[arg-type]
         for offset in range(0, size, 128 << 10):
-            assert len(reader.read("k", 128 << 10, offset, size)) == 128 << 10
+            assert len(reader.read("k", "", 128 << 10, offset, size)) == 128 << 10
             held = sum(p.end - p.start for p in reader._pieces)
             assert held <= (MAXIMUM_AHEAD + 2) * MAXIMUM_PIECE, "memory per file bounded"
     assert sum(length for _, length in bucket.reads) == size, "every byte fetched once"
@@ -243,11 +252,11 @@ def test_sequential_reads_grow_the_pieces_and_fetch_ahead() -> None:
 def test_small_and_random_reads_fetch_little() -> None:
     bucket = FakeBucket()
     reader = Reader(bucket)  # type: ignore[arg-type]
-    assert reader.read("small", 128 << 10, 0, 4096) == bytes(4096)
+    assert reader.read("small", "", 128 << 10, 0, 4096) == bytes(4096)
     assert bucket.reads == [(0, 4096)], "a small file is one GET"
     bucket.reads.clear()
     for offset in (50 << 20, 10 << 20, 90 << 20):
-        reader.read("big", 4096, offset, 100 << 20)
+        reader.read("big", "", 4096, offset, 100 << 20)
     assert all(length == 256 << 10 for _, length in bucket.reads), "a seek starts small"
 
 
@@ -276,15 +285,14 @@ def test_the_kernel_keeps_its_page_cache_only_while_the_object_is_unchanged(
     def opened_keeps_cache() -> bool:
         fh = fs.open("/data", os.O_RDONLY)
         try:
-            return fs.keep_cache(fh)
+            return fs.page_cache(fh).keep
         finally:
             fs.release(fh)
 
     assert not opened_keeps_cache(), "first open: nothing cached to keep"
     assert opened_keeps_cache(), "same ETag: the pages stay"
     s3_client.put_object(Bucket=bucket_name, Key="data", Body=b"version 2")
-    clock.advance(fs.options.cache_ttl + 1)  # the mount learns of the change
-    assert not opened_keeps_cache(), "changed by another machine: pages dropped"
+    assert not opened_keeps_cache(), "changed by another machine: pages dropped at once"
     assert opened_keeps_cache()
     write_file(fs, "/data", b"version 3")
     assert not opened_keeps_cache(), "written through the mount: pages dropped"
@@ -338,3 +346,77 @@ def test_a_delete_delay_of_zero_deletes_before_unlink_returns(
     fs.unlink("/d/a")
     assert requests.take()["DeleteObject"] == 1
     assert s3_client.list_objects_v2(Bucket=bucket_name, Prefix="d/a").get("KeyCount") == 0
+
+
+def read_whole(fs: Any, path: str) -> bytes:
+    fh = fs.open(path, os.O_RDONLY)
+    try:
+        size = fs.getattr(path, fh).size
+        return fs.read(fh, size + 1, 0)
+    finally:
+        fs.release(fh)
+
+
+def test_a_cold_small_file_costs_one_get(make_fs: MakeFs, s3_client: S3Client,
+                                         bucket_name: str, requests: Requests) -> None:
+    bodies = {f"data/f{index:02d}": os.urandom(4096) for index in range(20)}
+    for key, data in bodies.items():
+        s3_client.put_object(Bucket=bucket_name, Key=key, Body=data,
+                             Metadata={"mode": str(stat.S_IFREG | 0o640)})
+    fs = make_fs()
+    requests.take()
+    assert fs.getattr("/data").is_dir  # what the kernel looks up first
+    for key, data in bodies.items():
+        assert read_whole(fs, f"/{key}") == data
+    assert requests.take() == {"ListObjectsV2": 1, "GetObject": 20}, \
+        "one LIST for the folder, then one GET per file: no HEAD, no LIST per file"
+    assert fs.getattr("/data/f00").mode == stat.S_IFREG | 0o640, "the GET told the mode"
+
+
+def test_an_open_sees_the_object_as_it_is_then(make_fs: MakeFs, s3_client: S3Client,
+                                               bucket_name: str, requests: Requests) -> None:
+    """Close-to-open: whatever the cache holds, an open reads all of the object as it is
+    at that moment (never the new one cut at the old size), at no extra request."""
+    s3_client.put_object(Bucket=bucket_name, Key="f", Body=b"old")
+    fs = make_fs()  # cache_ttl 60 s: the cached size stays "3" all along
+    assert read_whole(fs, "/f") == b"old"
+    requests.take()
+    fh = fs.open("/f", os.O_RDONLY)
+    assert fs.page_cache(fh).keep, "unchanged: the kernel keeps the pages it has"
+    fs.release(fh)
+    assert [params.get("IfNoneMatch") for name, params in requests.seen] \
+        == [s3_client.head_object(Bucket=bucket_name, Key="f")["ETag"]], \
+        "and the open cost one conditional GET (a 304, no bytes)"
+    requests.take()
+    longer = os.urandom(300_000)
+    s3_client.put_object(Bucket=bucket_name, Key="f", Body=longer)
+    fh = fs.open("/f", os.O_RDONLY)
+    assert fs.page_cache(fh).bypass and not fs.page_cache(fh).keep, \
+        "the kernel's size is stale: its page cache must not cut the reads"
+    assert fs.read(fh, len(longer) + 1, 0) == longer
+    assert fs.getattr("/f", fh).size == len(longer)
+    fs.release(fh)
+    assert fs.getattr("/f").size == len(longer), "stat learns the new size"
+    s3_client.put_object(Bucket=bucket_name, Key="f", Body=b"new")
+    assert read_whole(fs, "/f") == b"new"
+    s3_client.delete_object(Bucket=bucket_name, Key="f")
+    with pytest.raises(FsError) as deleted:
+        fs.open("/f", os.O_RDONLY)
+    assert deleted.value.errno == errno.ENOENT
+
+
+def test_an_object_replaced_while_read_is_never_mixed(
+        make_fs: MakeFs, s3_client: S3Client, bucket_name: str) -> None:
+    first, second = b"a" * (3 << 20), b"b" * (3 << 20)
+    s3_client.put_object(Bucket=bucket_name, Key="big", Body=first)
+    fs = make_fs(read_workers=1)
+    fh = fs.open("/big", os.O_RDONLY)
+    assert fs.read(fh, 4096, 0) == b"a" * 4096
+    s3_client.put_object(Bucket=bucket_name, Key="big", Body=second)
+    with pytest.raises(PreconditionFailedException) as stale:
+        for offset in range(4096, len(first), 128 << 10):
+            assert fs.read(fh, 128 << 10, offset) == b"a" * (128 << 10), \
+                "bytes of the replacement read through a handle of the original"
+    assert errno_for(stale.value) == errno.ESTALE
+    fs.release(fh)
+    assert read_whole(fs, "/big") == second, "the next open reads the new object"

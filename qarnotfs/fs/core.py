@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING
 import platformdirs
 from cachetools import LRUCache
 
-from ..exceptions import QarnotException
+from ..exceptions import MissingObjectException, QarnotException
 from .attrs import (
     PERMISSION_BITS,
     SYMLINK_MAX,
@@ -52,11 +52,11 @@ from .attrs import (
 from .claims import PathClaims, one, tree
 from .deletes import DEFAULT_DELAY, OrderedStorage
 from .errors import FsError
-from .handles import Handle
+from .handles import Handle, Opening, PageCache
 from .keys import KEY_MAX, KeyMapper, is_fuse_hidden, is_within, name_of, normalize, parent_of
 from .metacache import MetaCache, Node
 from .namespace import Namespace
-from .reader import Reader
+from .reader import INITIAL_PIECE, Reader
 from .staging import StagingArea
 from .status import pending_summary
 from .storage import PART_SIZE
@@ -136,7 +136,7 @@ class Filesystem:
         self.items = Items()
         self._handles: dict[int, Handle] = {}
         self._handles_lock = threading.Lock()
-        # The ETag of each path at its last open, for keep_cache (bounded like the cache).
+        # The ETag of each path at its last open: the kernel may hold pages of it.
         self._opened_etags: LRUCache[str, str] = LRUCache(maxsize=max(1, options.cache_size))
         self._numbers = itertools.count(1)
         self._caller = threading.local()
@@ -245,56 +245,102 @@ class Filesystem:
             raise FsError(errno.EBADF, f"no open file {fh}")
         return handle
 
-    def _new_handle(self, item: Item, flags: int) -> int:
+    def _new_handle(self, item: Item, flags: int, opening: Opening | None = None) -> int:
+        opening = opening or Opening()
         number = next(self._numbers)
+        reader = Reader(self.bucket, self._read_pool)
+        if opening.first is not None:
+            reader.prime(item.key, item.etag, opening.first)
         with self._handles_lock:
-            self._handles[number] = Handle(number, item, flags,
-                                           Reader(self.bucket, self._read_pool))
+            self._handles[number] = Handle(number, item, flags, reader, opening.page_cache)
         return number
 
     def open(self, path: str, flags: int) -> int:
         """Open an existing file. Content is staged lazily: O_TRUNC stages an empty copy,
         else the first write or truncate downloads it (so ``touch`` or a chmod through an
-        open handle never transfers the content)."""
+        open handle never transfers the content). An open that may read checks the object
+        (close-to-open, see :meth:`_check_object`)."""
         path = normalize(path)
         writing = (flags & os.O_ACCMODE) != os.O_RDONLY
         if writing or flags & os.O_TRUNC:
             self._check_writable()
-        item = self._hold(path)
+        may_read = (flags & os.O_ACCMODE) != os.O_WRONLY and not flags & os.O_TRUNC
+        item, opening = self._hold(path, check=may_read)
         try:
             if writing and flags & os.O_TRUNC:
                 self.writeback.truncate(item, 0)
         except BaseException:
             self._let_go(item)
             raise
-        return self._new_handle(item, flags)
+        return self._new_handle(item, flags, opening)
 
-    def keep_cache(self, fh: int) -> bool:
-        """True if the kernel may keep the pages it cached of this file at its last open:
-        the file is not being written and its object's ETag is the one seen then."""
-        item = self._handle(fh).file
-        node = None if item.staged is not None or item.dirty else self.cache.get(item.path)
-        etag = node.etag if node is not None else ""
-        with self._handles_lock:
-            previous = self._opened_etags.pop(item.path, None)
-            if etag:
-                self._opened_etags[item.path] = etag
-        return bool(etag) and previous == etag
+    def page_cache(self, fh: int) -> PageCache:
+        """What the kernel may do with its page cache of the file for this open."""
+        return self._handle(fh).page_cache
 
-    def _hold(self, path: str) -> Item:
-        """The item of an existing file at ``path``, with one more handle counted."""
+    def _hold(self, path: str, check: bool = False) -> tuple[Item, Opening]:
+        """The item of an existing file at ``path``, with one more handle counted; with
+        ``check``, the object is checked as it is now (and its first bytes fetched)."""
         with self._claims.hold(one(path)):
             item = self.items.hold(path) or self.items.revive(path)
             if item is None:
-                node = self.namespace.exact(path)
+                # A check's GET tells the metadata: no HEAD of its own.
+                node = self.namespace.lookup(path) if check else self.namespace.exact(path)
                 if node.attrs.is_dir:
                     raise FsError(errno.EISDIR, path)
                 if node.attrs.is_link:
                     raise FsError(errno.ELOOP, path)
                 item = Item(path, self.keys.file_key(path), node.attrs, on_bucket=True,
-                            handles=1)
+                            handles=1, etag=node.etag)
+                opening = self._check_object(item, node.exact) if check else Opening()
                 self.items.put(item)
-            return item
+                return item, opening
+            try:
+                return item, self._check_object(item, exact=True) if check else Opening()
+            except BaseException:
+                self._let_go(item)
+                raise
+
+    def _check_object(self, item: Item, exact: bool) -> Opening:
+        """Close-to-open: see the object at ``item``'s key as it is now, through the GET
+        of its first bytes (the whole of a small file), with no request of its own.
+
+        The GET is conditional on the ETag seen at the last open when the kernel may hold
+        pages of that version (and the attributes known are the object's own): an
+        unchanged object then costs a 304 and keeps the pages. A changed one brings its
+        size, ETag and metadata (the attributes, which a listing does not tell), and its
+        pages are dropped; if its size is not the one the kernel was told, this open reads
+        around the page cache (whose reads stop at the size the kernel knows) until the
+        kernel asks for the attributes again. A file this mount is writing is its own
+        truth: nothing is asked.
+        """
+        with item.lock:
+            if item.staged is not None or item.dirty or item.gone or not item.on_bucket:
+                return Opening()
+            told = item.attrs.size
+            with self._handles_lock:
+                opened = self._opened_etags.get(item.path)
+            pages = exact and bool(item.etag) and opened == item.etag
+            since = self.cache.generation()
+            try:
+                answer = self.bucket.get(item.key, 0, INITIAL_PIECE,
+                                         unless_etag=item.etag if pages else "")
+            except MissingObjectException:
+                self.cache.learn_missing(item.path, since)
+                raise FsError(errno.ENOENT, f"{item.path}: deleted from the bucket") from None
+            if answer is None:
+                opening = Opening(PageCache(keep=True))
+            else:
+                attrs = object_attributes(answer.info, self.defaults)
+                if attrs.is_dir or attrs.is_link:
+                    raise FsError(errno.ESTALE, f"{item.path}: replaced by another type")
+                item.attrs, item.etag = attrs, answer.info.etag
+                self.cache.learn(item.path, Node(attrs.copy(), exact=True, etag=item.etag),
+                                 since)
+                opening = Opening(PageCache(bypass=attrs.size != told), answer.data)
+            with self._handles_lock:
+                self._opened_etags[item.path] = item.etag
+            return opening
 
     def create(self, path: str, mode: int, flags: int) -> int:
         self._check_writable()
@@ -325,7 +371,7 @@ class Filesystem:
             return staged.read(size, offset)
         if item.lost is not None:
             raise FsError(errno.EIO, f"{item.path}: {item.lost}")
-        return handle.reader.read(item.key, size, offset, item.attrs.size)
+        return handle.reader.read(item.key, item.etag, size, offset, item.attrs.size)
 
     def write(self, fh: int, data: bytes, offset: int) -> int:
         handle = self._handle(fh)
@@ -343,7 +389,7 @@ class Filesystem:
         path = normalize(path)
         if self._node(path).attrs.is_dir:
             raise FsError(errno.EISDIR, path)
-        item = self._hold(path)
+        item, _ = self._hold(path)
         try:
             self.writeback.truncate(item, length)
             self.writeback.upload(item)

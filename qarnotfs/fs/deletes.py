@@ -37,7 +37,7 @@ from ..exceptions import QarnotException
 from .storage import DELETE_BATCH
 
 if TYPE_CHECKING:
-    from ..objects import Listing, ObjectInfo
+    from ..objects import Listing, ObjectInfo, ObjectRead
     from ..progress import ProgressArg
     from .storage import LocalPath, Storage, StorageLimits
 
@@ -137,6 +137,12 @@ class OrderedStorage:
     def read(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
         self.flush()
         return self._storage.read(key, offset, length)
+
+    def get(self, key: str, offset: int = 0, length: int | None = None, *,
+            unless_etag: str = "", only_etag: str = "") -> ObjectRead | None:
+        self.flush()
+        return self._storage.get(key, offset, length, unless_etag=unless_etag,
+                                 only_etag=only_etag)
 
     def put(self, key: str, data: bytes, metadata: dict[str, str] | None = None) -> str:
         self.flush()

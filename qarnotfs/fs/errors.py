@@ -13,6 +13,7 @@ import os
 from ..exceptions import (
     MissingBucketException,
     MissingObjectException,
+    PreconditionFailedException,
     QarnotException,
     StorageTimeout,
     StorageUnreachableException,
@@ -42,6 +43,11 @@ def errno_for(error: BaseException) -> int:
         return errno_codes.ENOENT
     if isinstance(error, UnauthorizedException):
         return errno_codes.EACCES
+    if isinstance(error, PreconditionFailedException):
+        # Replaced by another client while open: NFS's answer to an open file whose
+        # object went away (the next open reads the new one).
+        log.warning("%s: replaced while open for reading; open it again", error)
+        return errno_codes.ESTALE
     if isinstance(error, MissingBucketException):
         log.error("the bucket is gone: %s", error)
         return errno_codes.EIO

@@ -34,6 +34,7 @@ import mfusepy
 from ..exceptions import QarnotException
 from .attrs import BLOCK_SIZE, Attributes
 from .errors import FsError, errno_for
+from .handles import PageCache
 
 if TYPE_CHECKING:
     from .core import Filesystem
@@ -306,12 +307,12 @@ class FuseOperations(mfusepy.Operations):
     def open(self, path: str, flags: int) -> int:
         return self.filesystem.open(path, flags)
 
-    def keep_cache(self, fh: int) -> bool:
+    def page_cache(self, fh: int) -> PageCache:
         try:
-            return self.filesystem.keep_cache(fh)
-        except Exception:  # only an optimisation: dropping the pages is always right
-            log.debug("keep_cache(%d) failed", fh, exc_info=True)
-            return False
+            return self.filesystem.page_cache(fh)
+        except Exception:  # dropping the pages is always right
+            log.debug("page_cache(%d) failed", fh, exc_info=True)
+            return PageCache()
 
     @_operation
     def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
@@ -357,9 +358,12 @@ class _Fuse(mfusepy.FUSE):
 
     def open(self, path: bytes, fip: Any) -> int:
         """Open, and tell the kernel whether the pages it cached of the file are still
-        good (``keep_cache``: the object did not change since the last open)."""
+        good (``keep_cache``: the object did not change since the last open), or must be
+        read around (``direct_io``: the object's size changed behind the kernel)."""
         result = int(super().open(path, fip))
-        fip.contents.keep_cache = int(self.operations.keep_cache(fip.contents.fh))
+        page_cache = self.operations.page_cache(fip.contents.fh)
+        fip.contents.keep_cache = int(page_cache.keep)
+        fip.contents.direct_io = int(page_cache.bypass)
         return result
 
     def truncate_fuse_3(self, path: bytes | None, length: int, fip: Any) -> int:

@@ -43,6 +43,12 @@ class Node:
         return Node(self.attrs.copy(), self.exact, self.etag)
 
 
+class _Children(dict[str, Node]):
+    """A folder's cached listing, and when it was learned."""
+
+    learned: float = 0.0
+
+
 class _Map:
     """A TTLCache, or nothing at all when its TTL is 0."""
 
@@ -77,6 +83,8 @@ class MetaCache:
     def __init__(self, ttl: float, negative_ttl: float, maxsize: int,
                  timer: Callable[[], float] = time.monotonic) -> None:
         self._lock = threading.Lock()
+        self._timer = timer
+        self._negative_ttl = negative_ttl
         self._entries = _Map(ttl, maxsize, timer)
         self._missing = _Map(negative_ttl, maxsize, timer)
         # Listings are heavier (one dict each): a smaller share of the budget.
@@ -124,14 +132,23 @@ class MetaCache:
             return {name: node.copy() for name, node in children.items()}
 
     def child(self, folder: str, name: str) -> tuple[bool, Node | None]:
-        """(True, its node or None if absent) when ``folder``'s listing is cached, else
-        (False, None); copies one node, not the whole listing."""
+        """What ``folder``'s cached listing says of ``name``: (True, its node) if listed,
+        (True, None) if absent from a listing younger than the negative TTL (a listing
+        vouches for a missing name no longer than a "does not exist" answer would), else
+        (False, None). Copies one node, not the whole listing."""
         with self._lock:
             children = self._listings.get(folder)
-            if not isinstance(children, dict):
+            if not isinstance(children, _Children):
                 return False, None
             node = children.get(name)
-        return True, node.copy() if isinstance(node, Node) else None
+            if node is None:
+                return self._timer() - children.learned < self._negative_ttl, None
+        return True, node.copy()
+
+    def has_listing(self, folder: str) -> bool:
+        """True if a listing of ``folder`` is cached (whatever its age)."""
+        with self._lock:
+            return isinstance(self._listings.get(folder), _Children)
 
     def listing_size(self, folder: str) -> int | None:
         """How many entries the cached listing of ``folder`` has (None if not cached)."""
@@ -182,7 +199,8 @@ class MetaCache:
             self._store_listing(folder, children)
 
     def _store_listing(self, folder: str, children: dict[str, Node]) -> None:
-        stored = {name: node.copy() for name, node in children.items()}
+        stored = _Children((name, node.copy()) for name, node in children.items())
+        stored.learned = self._timer()
         self._listings.set(folder, stored)
         for name, node in stored.items():
             path = f"{folder.rstrip('/')}/{name}"

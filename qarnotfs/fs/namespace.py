@@ -17,9 +17,13 @@ cache, else from the bucket, by THE attribute rule of the mount:
 
 * other entries show the default mode and owner until the mount learns their metadata (a
   lookup of a name not listed yet, an open, a chmod...: each of those HEADs the object);
-* a lookup the cache cannot answer (nor the parent's cached listing) costs a HEAD of the
-  key and a two-key LIST of ``key/`` sent together (a folder wins over a file of the same
-  name), plus a HEAD of the folder's marker when the LIST shows one.
+* a lookup the cache cannot answer lists the parent folder (as above, once: the siblings
+  are then answered from the listing), unless the keys below that folder fill more than
+  one page: there a lookup costs a HEAD of the key and a two-key LIST of ``key/`` sent
+  together (a folder wins over a file of the same name), plus a HEAD of the folder's
+  marker when the LIST shows one.
+
+Lock order: ``Namespace._big_lock`` is a leaf (never held while calling out).
 
 Open files are not this module's business: the core overlays them. Nor are the
 ``.fuse_hidden`` names libfuse gives them once unlinked: a lookup of one is ENOENT,
@@ -30,9 +34,12 @@ from __future__ import annotations
 
 import errno
 import logging
+import threading
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
+
+from cachetools import LRUCache
 
 from ..objects import Listing, ObjectInfo
 from .attrs import Defaults, dir_attributes, may_be_symlink, object_attributes
@@ -44,6 +51,9 @@ if TYPE_CHECKING:
     from .storage import Storage
 
 log = logging.getLogger(__name__)
+
+BIG_FOLDERS = 4096
+"""Folders remembered as too big to list for a lookup (a bound on memory)."""
 
 
 def split_tree(prefix: str, objects: list[ObjectInfo], truncated: bool) -> dict[str, Listing]:
@@ -83,6 +93,13 @@ class Namespace:
         self.cache = cache
         self.defaults = defaults
         self._pool = pool
+        self._big_lock = threading.Lock()
+        self._big_folders: LRUCache[str, bool] = LRUCache(maxsize=BIG_FOLDERS)
+        """Folders with more than a page of keys below them: a lookup there asks by name."""
+
+    def _is_big(self, folder: str) -> bool:
+        with self._big_lock:
+            return folder in self._big_folders
 
     def root(self) -> Node:
         return Node(dir_attributes(self.defaults), exact=True)
@@ -99,7 +116,16 @@ class Namespace:
             return node
         if self.cache.is_missing(path):
             raise FsError(errno.ENOENT, path)
-        listed, sibling = self.cache.child(parent_of(path), name_of(path))
+        parent, name = parent_of(path), name_of(path)
+        listed, sibling = self.cache.child(parent, name)
+        if not listed and not self.cache.has_listing(parent) and not self._is_big(parent):
+            # Listing the folder costs what asking for one name costs, and answers for
+            # every sibling (a program reading a folder's files sends one LIST, not one
+            # per file); a folder with more than a page of keys below it is asked by name.
+            if self._list(parent, whole=False) is None:
+                with self._big_lock:
+                    self._big_folders[parent] = True
+            listed, sibling = self.cache.child(parent, name)
         if listed:
             if sibling is None:
                 raise FsError(errno.ENOENT, path)
@@ -138,9 +164,18 @@ class Namespace:
         cached = self.cache.listing(folder)
         if cached is not None:
             return cached
+        children = self._list(folder, whole=True)
+        assert children is not None, "a whole listing always answers"
+        return children
+
+    def _list(self, folder: str, whole: bool) -> dict[str, Node] | None:
+        """List ``folder`` from the bucket and cache what the listing tells (its tree,
+        when it fits in a page); unless ``whole``, None if its keys fill more than a page."""
         prefix = self.keys.dir_prefix(folder)
         since = self.cache.generation()
         objects, truncated = self.bucket.list_page(prefix)
+        if truncated and not whole:
+            return None
         listings = split_tree(prefix, objects, truncated)
         if truncated:
             rest = self.bucket.list_folder(prefix, start_after=objects[-1].key)

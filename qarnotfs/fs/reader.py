@@ -53,6 +53,7 @@ class Reader:
         self._pool = pool
         self._lock = threading.Lock()
         self._key = ""
+        self._etag = ""
         self._pieces: list[_Piece] = []
         self._next = 0
         """Where a sequential read would start."""
@@ -60,16 +61,16 @@ class Reader:
         """Bytes read sequentially until now."""
         self._piece_size = INITIAL_PIECE
 
-    def read(self, key: str, size: int, offset: int, file_size: int) -> bytes:
-        """Up to ``size`` bytes at ``offset`` of ``key``, an object of ``file_size`` bytes."""
+    def read(self, key: str, etag: str, size: int, offset: int, file_size: int) -> bytes:
+        """Up to ``size`` bytes at ``offset`` of ``key``, an object of ``file_size`` bytes
+        whose ETag is ``etag`` ('' if not known). Every GET is conditional on that ETag:
+        bytes of a replacement are never mixed with those of the object opened
+        (:class:`~qarnotfs.exceptions.PreconditionFailedException` instead)."""
         if size <= 0 or offset >= file_size:
             return b""
         size = min(size, file_size - offset)
         with self._lock:
-            if key != self._key:
-                self._drop()
-                self._key, self._next, self._streak = key, 0, 0
-                self._piece_size = INITIAL_PIECE
+            self._switch(key, etag)
             # The kernel sends read-ahead requests in parallel, so they may arrive a
             # little out of order: a read inside the pieces still counts as sequential.
             if offset == self._next or any(p.start <= offset < p.end for p in self._pieces):
@@ -94,11 +95,33 @@ class Reader:
                  for piece, chunk in zip(wanted, chunks, strict=True)]
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
+    def prime(self, key: str, etag: str, data: bytes) -> None:
+        """Keep ``data``, the first bytes of ``key`` at ``etag``, that the open's GET
+        brought (so a small file costs that one request)."""
+        with self._lock:
+            self._switch(key, etag)
+            done: Future[bytes] = Future()
+            done.set_result(data)
+            self._pieces.append(_Piece(0, len(data), done))
+            self._piece_size = min(GROWTH * max(len(data), INITIAL_PIECE), MAXIMUM_PIECE)
+
+    def _switch(self, key: str, etag: str) -> None:
+        """Start afresh if the object read is no longer the one the pieces come from."""
+        if (key, etag) != (self._key, self._etag):
+            self._drop()
+            self._key, self._etag, self._next, self._streak = key, etag, 0, 0
+            self._piece_size = INITIAL_PIECE
+
+    def _get(self, key: str, etag: str, start: int, end: int) -> bytes:
+        answer = self._bucket.get(key, start, end - start, only_etag=etag)
+        assert answer is not None, "a GET without If-None-Match always answers"
+        return answer.data
+
     def _result(self, key: str, piece: _Piece) -> bytes:
         try:
             return piece.data.result()
         except CancelledError:  # dropped by a seek of a parallel read: fetch it here
-            return self._bucket.read(key, piece.start, piece.end - piece.start)
+            return self._get(key, self._etag, piece.start, piece.end)
 
     def _covering(self, start: int, end: int, file_size: int) -> list[_Piece]:
         """The pieces holding [start, end), fetching (now) the parts no piece holds."""
@@ -129,13 +152,13 @@ class Reader:
             waiting += 1
 
     def _fetch(self, start: int, end: int, now: bool) -> _Piece:
-        key = self._key
+        key, etag = self._key, self._etag
         future: Future[bytes]
         if now or self._pool is None:
             future = Future()
-            future.set_result(self._bucket.read(key, start, end - start))
+            future.set_result(self._get(key, etag, start, end))
         else:
-            future = self._pool.submit(self._bucket.read, key, start, end - start)
+            future = self._pool.submit(self._get, key, etag, start, end)
         piece = _Piece(start, end, future)
         self._pieces.append(piece)
         # Growing pieces: few requests for big files, little waste for small reads.
@@ -148,8 +171,3 @@ class Reader:
             piece.data.cancel()
         self._pieces = []
 
-    def forget(self) -> None:
-        """Drop the pieces (the object changed)."""
-        with self._lock:
-            self._drop()
-            self._key = ""

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Iterator
 from typing import IO, TYPE_CHECKING, Protocol, Union
 
 if TYPE_CHECKING:
-    from ..objects import Listing, ObjectInfo
+    from ..objects import Listing, ObjectInfo, ObjectRead
     from ..progress import ProgressArg
 
 LocalPath = Union[str, "os.PathLike[str]"]
@@ -63,6 +63,9 @@ class Storage(Protocol):
     def stat(self, key: str) -> ObjectInfo | None: ...
 
     def read(self, key: str, offset: int = 0, length: int | None = None) -> bytes: ...
+
+    def get(self, key: str, offset: int = 0, length: int | None = None, *,
+            unless_etag: str = "", only_etag: str = "") -> ObjectRead | None: ...
 
     def put(self, key: str, data: bytes, metadata: dict[str, str] | None = None) -> str: ...
 

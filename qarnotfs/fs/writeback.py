@@ -132,6 +132,9 @@ class Item:
     stream: PartStream | None = None
     lost: str | None = None
     """Why its content could not be kept when it was unlinked (reads then fail)."""
+    etag: str = ""
+    """The ETag of the object at ``key`` as this mount last saw it ('' when unknown),
+    which reads of the bucket's content are conditional on (reader.py)."""
 
     @property
     def dirty(self) -> bool:

@@ -1,4 +1,4 @@
-"""The seven workloads, each done through a mount and through boto3 directly.
+"""The workloads, each done through a mount and through boto3 directly.
 
 Owns: what each workload prepares (through boto3, untimed), what it does (timed) with a
 mounted folder and with boto3 as a careful boto3 user would, when the bucket shows the
@@ -142,6 +142,9 @@ class Workload(ABC):
     target: float
     """Largest acceptable mount/boto3 time ratio."""
     cold_page_cache = False
+    read_before_remount = False
+    """Run the mount side once, untimed, then remount (kernel caches dropped) and time
+    it again: a re-read after a remount, which a local read cache serves."""
 
     @abstractmethod
     def describe(self, sizes: Sizes) -> str: ...
@@ -215,6 +218,42 @@ class BigRead(Workload):
                    "the file read differs from the file written")
         finally:
             output.unlink(missing_ok=True)
+
+
+class BigReread(BigRead):
+    name = "big-reread"
+    target = 1.0
+    read_before_remount = True
+
+    def describe(self, sizes: Sizes) -> str:
+        return (f"{sizes.big / MIB:g} MiB file read again after a remount, page cache "
+                "dropped (cp / download_file)")
+
+
+class SmallReads(Workload):
+    name = "small-read"
+    target = 1.2
+    prefix = "read/"
+    cold_page_cache = True
+
+    def describe(self, sizes: Sizes) -> str:
+        return (f"{sizes.small_files} files of {SMALL_FILE_SIZE // 1024} KiB read cold, in a "
+                "folder not listed yet (cat / get_object loop)")
+
+    def prepare(self, side: Side) -> None:
+        keys = numbered(self.prefix, side.sizes.small_files)
+        with ThreadPoolExecutor(PREPARE_THREADS) as pool:
+            list(pool.map(lambda item: side.s3.put_object(
+                Bucket=side.bucket, Key=item[1], Body=small_body(item[0])), enumerate(keys)))
+
+    def with_boto3(self, side: Side) -> None:
+        for index, key in enumerate(numbered(self.prefix, side.sizes.small_files)):
+            body = side.s3.get_object(Bucket=side.bucket, Key=key)["Body"].read()
+            expect(body == small_body(index), f"{key}: read different bytes")
+
+    def with_mount(self, side: Side, root: Path) -> None:
+        for index, key in enumerate(numbered(self.prefix, side.sizes.small_files)):
+            expect((root / key).read_bytes() == small_body(index), f"{key}: read different bytes")
 
 
 class SmallFiles(Workload):
@@ -362,5 +401,6 @@ class Remove(Workload):
 
 WORKLOADS: dict[str, Workload] = {
     workload.name: workload
-    for workload in (BigWrite(), BigRead(), SmallFiles(), ListLong(), Walk(), Rename(), Remove())
+    for workload in (BigWrite(), BigRead(), BigReread(), SmallReads(), SmallFiles(), ListLong(),
+                     Walk(), Rename(), Remove())
 }

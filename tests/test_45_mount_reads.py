@@ -1,0 +1,85 @@
+"""Reads through the kernel (issue #11): what a cold read costs in requests, and
+close-to-open consistency with other clients and another qarnotfs mount, driven by
+ordinary tools (``cat``, ``stat``) on a real mount. Requests are counted by a proxy in
+front of the server, not timed.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+from faultproxy import FaultProxy
+from mounting import mounted
+
+pytestmark = [pytest.mark.mount, pytest.mark.timeout(180)]
+
+
+def cat(*paths: Path) -> bytes:
+    return subprocess.run(["cat", *map(os.fspath, paths)], check=True,
+                          capture_output=True).stdout
+
+
+def drop_kernel_caches() -> None:
+    Path("/proc/sys/vm/drop_caches").write_text("3\n")
+
+
+def test_cold_small_files_cost_one_get_each(tmp_path: Path, bucket_name: str,
+                                            s3_env: dict[str, str], s3_client: Any,
+                                            proxy: FaultProxy) -> None:
+    bodies = {f"data/f{index:02d}": os.urandom(4096) for index in range(20)}
+    for key, data in bodies.items():
+        s3_client.put_object(Bucket=bucket_name, Key=key, Body=data)
+    env = {**s3_env, "QARNOT_STORAGE_URL": proxy.url}
+    with mounted(bucket_name, tmp_path / "mnt", env, tmp_path / "w") as mount:
+        drop_kernel_caches()
+        before = len(proxy.seen)
+        for key, data in bodies.items():
+            assert cat(mount.mountpoint / key) == data
+        sent = [f"{seen.method} {seen.target}" for seen in proxy.seen[before:]]
+        gets = [line for line in sent if line.startswith(f"GET /{bucket_name}/data/")]
+        lists = [line for line in sent if "list-type" in line]
+        heads = [line for line in sent if line.startswith("HEAD")]
+        assert (len(gets), len(lists), heads) == (20, 1, []), \
+            f"one GET per file and one LIST in all (boto3 sends 20 GETs): {sent}"
+
+
+def test_a_file_replaced_elsewhere_is_read_whole_at_the_next_open(
+        tmp_path: Path, bucket_name: str, s3_env: dict[str, str], s3_client: Any) -> None:
+    """Within the cache's 60 s the mount knows the old size; an open must still read all
+    of the new object, longer or shorter, never the new bytes cut at the old size."""
+    s3_client.put_object(Bucket=bucket_name, Key="doc", Body=b"short\n")
+    with mounted(bucket_name, tmp_path / "mnt", s3_env, tmp_path / "w") as mount:
+        doc = mount.mountpoint / "doc"
+        assert cat(doc) == b"short\n"
+        assert doc.stat().st_size == 6
+        longer = os.urandom(200_000)
+        s3_client.put_object(Bucket=bucket_name, Key="doc", Body=longer)
+        assert cat(doc) == longer
+        with doc.open("rb") as source:  # a second reader of the same version
+            assert source.read() == longer
+        s3_client.put_object(Bucket=bucket_name, Key="doc", Body=b"tiny")
+        assert cat(doc) == b"tiny"
+        s3_client.delete_object(Bucket=bucket_name, Key="doc")
+        result = subprocess.run(["cat", os.fspath(doc)], check=False, capture_output=True)
+        assert result.returncode != 0 and b"No such file" in result.stderr
+        mount.assert_clean_log()
+
+
+def test_two_mounts_see_each_others_closes(tmp_path: Path, bucket_name: str,
+                                           s3_env: dict[str, str], s3_client: Any) -> None:
+    with mounted(bucket_name, tmp_path / "a", s3_env, tmp_path / "wa") as first, \
+            mounted(bucket_name, tmp_path / "b", s3_env, tmp_path / "wb") as second:
+        (first.mountpoint / "shared").write_bytes(b"v1")
+        assert cat(second.mountpoint / "shared") == b"v1"
+        for version in (b"version two, longer", b"3"):
+            (first.mountpoint / "shared").write_bytes(version)
+            assert cat(second.mountpoint / "shared") == version, \
+                "a close in one mount is seen by the next open in the other"
+        drop_kernel_caches()
+        second.remount()
+        assert cat(second.mountpoint / "shared") == b"3"
+        assert s3_client.get_object(Bucket=bucket_name, Key="shared")["Body"].read() == b"3"
