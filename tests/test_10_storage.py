@@ -46,7 +46,7 @@ def test_the_protocol_has_the_calls_the_filesystem_makes() -> None:
         "abort_multipart", "complete_multipart", "connection", "copy", "create_multipart",
         "delete", "delete_many", "download", "first_keys", "has_objects_under",
         "iter_objects", "list_folder", "list_multipart_uploads", "list_page", "list_parts",
-        "name", "put", "put_marked", "read", "stat", "upload", "upload_part"}
+        "get", "name", "put", "put_marked", "read", "stat", "upload", "upload_part"}
 
 
 def _parameters(function: Callable[..., Any]) -> list[tuple[str, Any, Any, Any]]:

@@ -55,7 +55,7 @@ from .errors import FsError
 from .handles import Handle, Opening, PageCache
 from .keys import KEY_MAX, KeyMapper, is_fuse_hidden, is_within, name_of, normalize, parent_of
 from .metacache import MetaCache, Node
-from .namespace import Namespace
+from .namespace import Lookups, Namespace
 from .reader import INITIAL_PIECE, Reader
 from .staging import StagingArea
 from .status import pending_summary
@@ -101,6 +101,7 @@ class FsOptions:
     delete_delay: float = DEFAULT_DELAY
     """Seconds an unlink's delete waits to be batched with others (0: sent at once)."""
     symlink_scan: SymlinkScan = "marked"
+    lookups: Lookups = "exact"
     """Which listed objects are HEADed to find links: "marked" (only qarnotfs's, one
     multipart part), "small" (every object of 1 to 4095 bytes: s3fs's links too)."""
     clock: Callable[[], float] = time.monotonic
@@ -130,7 +131,8 @@ class Filesystem:
                                         thread_name_prefix="qarnotfs-fs")
         self._read_pool = ThreadPoolExecutor(max_workers=max(1, options.read_workers),
                                              thread_name_prefix="qarnotfs-read")
-        self.namespace = Namespace(storage, self.keys, self.cache, self.defaults, self._pool)
+        self.namespace = Namespace(storage, self.keys, self.cache, self.defaults, self._pool,
+                                   list_on_miss=options.lookups == "listed")
         self._staging = StagingArea(options.staging_dir, storage.name, self.keys.prefix)
         self._claims = PathClaims()
         self.items = Items()

@@ -102,6 +102,14 @@ def _flag(text: str) -> bool:
     raise ValueError(text)
 
 
+def _lookups(text: str) -> str:
+    from .namespace import LOOKUPS
+
+    if text not in LOOKUPS:
+        raise ValueError(text)
+    return text
+
+
 def _symlink_scan(text: str) -> str:
     from .attrs import SYMLINK_SCANS
 
@@ -178,6 +186,12 @@ class MountOptions:
         "which listed objects are checked for being symbolic links: marked (default: those "
         "qarnotfs wrote) or small (every object of 1-4095 bytes: s3fs's links too; one "
         "HEAD each)", fs="symlink_scan")
+    lookups: str | None = _option(
+        None, _lookups, "exact or listed",
+        "how a name not cached yet is looked up: exact (default: a HEAD, so its stored mode, "
+        "owner and times show at once) or listed (its folder is listed once, and the "
+        "siblings show the listing's size and time, default mode and owner, until opened: "
+        "one request per cold small file)", fs="lookups")
     delete_delay: float | None = _option(
         None, _seconds, SECONDS, "seconds an unlink waits for others to join one batched "
         "delete (default 0.05; 0: each unlink deletes before it returns)", fs="delete_delay")

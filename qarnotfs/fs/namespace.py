@@ -17,11 +17,11 @@ cache, else from the bucket, by THE attribute rule of the mount:
 
 * other entries show the default mode and owner until the mount learns their metadata (a
   lookup of a name not listed yet, an open, a chmod...: each of those HEADs the object);
-* a lookup the cache cannot answer lists the parent folder (as above, once: the siblings
-  are then answered from the listing), unless the keys below that folder fill more than
-  one page: there a lookup costs a HEAD of the key and a two-key LIST of ``key/`` sent
-  together (a folder wins over a file of the same name), plus a HEAD of the folder's
-  marker when the LIST shows one.
+* a lookup the cache cannot answer costs a HEAD of the key and a two-key LIST of ``key/``
+  sent together (a folder wins over a file of the same name), plus a HEAD of the folder's
+  marker when the LIST shows one; with ``lookups="listed"`` it lists the parent folder
+  instead (as above, once: the siblings are then answered from the listing), unless the
+  keys below that folder fill more than one page.
 
 Lock order: ``Namespace._big_lock`` is a leaf (never held while calling out).
 
@@ -37,7 +37,7 @@ import logging
 import threading
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from cachetools import LRUCache
 
@@ -51,6 +51,12 @@ if TYPE_CHECKING:
     from .storage import Storage
 
 log = logging.getLogger(__name__)
+
+Lookups = Literal["exact", "listed"]
+LOOKUPS: tuple[Lookups, ...] = ("exact", "listed")
+"""How a name the caches cannot answer is looked up: by name (a HEAD and a one-key LIST:
+its stored mode, owner and times at once), or by listing its folder (one request for all
+the siblings, which show the listing's attributes until opened)."""
 
 BIG_FOLDERS = 4096
 """Folders remembered as too big to list for a lookup (a bound on memory)."""
@@ -87,12 +93,13 @@ class Namespace:
     """Lookups and listings of mount paths, cached."""
 
     def __init__(self, bucket: Storage, keys: KeyMapper, cache: MetaCache,
-                 defaults: Defaults, pool: Executor) -> None:
+                 defaults: Defaults, pool: Executor, list_on_miss: bool = False) -> None:
         self.bucket = bucket
         self.keys = keys
         self.cache = cache
         self.defaults = defaults
         self._pool = pool
+        self._list_on_miss = list_on_miss
         self._big_lock = threading.Lock()
         self._big_folders: LRUCache[str, bool] = LRUCache(maxsize=BIG_FOLDERS)
         """Folders with more than a page of keys below them: a lookup there asks by name."""
@@ -118,7 +125,8 @@ class Namespace:
             raise FsError(errno.ENOENT, path)
         parent, name = parent_of(path), name_of(path)
         listed, sibling = self.cache.child(parent, name)
-        if not listed and not self.cache.has_listing(parent) and not self._is_big(parent):
+        if not listed and self._list_on_miss and not self.cache.has_listing(parent) \
+                and not self._is_big(parent):
             # Listing the folder costs what asking for one name costs, and answers for
             # every sibling (a program reading a folder's files sends one LIST, not one
             # per file); a folder with more than a page of keys below it is asked by name.
