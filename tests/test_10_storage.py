@@ -243,6 +243,7 @@ def _upload(storage: Storage, folder: Path) -> None:
 EVERY_CALL: dict[str, Callable[[Storage, Path], object]] = {
     "stat": lambda s, _: s.stat("other"),
     "read": lambda s, _: s.read("other"),
+    "get": lambda s, _: s.get("other", 0, 1),
     "put": lambda s, _: s.put("new", b"n"),
     "put_marked": lambda s, _: s.put_marked("new", b"n"),
     "upload": _upload,

@@ -18,6 +18,7 @@ SAMPLES = {
     "uid": ("1234", 1234), "gid": ("4321", 4321), "umask": ("027", 0o027),
     "staging_dir": ("/tmp/st", "/tmp/st"), "cache_ttl": ("2.5", 2.5),
     "negative_ttl": ("0", 0.0), "cache_size": ("10", 10), "symlink_scan": ("small", "small"),
+    "lookups": ("listed", "listed"),
     "delete_delay": ("0.2", 0.2), "statfs_size": ("2T", 2 << 40),
     "statfs_inodes": ("99", 99), "attr_timeout": ("3", 3.0), "entry_timeout": ("4", 4.0),
     "log_file": ("/tmp/x.log", "/tmp/x.log"), "log_level": ("WARNING", "warning"),

@@ -85,7 +85,7 @@ def test_ls_l_of_a_big_folder_is_one_list_per_page_and_lookups_are_free(
     fs = make_fs()
     requests.take()
     assert fs.getattr("/big").is_dir
-    assert requests.take() == {"HeadObject": 1, "ListObjectsV2": 1}, "one round trip"
+    assert requests.take() == {"GetObject": 1, "ListObjectsV2": 1}, "one round trip"
     entries = dict(fs.readdir("/big"))
     assert sorted(entries) == [".", "..", *names]
     assert all(entries[name].size == 4 for name in names)
@@ -104,7 +104,7 @@ def test_negative_lookups_are_cached(make_fs: MakeFs, requests: Requests) -> Non
     for _ in range(3):
         with pytest.raises(FsError):
             fs.getattr("/nothing/here")
-    assert requests.take() == {"HeadObject": 1, "ListObjectsV2": 1}, "asked once"
+    assert requests.take() == {"GetObject": 1, "ListObjectsV2": 1}, "asked once"
 
 
 def test_a_tree_is_listed_by_its_first_page(make_fs: MakeFs, s3_client: S3Client,
@@ -364,8 +364,9 @@ def test_a_cold_small_file_costs_one_get(make_fs: MakeFs, s3_client: S3Client,
     for key, data in bodies.items():
         assert fs.getattr(f"/{key}").mode == stat.S_IFREG | 0o640, "exact lookups"
         assert read_whole(fs, f"/{key}") == data
-    assert requests.take() == {"HeadObject": 21, "ListObjectsV2": 21, "GetObject": 20}, \
-        "by default a lookup is a HEAD and a LIST (sent together); the open sends no HEAD"
+    assert requests.take() == {"GetObject": 21, "ListObjectsV2": 21}, \
+        "by default a lookup is a GET of the first bytes and a LIST (sent together), and \
+the open that follows sends nothing"
 
     fs = make_fs(lookups="listed")
     requests.take()
@@ -425,3 +426,21 @@ def test_an_object_replaced_while_read_is_never_mixed(
     assert errno_for(stale.value) == errno.ESTALE
     fs.release(fh)
     assert read_whole(fs, "/big") == second, "the next open reads the new object"
+
+
+def test_a_lookup_s_first_bytes_stand_for_the_object_one_second(
+        make_fs: MakeFs, s3_client: S3Client, bucket_name: str, requests: Requests,
+        clock: FakeClock) -> None:
+    s3_client.put_object(Bucket=bucket_name, Key="f", Body=b"v1")
+    fs = make_fs()
+    assert fs.getattr("/f").size == 2
+    requests.take()
+    assert read_whole(fs, "/f") == b"v1"
+    assert requests.take() == {}, "the open right after the lookup used its GET"
+    clock.advance(fs.options.cache_ttl + 1)
+    assert fs.getattr("/f").size == 2
+    clock.advance(2)  # the lookup's bytes are no longer fresh
+    s3_client.put_object(Bucket=bucket_name, Key="f", Body=b"v2, longer")
+    requests.take()
+    assert read_whole(fs, "/f") == b"v2, longer"
+    assert requests.take() == {"GetObject": 1}, "checked again (conditionally)"

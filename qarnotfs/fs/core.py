@@ -56,6 +56,7 @@ from .handles import Handle, Opening, PageCache
 from .keys import KEY_MAX, KeyMapper, is_fuse_hidden, is_within, name_of, normalize, parent_of
 from .metacache import MetaCache, Node
 from .namespace import Lookups, Namespace
+from .prefetch import FirstBytes
 from .reader import INITIAL_PIECE, Reader
 from .staging import StagingArea
 from .status import pending_summary
@@ -63,7 +64,7 @@ from .storage import PART_SIZE
 from .writeback import Item, Items, WriteBack, WriteBackOptions
 
 if TYPE_CHECKING:
-    from ..objects import ObjectInfo
+    from ..objects import ObjectInfo, ObjectRead
     from .storage import Storage
 
 log = logging.getLogger(__name__)
@@ -132,6 +133,7 @@ class Filesystem:
         self._read_pool = ThreadPoolExecutor(max_workers=max(1, options.read_workers),
                                              thread_name_prefix="qarnotfs-read")
         self.namespace = Namespace(storage, self.keys, self.cache, self.defaults, self._pool,
+                                   FirstBytes(clock=options.clock),
                                    list_on_miss=options.lookups == "listed")
         self._staging = StagingArea(options.staging_dir, storage.name, self.keys.prefix)
         self._claims = PathClaims()
@@ -313,7 +315,9 @@ class Filesystem:
         size, ETag and metadata (the attributes, which a listing does not tell), and its
         pages are dropped; if its size is not the one the kernel was told, this open reads
         around the page cache (whose reads stop at the size the kernel knows) until the
-        kernel asks for the attributes again. A file this mount is writing is its own
+        kernel asks for the attributes again. The first bytes the lookup of this path
+        fetched (prefetch.py) stand for the object for a second, as the kernel's own
+        lookup does: then the open sends nothing. A file this mount is writing is its own
         truth: nothing is asked.
         """
         with item.lock:
@@ -323,15 +327,13 @@ class Filesystem:
             with self._handles_lock:
                 opened = self._opened_etags.get(item.path)
             pages = exact and bool(item.etag) and opened == item.etag
+            kept = self.namespace.first_bytes.take(item.path, item.etag) if exact else None
             since = self.cache.generation()
-            try:
-                answer = self.bucket.get(item.key, 0, INITIAL_PIECE,
-                                         unless_etag=item.etag if pages else "")
-            except MissingObjectException:
-                self.cache.learn_missing(item.path, since)
-                raise FsError(errno.ENOENT, f"{item.path}: deleted from the bucket") from None
+            answer = None
+            if kept is None or not kept.fresh:
+                answer = self._get_first(item, pages or kept is not None, since)
             if answer is None:
-                opening = Opening(PageCache(keep=True))
+                opening = Opening(PageCache(keep=pages), kept.data if kept else None)
             else:
                 attrs = object_attributes(answer.info, self.defaults)
                 if attrs.is_dir or attrs.is_link:
@@ -343,6 +345,16 @@ class Filesystem:
             with self._handles_lock:
                 self._opened_etags[item.path] = item.etag
             return opening
+
+    def _get_first(self, item: Item, unless: bool, since: int) -> ObjectRead | None:
+        """The GET of an open: the object's first piece, or None if ``unless`` and it still
+        has ``item``'s ETag (a 304)."""
+        try:
+            return self.bucket.get(item.key, 0, INITIAL_PIECE,
+                                   unless_etag=item.etag if unless else "")
+        except MissingObjectException:
+            self.cache.learn_missing(item.path, since)
+            raise FsError(errno.ENOENT, f"{item.path}: deleted from the bucket") from None
 
     def create(self, path: str, mode: int, flags: int) -> int:
         self._check_writable()

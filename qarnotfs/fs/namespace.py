@@ -17,11 +17,12 @@ cache, else from the bucket, by THE attribute rule of the mount:
 
 * other entries show the default mode and owner until the mount learns their metadata (a
   lookup of a name not listed yet, an open, a chmod...: each of those HEADs the object);
-* a lookup the cache cannot answer costs a HEAD of the key and a two-key LIST of ``key/``
-  sent together (a folder wins over a file of the same name), plus a HEAD of the folder's
-  marker when the LIST shows one; with ``lookups="listed"`` it lists the parent folder
-  instead (as above, once: the siblings are then answered from the listing), unless the
-  keys below that folder fill more than one page.
+* a lookup the cache cannot answer costs a GET of the key's first 64 KiB (its headers
+  tell what a HEAD would; the bytes are kept for the open that follows, prefetch.py) and
+  a two-key LIST of ``key/`` sent together (a folder wins over a file of the same name),
+  plus a HEAD of the folder's marker when the LIST shows one; with ``lookups="listed"``
+  it lists the parent folder instead (as above, once: the siblings are then answered
+  from the listing), unless the keys below that folder fill more than one page.
 
 Lock order: ``Namespace._big_lock`` is a leaf (never held while calling out).
 
@@ -41,11 +42,13 @@ from typing import TYPE_CHECKING, Literal
 
 from cachetools import LRUCache
 
-from ..objects import Listing, ObjectInfo
+from ..exceptions import MissingObjectException
+from ..objects import Listing, ObjectInfo, ObjectRead
 from .attrs import Defaults, dir_attributes, may_be_symlink, object_attributes
 from .errors import FsError
 from .keys import KeyMapper, is_fuse_hidden, join, name_of, parent_of, unrepresentable
 from .metacache import MetaCache, Node
+from .prefetch import FIRST_BYTES, FirstBytes
 
 if TYPE_CHECKING:
     from .storage import Storage
@@ -93,12 +96,14 @@ class Namespace:
     """Lookups and listings of mount paths, cached."""
 
     def __init__(self, bucket: Storage, keys: KeyMapper, cache: MetaCache,
-                 defaults: Defaults, pool: Executor, list_on_miss: bool = False) -> None:
+                 defaults: Defaults, pool: Executor, first_bytes: FirstBytes,
+                 list_on_miss: bool = False) -> None:
         self.bucket = bucket
         self.keys = keys
         self.cache = cache
         self.defaults = defaults
         self._pool = pool
+        self.first_bytes = first_bytes
         self._list_on_miss = list_on_miss
         self._big_lock = threading.Lock()
         self._big_folders: LRUCache[str, bool] = LRUCache(maxsize=BIG_FOLDERS)
@@ -138,17 +143,19 @@ class Namespace:
             if sibling is None:
                 raise FsError(errno.ENOENT, path)
             return sibling
-        return self.fetch(path)
+        return self.fetch(path, keep_bytes=True)
 
-    def fetch(self, path: str) -> Node:
-        """Ask the bucket what is at ``path`` (folder first), and cache the answer."""
+    def fetch(self, path: str, keep_bytes: bool = False) -> Node:
+        """Ask the bucket what is at ``path`` (folder first), and cache the answer; with
+        ``keep_bytes``, a GET of the first bytes asks (kept for an open, prefetch.py)."""
         prefix = self.keys.dir_prefix(path)
         key = self.keys.file_key(path)
         since = self.cache.generation()
         # Both questions at once: a lookup is one round trip, not two.
-        head = self._pool.submit(self.bucket.stat, key)
+        asked = self._pool.submit(self._read_first if keep_bytes else self.bucket.stat, key)
         under = self.bucket.first_keys(prefix, 1)
-        info = head.result()
+        answer = asked.result()
+        info = answer.info if isinstance(answer, ObjectRead) else answer
         if under:
             marker = self.bucket.stat(prefix) if under[0] == prefix else None
             node = Node(dir_attributes(self.defaults, marker), exact=True)
@@ -157,8 +164,16 @@ class Namespace:
             raise FsError(errno.ENOENT, path)
         else:
             node = Node(object_attributes(info, self.defaults), exact=True, etag=info.etag)
+            if isinstance(answer, ObjectRead) and node.attrs.is_file:
+                self.first_bytes.keep(path, info.etag, answer.data)
         self.cache.learn(path, node, since)
         return node
+
+    def _read_first(self, key: str) -> ObjectRead | None:
+        try:
+            return self.bucket.get(key, 0, FIRST_BYTES)
+        except MissingObjectException:
+            return None
 
     def exact(self, path: str) -> Node:
         """The node with its metadata (HEAD unless already known)."""
