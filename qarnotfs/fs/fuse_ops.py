@@ -127,6 +127,7 @@ def _fill_stat(st: Any, attributes: Attributes) -> None:
     """Set a C ``struct stat`` straight from ``attributes`` (what mfusepy's
     ``set_st_attrs`` does from a dict, without the dict: readdir fills thousands)."""
     st.st_mode, st.st_size, st.st_nlink = attributes.mode, attributes.size, attributes.nlink
+    st.st_rdev = attributes.rdev
     st.st_uid, st.st_gid = attributes.uid, attributes.gid
     st.st_blocks, st.st_blksize = (attributes.size + 511) // 512, BLOCK_SIZE
     st.st_atimespec.tv_sec, st.st_atimespec.tv_nsec = divmod(attributes.atime_ns, 1_000_000_000)
@@ -268,6 +269,31 @@ class FuseOperations(mfusepy.Operations):
     @_operation
     def link(self, link_path: str, target: str) -> int:
         self.filesystem.link(target, link_path)
+        return 0
+
+    @_operation
+    def mknod(self, path: str, mode: int, dev: int) -> int:
+        with self._as_caller():
+            self.filesystem.mknod(path, mode, dev)
+        return 0
+
+    @_operation
+    def getxattr(self, path: str, name: str, position: int = 0) -> bytes:
+        return self.filesystem.getxattr(path, name)
+
+    @_operation
+    def listxattr(self, path: str) -> list[str]:
+        return self.filesystem.listxattr(path)
+
+    @_operation
+    def setxattr(self, path: str, name: str, value: bytes, options: int,
+                 position: int = 0) -> int:
+        self.filesystem.setxattr(path, name, value, options)
+        return 0
+
+    @_operation
+    def removexattr(self, path: str, name: str) -> int:
+        self.filesystem.removexattr(path, name)
         return 0
 
     @_operation
