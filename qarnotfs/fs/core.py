@@ -515,18 +515,25 @@ class Filesystem:
         self.bucket.put(prefix, b"", encode_metadata(attrs))
         self.cache.put(folder, Node(attrs, exact=True))
 
+    @contextlib.contextmanager
+    def _creating(self, path: str) -> Iterator[tuple[int, int, int]]:
+        """Claim ``path`` (normalized) for a new folder, link or special file: EEXIST if
+        something is there, an error if its parent is no folder; gives the new entry's
+        owner and time."""
+        with self._claims.hold(one(path)):
+            if self._exists(path):
+                raise FsError(errno.EEXIST, path)
+            self._require_folder(path)
+            uid, gid = self._owner()
+            yield uid, gid, now_ns()
+
     def mkdir(self, path: str, mode: int) -> None:
         self._check_writable()
         path = normalize(path)
         if path == "/":
             raise FsError(errno.EEXIST, path)
         prefix = self.keys.dir_prefix(path)
-        with self._claims.hold(one(path)):
-            if self._exists(path):
-                raise FsError(errno.EEXIST, path)
-            self._require_folder(path)
-            uid, gid = self._owner()
-            now = now_ns()
+        with self._creating(path) as (uid, gid, now):
             attrs = Attributes(stat.S_IFDIR | (mode & PERMISSION_BITS), 0, uid, gid,
                                now, now, now, nlink=2)
             self.bucket.put(prefix, b"", encode_metadata(attrs))
@@ -564,12 +571,7 @@ class Filesystem:
             raise FsError(errno.ENOENT, "empty link target")
         if len(body) > SYMLINK_MAX:
             raise FsError(errno.ENAMETOOLONG, "link target too long")
-        with self._claims.hold(one(path)):
-            if self._exists(path):
-                raise FsError(errno.EEXIST, path)
-            self._require_folder(path)
-            uid, gid = self._owner()
-            now = now_ns()
+        with self._creating(path) as (uid, gid, now):
             attrs = Attributes(stat.S_IFLNK | 0o777, len(body), uid, gid, now, now, now)
             # Marked, so that listings tell it is a link without a HEAD (attrs.py).
             self.bucket.put_marked(key, body, encode_metadata(attrs))
@@ -589,12 +591,7 @@ class Filesystem:
             raise FsError(errno.EINVAL, f"mknod cannot make file type {kind:o}")
         path = normalize(path)
         key = self.keys.file_key(path)
-        with self._claims.hold(one(path)):
-            if self._exists(path):
-                raise FsError(errno.EEXIST, path)
-            self._require_folder(path)
-            uid, gid = self._owner()
-            now = now_ns()
+        with self._creating(path) as (uid, gid, now):
             device = rdev if kind in (stat.S_IFCHR, stat.S_IFBLK) else 0
             attrs = Attributes(kind | (mode & PERMISSION_BITS), 0, uid, gid, now, now, now,
                                rdev=device)
