@@ -88,6 +88,10 @@ def test_setfattr_getfattr_and_cp_preserve_xattr(ws: Workspace, tmp_path: Path) 
     sh("echo hi > f && setfattr -n user.a -v 0x00ff f && setfattr -n user.text -v hello f"
        " && setfattr -n user.tag -v folder dir", cwd=ws.path)
     run(["cp", "--preserve=xattr", source, ws.path / "copied.txt"])
+    run(["cp", "-a", source, ws.path / "cp-a.txt"])
+    run(["rsync", "-aX", source, ws.path / "rsynced.txt"])
+    for copy in ("cp-a.txt", "rsynced.txt"):
+        assert os.getxattr(ws.path / copy, "user.origin") == b"local \x00 binary", copy
 
     dump = run(["getfattr", "-d", "-e", "hex", ws.path / "f"]).stdout
     assert "user.a=0x00ff" in dump and "user.text=0x68656c6c6f" in dump, dump
@@ -98,6 +102,11 @@ def test_setfattr_getfattr_and_cp_preserve_xattr(ws: Workspace, tmp_path: Path) 
                              capture_output=True, text=True, check=False)
     assert refused.returncode != 0 and "No space left on device" in refused.stderr
     run(["setfattr", "-x", "user.text", ws.path / "f"])
+    for call, args in ((os.getxattr, ("security.selinux",)),
+                       (os.setxattr, ("security.label", b"x"))):
+        with pytest.raises(OSError) as caught:
+            call(ws.path / "f", *args)
+        assert caught.value.errno == errno.EOPNOTSUPP, args
     with ws.fresh_view() as view:
         assert os.listxattr(view / "f") == ["user.a"]
         assert os.getxattr(view / "f", "user.a") == b"\x00\xff"

@@ -34,6 +34,7 @@ import mfusepy
 from ..exceptions import QarnotException
 from .attrs import BLOCK_SIZE, Attributes
 from .errors import FsError, errno_for
+from .xattrs import is_stored
 
 if TYPE_CHECKING:
     from .core import Filesystem
@@ -387,6 +388,14 @@ class _Fuse(mfusepy.FUSE):
         result = int(super().open(path, fip))
         fip.contents.keep_cache = int(self.operations.keep_cache(fip.contents.fh))
         return result
+
+    def getxattr(self, path: bytes, name: bytes, value: Any, size: int, *args: Any) -> int:
+        """Names the mount does not store are refused before any Python-level work: the
+        kernel asks for ``security.capability`` before every write, and ``ls -l`` for
+        ``security.selinux`` and ``system.posix_acl_access`` of every file."""
+        if not is_stored(name.decode(self.encoding, self.errors)):
+            return -errno.EOPNOTSUPP
+        return int(super().getxattr(path, name, value, size, *args))
 
     def truncate_fuse_3(self, path: bytes | None, length: int, fip: Any) -> int:
         fh = fip.contents.fh if fip else None
