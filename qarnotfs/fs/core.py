@@ -3,9 +3,9 @@
 Owns: :class:`FsOptions` and :class:`Filesystem`, the namespace rules of every call the
 FUSE adapter forwards: which requests each call makes, what is refused with which errno.
 Lookups and listings are delegated to :mod:`.namespace`, attributes to :mod:`.attrs`,
-and everything about a file's content and upload (staging, writes, uploads, retries,
-early parts, crash recovery) to :mod:`.writeback`, which keeps one :class:`~.writeback.Item`
-per file the mount holds.
+extended attributes' format and rules to :mod:`.xattrs`, and everything about a file's
+content and upload (staging, writes, uploads, retries, early parts, crash recovery) to
+:mod:`.writeback`, which keeps one :class:`~.writeback.Item` per file the mount holds.
 
 Thread safety. Lock order (never take an earlier lock while holding a later one):
 
