@@ -9,8 +9,10 @@ import os
 import stat
 from typing import TYPE_CHECKING, Any
 
+import test_30_core_speed as speed
 from fs_calls import write_file
 from test_30_core import body, fails_with, keys, metadata
+from test_30_core_speed import Requests, populate
 
 if TYPE_CHECKING:
     from fs_helpers import MakeFs
@@ -19,6 +21,7 @@ if TYPE_CHECKING:
     from qarnotfs.bucket import Bucket
 
 pytest_plugins = ("fs_helpers",)
+requests = speed.requests  # the fixture counting the requests a client sends
 
 # What s3fs-fuse writes for {"user.a": b"\x00\xff", "user.text": b"hello"}: the JSON object
 # of base64 values, URL-encoded with upper-case hex (s3fs's urlEncodePath).
@@ -70,6 +73,22 @@ def test_special_files_are_marked_empty_objects_with_their_type_in_the_mode(
     again.unlink("/e/sock")
     again.fsyncdir("/e")
     assert keys(s3_client, bucket_name) == ["e/", "e/blk2", "e/chr", "e/fifo", "e/plain"]
+
+
+def test_a_listing_heads_only_the_marked_empty_objects(
+        make_fs: MakeFs, s3_client: S3Client, bucket_name: str, requests: Requests) -> None:
+    populate(s3_client, bucket_name, [f"d/empty{index:02d}" for index in range(30)], b"")
+    make_fs().mknod("/d/fifo", FIFO, 0)
+    fs = make_fs()
+    fs.getattr("/d")
+    requests.take()
+    listed = dict(fs.readdir("/d"))
+    assert [params["Key"] for name, params in requests.seen if name == "HeadObject"] \
+        == ["d/fifo"], "empty files cost no HEAD, the FIFO one"
+    assert listed["fifo"].mode == FIFO and listed["empty07"].is_file
+    requests.take()
+    fails_with(errno.ENODATA, fs.getxattr, "/d/fifo", "user.none")
+    assert requests.take() == {}, "what the listing's HEAD told is cached"
 
 
 def test_special_files_written_by_s3fs_need_symlink_scan_small(
