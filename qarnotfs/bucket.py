@@ -16,6 +16,7 @@ import contextlib
 import hashlib
 import io
 import logging
+import mimetypes
 import os
 import shutil
 import tempfile
@@ -56,6 +57,14 @@ DELETE_BATCH = 1000
 COPY_OBJECT_MAX = 5 << 30
 """The largest object one CopyObject request copies (S3's limit)."""
 COPY_TOO_LARGE_CODES = ("InvalidRequest", "EntityTooLarge")
+
+
+def content_type_args(key: str, known: str | None = None) -> dict[str, Any]:
+    """The ``ContentType`` argument for an object written at ``key``: ``known`` (the
+    object's own, kept by a copy that replaces metadata), else guessed from the name with
+    :mod:`mimetypes` as s3fs and ``aws s3 cp`` do; none (S3's default) if it cannot be."""
+    guessed = known or (mimetypes.guess_type(key)[0] if not key.endswith("/") else None)
+    return {"ContentType": guessed} if guessed else {}
 """What CopyObject answers for a source over :data:`COPY_OBJECT_MAX`."""
 
 
@@ -241,8 +250,8 @@ class Bucket:
         """Store ``data`` as the whole object in one request; returns the ETag."""
         with storage_errors(self._name, key):
             answer = self._s3.put_object(
-                Bucket=self._name, Key=key, Body=data, Metadata=metadata or {}
-            )
+                Bucket=self._name, Key=key, Body=data, Metadata=metadata or {},
+                **content_type_args(key))
         return str(answer.get("ETag", ""))
 
     def put_marked(self, key: str, data: bytes, metadata: dict[str, str] | None = None) -> None:
@@ -270,13 +279,13 @@ class Bucket:
         A local file under 8 MiB is one PutObject: boto3's transfer manager would cost
         more to set up and tear down than the request itself.
         """
-        extra = {"Metadata": metadata} if metadata else None
+        extra = {**({"Metadata": metadata} if metadata else {}), **content_type_args(key)}
         total = _size_of(source)
         with Progress(progress, total, key) as counter, storage_errors(self._name, key):
             if isinstance(source, (str, os.PathLike)) and total < PART_SIZE:
                 with open(source, "rb") as handle:
                     self._s3.put_object(Bucket=self._name, Key=key, Body=handle.read(),
-                                        Metadata=metadata or {})
+                                        Metadata=metadata or {}, **content_type_args(key))
                 counter(total)
             elif isinstance(source, (str, os.PathLike)):
                 self._s3.upload_file(
@@ -316,8 +325,10 @@ class Bucket:
                 os.unlink(temporary)
 
     def copy(self, source: str, destination: str, metadata: dict[str, str] | None = None,
-             size: int | None = None) -> None:
-        """Server-side copy; ``metadata`` replaces the source's when given.
+             size: int | None = None, content_type: str | None = None) -> None:
+        """Server-side copy; ``metadata`` replaces the source's when given, and the
+        Content-Type then is ``content_type`` (the source's, to keep it), else the one
+        guessed from ``destination`` (a copy that keeps the metadata keeps the type).
 
         With the source's ``size`` known (from a listing) and at most 5 GiB (the most one
         CopyObject takes), one request: on Ceph RGW it copies no data within a bucket
@@ -326,7 +337,8 @@ class Bucket:
         """
         extra: dict[str, Any] = {}
         if metadata is not None:
-            extra = {"Metadata": metadata, "MetadataDirective": "REPLACE"}
+            extra = {"Metadata": metadata, "MetadataDirective": "REPLACE",
+                     **content_type_args(destination, content_type)}
         if size is not None and size <= COPY_OBJECT_MAX:
             with storage_errors(self._name, source):
                 self._s3.copy_object(Bucket=self._name, Key=destination,
@@ -384,7 +396,7 @@ class Bucket:
         """Start a multipart upload of ``key``; returns its upload id."""
         with storage_errors(self._name, key):
             answer = self._s3.create_multipart_upload(
-                Bucket=self._name, Key=key, Metadata=metadata or {})
+                Bucket=self._name, Key=key, Metadata=metadata or {}, **content_type_args(key))
         return str(answer["UploadId"])
 
     def upload_part(self, key: str, upload_id: str, number: int,

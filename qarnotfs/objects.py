@@ -28,6 +28,8 @@ class ObjectInfo:
     last_modified: datetime
     metadata: dict[str, str] | None = None
     bucket_name: str = ""
+    content_type: str = ""
+    """The object's Content-Type, when it came from a HEAD (a listing has none)."""
 
     @property
     def etag(self) -> str:
@@ -53,6 +55,7 @@ class ObjectInfo:
             last_modified=answer["LastModified"],
             metadata={k.lower(): v for k, v in answer.get("Metadata", {}).items()},
             bucket_name=bucket_name,
+            content_type=answer.get("ContentType", ""),
         )
 
     @classmethod

@@ -25,9 +25,10 @@ for argument in "$@"; do
 done
 
 # fuse3 gives fusermount3 and libfuse3 (loaded by mfusepy); systemd gives systemd-analyze
-# (the unit's test); the rest is what the tests drive.
+# (the unit's test); attr gives setfattr/getfattr and s3fs the s3fs-fuse the
+# interoperability tests mount; the rest is what the tests drive.
 apt_packages=(fuse3 libfuse3-3 python3-venv python3-pip rsync sqlite3 git tar ca-certificates
-              systemd psmisc)
+              systemd psmisc attr s3fs)
 missing=()
 for package in "${apt_packages[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" \

@@ -409,7 +409,7 @@ class MemStore:
                     os.unlink(temporary)
 
     def copy(self, source: str, destination: str, metadata: dict[str, str] | None = None,
-             size: int | None = None) -> None:
+             size: int | None = None, content_type: str | None = None) -> None:
         with self.faults.request("copy", source, destination):
             stored = self._get(source)
             if source == destination and metadata is None:

@@ -11,12 +11,23 @@ an optional fraction), and the rule that decides an object's type:
   ``symlink_scan="marked"``, a multipart ETag (``...-1``: qarnotfs writes its links as a
   one-part multipart upload, a mark a listing shows). With ``symlink_scan="small"`` every
   object of 1 to 4095 bytes is a candidate (s3fs writes links with a plain PUT).
+* an object is a *special file* (FIFO, socket, character or block device, as ``mknod``
+  makes them) when its metadata mode says so AND it is a *special candidate*: empty and,
+  with ``symlink_scan="marked"``, a multipart ETag (qarnotfs writes special files as a
+  one-part multipart upload of nothing, the links' mark). With ``"small"`` every empty
+  object is a candidate (s3fs writes special files with a plain PUT). Its device number
+  is ``x-amz-meta-rdev`` (decimal; s3fs stores none, and shows 0).
   Otherwise it is a regular file, whatever its metadata says (s3fs's old ``dir``
-  objects, FIFOs and devices show as regular files).
+  objects, and s3fs's FIFOs with the default scan, show as regular files).
 
 Keeping the type a function of (key, size, ETag, metadata) lets a listing and a HEAD
 agree, which the kernel requires (an inode never changes type), and lets a listing HEAD
-only the candidates.
+only the candidates (:func:`needs_head`).
+
+The metadata keys the mount owns (:data:`OWNED_METADATA`) are rewritten by every change
+of attributes; any other key (another tool's) is kept (:func:`merged_metadata`).
+Extended attributes travel with the attributes as the raw ``x-amz-meta-xattr`` value
+(s3fs's encoding, see :mod:`.xattrs`), so every path that writes attributes keeps them.
 """
 
 from __future__ import annotations
@@ -37,6 +48,10 @@ SYMLINK_MAX = 4095
 BLOCK_SIZE = 4096
 _NS = 1_000_000_000
 PERMISSION_BITS = 0o7777
+SPECIAL_TYPES = frozenset({stat.S_IFIFO, stat.S_IFSOCK, stat.S_IFCHR, stat.S_IFBLK})
+"""File types ``mknod`` makes besides regular files: stored as empty objects."""
+OWNED_METADATA = frozenset({"mode", "uid", "gid", "mtime", "atime", "ctime", "rdev", "xattr"})
+"""User metadata keys (without ``x-amz-meta-``) the mount writes; others are kept."""
 SymlinkScan = Literal["marked", "small"]
 SYMLINK_SCANS: tuple[SymlinkScan, ...] = ("marked", "small")
 
@@ -53,6 +68,10 @@ class Attributes:
     mtime_ns: int
     ctime_ns: int
     nlink: int = 1
+    rdev: int = 0
+    """Device number of a character or block device (0 otherwise)."""
+    xattr: str = ""
+    """Extended attributes as stored (s3fs's ``x-amz-meta-xattr`` value; see xattrs.py)."""
 
     @property
     def is_dir(self) -> bool:
@@ -66,10 +85,14 @@ class Attributes:
     def is_file(self) -> bool:
         return stat.S_ISREG(self.mode)
 
+    @property
+    def is_special(self) -> bool:
+        return stat.S_IFMT(self.mode) in SPECIAL_TYPES
+
     def copy(self) -> Attributes:
         # Not dataclasses.replace: a listing copies thousands, and this is 5 times faster.
         return Attributes(self.mode, self.size, self.uid, self.gid, self.atime_ns,
-                          self.mtime_ns, self.ctime_ns, self.nlink)
+                          self.mtime_ns, self.ctime_ns, self.nlink, self.rdev, self.xattr)
 
     def to_stat(self) -> dict[str, int | float]:
         """The attributes as os.stat-style keys (float seconds and integer nanoseconds)."""
@@ -79,6 +102,7 @@ class Attributes:
             "st_uid": self.uid,
             "st_gid": self.gid,
             "st_nlink": self.nlink,
+            "st_rdev": self.rdev,
             "st_atime": self.atime_ns / _NS,
             "st_mtime": self.mtime_ns / _NS,
             "st_ctime": self.ctime_ns / _NS,
@@ -143,8 +167,9 @@ def parse_int(value: str | None) -> int | None:
 
 
 def encode_metadata(attrs: Attributes) -> dict[str, str]:
-    """The user metadata s3fs writes for these attributes (without the x-amz-meta- prefix)."""
-    return {
+    """The user metadata s3fs writes for these attributes (without the x-amz-meta- prefix),
+    with the device number of a device and the extended attributes when there are any."""
+    metadata = {
         "mode": str(attrs.mode),
         "uid": str(attrs.uid),
         "gid": str(attrs.gid),
@@ -152,16 +177,42 @@ def encode_metadata(attrs: Attributes) -> dict[str, str]:
         "atime": format_time(attrs.atime_ns),
         "ctime": format_time(attrs.ctime_ns),
     }
+    if attrs.rdev:
+        metadata["rdev"] = str(attrs.rdev)
+    if attrs.xattr:
+        metadata["xattr"] = attrs.xattr
+    return metadata
+
+
+def merged_metadata(stored: dict[str, str] | None, attrs: Attributes) -> dict[str, str]:
+    """The metadata to write back over ``stored`` for ``attrs``: every key the mount does
+    not own is kept (another tool's, the SDK's hash...), the mount's own are replaced (a
+    removed one, such as the last extended attribute, goes)."""
+    kept = {name: value for name, value in (stored or {}).items()
+            if name not in OWNED_METADATA}
+    return {**kept, **encode_metadata(attrs)}
+
+
+def object_type(size: int, metadata: dict[str, str] | None, e_tag: str = "",
+                scan: SymlinkScan = "small") -> int:
+    """The type rule (module docstring): S_IFLNK for a link candidate whose metadata mode
+    says link, a special type for a special candidate whose mode says so, else S_IFREG."""
+    if not metadata or not needs_head(size, e_tag, scan):
+        return stat.S_IFREG
+    mode = parse_int(metadata.get("mode"))
+    kind = stat.S_IFMT(mode) if mode is not None else stat.S_IFREG
+    if kind == stat.S_IFLNK and may_be_symlink(size, e_tag, scan):
+        return kind
+    if kind in SPECIAL_TYPES and size == 0:
+        return kind
+    return stat.S_IFREG
 
 
 def is_symlink(size: int, metadata: dict[str, str] | None, e_tag: str = "",
                scan: SymlinkScan = "small") -> bool:
-    """The type rule: a link candidate (see :func:`may_be_symlink`) with S_IFLNK in its
-    metadata mode."""
-    if not metadata or not may_be_symlink(size, e_tag, scan):
-        return False
-    mode = parse_int(metadata.get("mode"))
-    return mode is not None and stat.S_ISLNK(mode)
+    """The type rule for links: a link candidate (see :func:`may_be_symlink`) with
+    S_IFLNK in its metadata mode."""
+    return object_type(size, metadata, e_tag, scan) == stat.S_IFLNK
 
 
 def is_multipart_etag(e_tag: str) -> bool:
@@ -173,6 +224,16 @@ def may_be_symlink(size: int, e_tag: str = "", scan: SymlinkScan = "small") -> b
     """True if an object could be a link (worth a HEAD to find out), from what a listing
     shows: 1 to 4095 bytes and, unless ``scan`` is "small", a multipart ETag."""
     if not 0 < size <= SYMLINK_MAX:
+        return False
+    return scan == "small" or is_multipart_etag(e_tag)
+
+
+def needs_head(size: int, e_tag: str = "", scan: SymlinkScan = "small") -> bool:
+    """True if only the metadata can tell the object's type (worth a HEAD in a listing):
+    a link candidate, or an empty object (a special file candidate) with the same mark
+    (a multipart ETag) unless ``scan`` is "small". With ``scan="marked"`` this is also
+    what must be rewritten (not copied) to keep its mark."""
+    if not 0 <= size <= SYMLINK_MAX:
         return False
     return scan == "small" or is_multipart_etag(e_tag)
 
@@ -194,6 +255,9 @@ def _apply_metadata(attrs: Attributes, metadata: dict[str, str] | None) -> Attri
     attrs.mtime_ns = _or(parse_time(metadata.get("mtime")), attrs.mtime_ns)
     attrs.atime_ns = _or(parse_time(metadata.get("atime")), attrs.mtime_ns)
     attrs.ctime_ns = _or(parse_time(metadata.get("ctime")), attrs.mtime_ns)
+    if attrs.is_special:
+        attrs.rdev = _or(parse_int(metadata.get("rdev")), 0)
+    attrs.xattr = metadata.get("xattr", "")
     return attrs
 
 
@@ -204,8 +268,7 @@ def _or(value: int | None, default: int) -> int:
 def object_attributes(info: ObjectInfo, defaults: Defaults) -> Attributes:
     """The attributes of a file or link object (metadata used when ``info`` has it)."""
     time_ns = _timestamp_ns(info)
-    link = is_symlink(info.size, info.metadata, info.e_tag, defaults.symlink_scan)
-    kind = stat.S_IFLNK if link else stat.S_IFREG
+    kind = object_type(info.size, info.metadata, info.e_tag, defaults.symlink_scan)
     attrs = Attributes(mode=kind | (defaults.file_mode & PERMISSION_BITS), size=info.size,
                        uid=defaults.uid, gid=defaults.gid, atime_ns=time_ns,
                        mtime_ns=time_ns, ctime_ns=time_ns)

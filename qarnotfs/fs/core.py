@@ -3,9 +3,9 @@
 Owns: :class:`FsOptions` and :class:`Filesystem`, the namespace rules of every call the
 FUSE adapter forwards: which requests each call makes, what is refused with which errno.
 Lookups and listings are delegated to :mod:`.namespace`, attributes to :mod:`.attrs`,
-and everything about a file's content and upload (staging, writes, uploads, retries,
-early parts, crash recovery) to :mod:`.writeback`, which keeps one :class:`~.writeback.Item`
-per file the mount holds.
+extended attributes' format and rules to :mod:`.xattrs`, and everything about a file's
+content and upload (staging, writes, uploads, retries, early parts, crash recovery) to
+:mod:`.writeback`, which keeps one :class:`~.writeback.Item` per file the mount holds.
 
 Thread safety. Lock order (never take an earlier lock while holding a later one):
 
@@ -37,15 +37,18 @@ import platformdirs
 from cachetools import LRUCache
 
 from ..exceptions import MissingObjectException, QarnotException
+from . import xattrs
 from .attrs import (
     PERMISSION_BITS,
+    SPECIAL_TYPES,
     SYMLINK_MAX,
     Attributes,
     Defaults,
     SymlinkScan,
     dir_attributes,
     encode_metadata,
-    may_be_symlink,
+    merged_metadata,
+    needs_head,
     now_ns,
     object_attributes,
 )
@@ -234,6 +237,8 @@ class Filesystem:
         return self.bucket.read(self.keys.file_key(path)).decode("utf-8", "surrogateescape")
 
     def statfs(self) -> dict[str, int]:
+        # f_namemax is the one limit statfs carries; PATH_MAX cannot be told (glibc's
+        # pathconf answers _PC_PATH_MAX with a constant 4096 and asks no file system).
         blocks = self.options.statfs_total_bytes // STATFS_BLOCK
         inodes = self.options.statfs_total_inodes
         return {"f_bsize": STATFS_BLOCK, "f_frsize": STATFS_BLOCK, "f_blocks": blocks,
@@ -570,18 +575,25 @@ class Filesystem:
         self.bucket.put(prefix, b"", encode_metadata(attrs))
         self.cache.put(folder, Node(attrs, exact=True))
 
+    @contextlib.contextmanager
+    def _creating(self, path: str) -> Iterator[tuple[int, int, int]]:
+        """Claim ``path`` (normalized) for a new folder, link or special file: EEXIST if
+        something is there, an error if its parent is no folder; gives the new entry's
+        owner and time."""
+        with self._claims.hold(one(path)):
+            if self._exists(path):
+                raise FsError(errno.EEXIST, path)
+            self._require_folder(path)
+            uid, gid = self._owner()
+            yield uid, gid, now_ns()
+
     def mkdir(self, path: str, mode: int) -> None:
         self._check_writable()
         path = normalize(path)
         if path == "/":
             raise FsError(errno.EEXIST, path)
         prefix = self.keys.dir_prefix(path)
-        with self._claims.hold(one(path)):
-            if self._exists(path):
-                raise FsError(errno.EEXIST, path)
-            self._require_folder(path)
-            uid, gid = self._owner()
-            now = now_ns()
+        with self._creating(path) as (uid, gid, now):
             attrs = Attributes(stat.S_IFDIR | (mode & PERMISSION_BITS), 0, uid, gid,
                                now, now, now, nlink=2)
             self.bucket.put(prefix, b"", encode_metadata(attrs))
@@ -619,12 +631,7 @@ class Filesystem:
             raise FsError(errno.ENOENT, "empty link target")
         if len(body) > SYMLINK_MAX:
             raise FsError(errno.ENAMETOOLONG, "link target too long")
-        with self._claims.hold(one(path)):
-            if self._exists(path):
-                raise FsError(errno.EEXIST, path)
-            self._require_folder(path)
-            uid, gid = self._owner()
-            now = now_ns()
+        with self._creating(path) as (uid, gid, now):
             attrs = Attributes(stat.S_IFLNK | 0o777, len(body), uid, gid, now, now, now)
             # Marked, so that listings tell it is a link without a HEAD (attrs.py).
             self.bucket.put_marked(key, body, encode_metadata(attrs))
@@ -633,6 +640,26 @@ class Filesystem:
     def link(self, target: str, link_path: str) -> None:
         self._check_writable()
         raise FsError(errno.EPERM, "hard links are not supported")
+
+    def mknod(self, path: str, mode: int, rdev: int) -> None:
+        """A FIFO, socket or device: an empty object whose metadata mode has the type (as
+        s3fs stores it), written marked so listings tell it from an empty file (attrs.py).
+        A regular file is an empty object, as ``create`` and ``close`` would leave it."""
+        self._check_writable()
+        kind = stat.S_IFMT(mode) or stat.S_IFREG
+        if kind != stat.S_IFREG and kind not in SPECIAL_TYPES:
+            raise FsError(errno.EINVAL, f"mknod cannot make file type {kind:o}")
+        path = normalize(path)
+        key = self.keys.file_key(path)
+        with self._creating(path) as (uid, gid, now):
+            device = rdev if kind in (stat.S_IFCHR, stat.S_IFBLK) else 0
+            attrs = Attributes(kind | (mode & PERMISSION_BITS), 0, uid, gid, now, now, now,
+                               rdev=device)
+            if kind == stat.S_IFREG:
+                self.bucket.put(key, b"", encode_metadata(attrs))
+            else:
+                self.bucket.put_marked(key, b"", encode_metadata(attrs))
+            self.cache.put(path, Node(attrs, exact=True))
 
     # == rename ==========================================================================
 
@@ -681,7 +708,7 @@ class Filesystem:
         item = self.items.get(old)
         attrs = source.attrs
         if item is None:
-            self._copy_key(old_key, new_key, attrs.size, link=attrs.is_link)
+            self._copy_key(old_key, new_key, attrs.size, marked=not attrs.is_file)
         else:
             with item.lock:  # no upload of it can start or be under way meanwhile
                 attrs = item.current_attrs()
@@ -725,12 +752,14 @@ class Filesystem:
             self.writeback.retarget(item, path, key)
         self.bucket.delete_many(key for key, _ in moves)
 
-    def _copy_key(self, source: str, destination: str, size: int | None, link: bool,
-                  metadata: dict[str, str] | None = None) -> None:
-        """Server-side copy (one request when ``size`` is known), except for links: a
-        CopyObject would drop their mark (the multipart ETag), so they are written again."""
-        if not link:
-            self.bucket.copy(source, destination, metadata, size=size)
+    def _copy_key(self, source: str, destination: str, size: int | None, marked: bool,
+                  metadata: dict[str, str] | None = None, content_type: str = "") -> None:
+        """Server-side copy (one request when ``size`` is known), except for marked
+        objects (links, special files): a CopyObject would drop their mark (the multipart
+        ETag), so they are written again."""
+        if not marked:
+            self.bucket.copy(source, destination, metadata, size=size,
+                             content_type=content_type or None)
             return
         if metadata is None:
             info = self.bucket.stat(source)
@@ -748,9 +777,9 @@ class Filesystem:
         rename leaves no half-copied destination that could pass for the result.
         """
         def copy(move: tuple[str, str], info: ObjectInfo) -> QarnotException | FsError | None:
-            marked = may_be_symlink(info.size, info.e_tag, "marked")
+            marked = needs_head(info.size, info.e_tag, "marked")
             try:
-                self._copy_key(*move, size=info.size, link=marked)
+                self._copy_key(*move, size=info.size, marked=marked)
             except (QarnotException, FsError) as error:
                 return error
             return None
@@ -807,10 +836,7 @@ class Filesystem:
                 return
             node = self.namespace.lookup(path)
             if node.attrs.is_dir:
-                attrs = self.namespace.exact(path).attrs
-                change(attrs)
-                attrs.ctime_ns = now_ns()
-                self.bucket.put(self.keys.dir_prefix(path), b"", encode_metadata(attrs))
+                attrs = self._change_marker(path, change)
             else:
                 attrs = self._change_object(self.keys.file_key(path), change)
             self.cache.put(path, Node(attrs, exact=True))
@@ -825,9 +851,63 @@ class Filesystem:
         attrs = object_attributes(info, self.defaults)
         change(attrs)
         attrs.ctime_ns = now_ns()
-        self._copy_key(key, key, info.size, may_be_symlink(info.size, info.e_tag, "marked"),
-                       {**(info.metadata or {}), **encode_metadata(attrs)})
+        self._copy_key(key, key, info.size, needs_head(info.size, info.e_tag, "marked"),
+                       merged_metadata(info.metadata, attrs), info.content_type)
         return attrs
+
+    def _change_marker(self, path: str, change: Callable[[Attributes], None]) -> Attributes:
+        """Rewrite a folder's marker with changed attributes, keeping the metadata that is
+        not ours (made if the folder was implicit)."""
+        prefix = self.keys.dir_prefix(path)
+        marker = self.bucket.stat(prefix)
+        attrs = dir_attributes(self.defaults, marker)
+        change(attrs)
+        attrs.ctime_ns = now_ns()
+        self.bucket.put(prefix, b"", merged_metadata(marker.metadata if marker else None,
+                                                     attrs))
+        return attrs
+
+    # == extended attributes (xattrs.py) =================================================
+
+    def getxattr(self, path: str, name: str) -> bytes:
+        xattrs.require_stored(name)  # before any request: the kernel asks at every write
+        return xattrs.value(self._exact_attrs(path).xattr, name)
+
+    def listxattr(self, path: str) -> list[str]:
+        return xattrs.names(self._exact_attrs(path).xattr)
+
+    def setxattr(self, path: str, name: str, value: bytes, flags: int) -> None:
+        def change(attrs: Attributes) -> None:
+            changed = attrs.copy()
+            changed.xattr = xattrs.with_value(attrs.xattr, name, value, flags)
+            xattrs.require_room(encode_metadata(changed))
+            attrs.xattr = changed.xattr
+
+        self._change_xattrs(path, name, change)
+
+    def removexattr(self, path: str, name: str) -> None:
+        def change(attrs: Attributes) -> None:
+            attrs.xattr = xattrs.without(attrs.xattr, name)
+
+        self._change_xattrs(path, name, change)
+
+    def _change_xattrs(self, path: str, name: str, change: Callable[[Attributes], None]) \
+            -> None:
+        xattrs.require_stored(name)
+        self._check_writable()
+        if normalize(path) == "/":
+            raise FsError(errno.EOPNOTSUPP, "the root of the mount has no object to hold "
+                          "extended attributes")
+        self._change_attributes(path, change)
+
+    def _exact_attrs(self, path: str) -> Attributes:
+        """The attributes with the metadata they come from (a held file's, else a HEAD
+        unless the cache has them)."""
+        path = normalize(path)
+        item = self.items.get(path) or self.items.ghost(path)
+        if item is not None:
+            return item.current_attrs()
+        return self.namespace.exact(path).attrs
 
     # == lifecycle =======================================================================
 

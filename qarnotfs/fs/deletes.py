@@ -164,9 +164,9 @@ class OrderedStorage:
         self._storage.download(key, target, progress, size)
 
     def copy(self, source: str, destination: str, metadata: dict[str, str] | None = None,
-             size: int | None = None) -> None:
+             size: int | None = None, content_type: str | None = None) -> None:
         self.flush()
-        self._storage.copy(source, destination, metadata, size)
+        self._storage.copy(source, destination, metadata, size, content_type)
 
     def delete_many(self, keys: Iterable[str]) -> None:
         self.flush()

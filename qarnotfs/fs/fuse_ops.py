@@ -35,6 +35,7 @@ from ..exceptions import QarnotException
 from .attrs import BLOCK_SIZE, Attributes
 from .errors import FsError, errno_for
 from .handles import PageCache
+from .xattrs import is_stored
 
 if TYPE_CHECKING:
     from .core import Filesystem
@@ -128,6 +129,7 @@ def _fill_stat(st: Any, attributes: Attributes) -> None:
     """Set a C ``struct stat`` straight from ``attributes`` (what mfusepy's
     ``set_st_attrs`` does from a dict, without the dict: readdir fills thousands)."""
     st.st_mode, st.st_size, st.st_nlink = attributes.mode, attributes.size, attributes.nlink
+    st.st_rdev = attributes.rdev
     st.st_uid, st.st_gid = attributes.uid, attributes.gid
     st.st_blocks, st.st_blksize = (attributes.size + 511) // 512, BLOCK_SIZE
     st.st_atimespec.tv_sec, st.st_atimespec.tv_nsec = divmod(attributes.atime_ns, 1_000_000_000)
@@ -272,6 +274,31 @@ class FuseOperations(mfusepy.Operations):
         return 0
 
     @_operation
+    def mknod(self, path: str, mode: int, dev: int) -> int:
+        with self._as_caller():
+            self.filesystem.mknod(path, mode, dev)
+        return 0
+
+    @_operation
+    def getxattr(self, path: str, name: str, position: int = 0) -> bytes:
+        return self.filesystem.getxattr(path, name)
+
+    @_operation
+    def listxattr(self, path: str) -> list[str]:
+        return self.filesystem.listxattr(path)
+
+    @_operation
+    def setxattr(self, path: str, name: str, value: bytes, options: int,
+                 position: int = 0) -> int:
+        self.filesystem.setxattr(path, name, value, options)
+        return 0
+
+    @_operation
+    def removexattr(self, path: str, name: str) -> int:
+        self.filesystem.removexattr(path, name)
+        return 0
+
+    @_operation
     def chmod(self, path: str, mode: int) -> int:
         self.filesystem.chmod(path, mode)
         return 0
@@ -365,6 +392,14 @@ class _Fuse(mfusepy.FUSE):
         fip.contents.keep_cache = int(page_cache.keep)
         fip.contents.direct_io = int(page_cache.bypass)
         return result
+
+    def getxattr(self, path: bytes, name: bytes, value: Any, size: int, *args: Any) -> int:
+        """Names the mount does not store are refused before any Python-level work: the
+        kernel asks for ``security.capability`` before every write, and ``ls -l`` for
+        ``security.selinux`` and ``system.posix_acl_access`` of every file."""
+        if not is_stored(name.decode(self.encoding, self.errors)):
+            return -errno.EOPNOTSUPP
+        return int(super().getxattr(path, name, value, size, *args))
 
     def truncate_fuse_3(self, path: bytes | None, length: int, fip: Any) -> int:
         fh = fip.contents.fh if fip else None

@@ -9,9 +9,10 @@ cache, else from the bucket, by THE attribute rule of the mount:
   or ``ls -R`` of a small tree costs one request); the entries' type, size and times come
   from the listing, with no request per entry except:
 
-  - *link candidates* (``attrs.may_be_symlink``: 1 to 4095 bytes and, by default, the
-    multipart ETag qarnotfs gives its links), HEADed in parallel because only their
-    metadata tells whether they are symbolic links (and a kernel inode never changes type);
+  - *link and special file candidates* (``attrs.needs_head``: 0 to 4095 bytes and, by
+    default, the multipart ETag qarnotfs gives its links and special files), HEADed in
+    parallel because only their metadata tells whether they are symbolic links, FIFOs,
+    sockets or devices (and a kernel inode never changes type);
   - sub-folders with a marker object (or not listed, so not known to have none), whose
     marker is HEADed in parallel for the mode, owner and times a folder's metadata holds;
 
@@ -44,7 +45,7 @@ from cachetools import LRUCache
 
 from ..exceptions import MissingObjectException
 from ..objects import Listing, ObjectInfo, ObjectRead
-from .attrs import Defaults, dir_attributes, may_be_symlink, object_attributes
+from .attrs import Defaults, dir_attributes, needs_head, object_attributes
 from .errors import FsError
 from .keys import KeyMapper, is_fuse_hidden, join, name_of, parent_of, unrepresentable
 from .metacache import MetaCache, Node
@@ -246,7 +247,7 @@ class Namespace:
                 children[name] = Node(known.attrs, exact=True, etag=info.etag)
                 continue
             children[name] = Node(object_attributes(info, self.defaults), etag=info.etag)
-            if may_be_symlink(info.size, info.e_tag, self.defaults.symlink_scan):
+            if needs_head(info.size, info.e_tag, self.defaults.symlink_scan):
                 probes.append(_Probe(children, name, info.key))
         return children
 
