@@ -228,7 +228,7 @@ def test_sequential_reads_grow_the_pieces_and_fetch_ahead() -> None:
     with ThreadPoolExecutor(8) as pool:
         reader = Reader(bucket, pool)  # type: ignore[arg-type]
         for offset in range(0, size, 128 << 10):
-            assert len(reader.read("k", 128 << 10, offset, size)) == 128 << 10
+            assert len(reader.read("k", "", 128 << 10, offset, size)) == 128 << 10
             held = sum(p.end - p.start for p in reader._pieces)
             assert held <= (MAXIMUM_AHEAD + 2) * MAXIMUM_PIECE, "memory per file bounded"
     assert sum(length for _, length in bucket.reads) == size, "every byte fetched once"
@@ -243,11 +243,11 @@ def test_sequential_reads_grow_the_pieces_and_fetch_ahead() -> None:
 def test_small_and_random_reads_fetch_little() -> None:
     bucket = FakeBucket()
     reader = Reader(bucket)  # type: ignore[arg-type]
-    assert reader.read("small", 128 << 10, 0, 4096) == bytes(4096)
+    assert reader.read("small", "", 128 << 10, 0, 4096) == bytes(4096)
     assert bucket.reads == [(0, 4096)], "a small file is one GET"
     bucket.reads.clear()
     for offset in (50 << 20, 10 << 20, 90 << 20):
-        reader.read("big", 4096, offset, 100 << 20)
+        reader.read("big", "", 4096, offset, 100 << 20)
     assert all(length == 256 << 10 for _, length in bucket.reads), "a seek starts small"
 
 

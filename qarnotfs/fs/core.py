@@ -56,7 +56,8 @@ from .handles import Handle
 from .keys import KEY_MAX, KeyMapper, is_fuse_hidden, is_within, name_of, normalize, parent_of
 from .metacache import MetaCache, Node
 from .namespace import Namespace
-from .reader import Reader
+from .readcache import open_read_cache
+from .reader import DEFAULT_BUDGET, ReadBudget, Reader
 from .staging import StagingArea
 from .status import pending_summary
 from .storage import PART_SIZE
@@ -79,6 +80,11 @@ def default_staging_dir() -> Path:
     return platformdirs.user_cache_path("qarnotfs") / "staging"
 
 
+def default_read_cache_dir() -> Path:
+    """Where the read cache keeps blocks unless configured: the user's cache folder."""
+    return platformdirs.user_cache_path("qarnotfs") / "blocks"
+
+
 @dataclass
 class FsOptions:
     """How the filesystem behaves; every field has a default."""
@@ -98,6 +104,11 @@ class FsOptions:
     """Parallel requests for listings' HEADs and folder renames."""
     read_workers: int = 16
     """Parallel ranged GETs of the read-ahead, shared by all open files."""
+    read_budget: int = DEFAULT_BUDGET
+    """Bytes of read pieces all open files hold before reading ahead waits (reader.py)."""
+    read_cache_dir: Path = field(default_factory=default_read_cache_dir)
+    read_cache_size: int | None = None
+    """Bound of the local read cache in bytes: None the default (readcache.py), 0 none."""
     delete_delay: float = DEFAULT_DELAY
     """Seconds an unlink's delete waits to be batched with others (0: sent at once)."""
     symlink_scan: SymlinkScan = "marked"
@@ -130,6 +141,10 @@ class Filesystem:
                                         thread_name_prefix="qarnotfs-fs")
         self._read_pool = ThreadPoolExecutor(max_workers=max(1, options.read_workers),
                                              thread_name_prefix="qarnotfs-read")
+        self._read_budget = ReadBudget(options.read_budget)
+        self._read_cache = open_read_cache(
+            options.read_cache_dir, getattr(storage.connection, "storage_url", ""),
+            storage.name, options.read_cache_size)
         self.namespace = Namespace(storage, self.keys, self.cache, self.defaults, self._pool)
         self._staging = StagingArea(options.staging_dir, storage.name, self.keys.prefix)
         self._claims = PathClaims()
@@ -248,8 +263,10 @@ class Filesystem:
     def _new_handle(self, item: Item, flags: int) -> int:
         number = next(self._numbers)
         with self._handles_lock:
-            self._handles[number] = Handle(number, item, flags,
-                                           Reader(self.bucket, self._read_pool))
+            self._handles[number] = Handle(
+                number, item, flags,
+                Reader(self.bucket, self._read_pool, self._read_budget, self._read_cache),
+                self._known_etag(item))
         return number
 
     def open(self, path: str, flags: int) -> int:
@@ -273,13 +290,18 @@ class Filesystem:
         """True if the kernel may keep the pages it cached of this file at its last open:
         the file is not being written and its object's ETag is the one seen then."""
         item = self._handle(fh).file
-        node = None if item.staged is not None or item.dirty else self.cache.get(item.path)
-        etag = node.etag if node is not None else ""
+        etag = self._known_etag(item)
         with self._handles_lock:
             previous = self._opened_etags.pop(item.path, None)
             if etag:
                 self._opened_etags[item.path] = etag
         return bool(etag) and previous == etag
+
+    def _known_etag(self, item: Item) -> str:
+        """The ETag of the object ``item`` reads from, as the mount knows it ("" when
+        unknown, or when the item has content of its own)."""
+        node = None if item.staged is not None or item.dirty else self.cache.get(item.path)
+        return node.etag if node is not None else ""
 
     def _hold(self, path: str) -> Item:
         """The item of an existing file at ``path``, with one more handle counted."""
@@ -325,7 +347,7 @@ class Filesystem:
             return staged.read(size, offset)
         if item.lost is not None:
             raise FsError(errno.EIO, f"{item.path}: {item.lost}")
-        return handle.reader.read(item.key, size, offset, item.attrs.size)
+        return handle.reader.read(item.key, handle.etag, size, offset, item.attrs.size)
 
     def write(self, fh: int, data: bytes, offset: int) -> int:
         handle = self._handle(fh)
@@ -365,6 +387,7 @@ class Filesystem:
             handle = self._handles.pop(fh, None)
         if handle is None:
             raise FsError(errno.EBADF, f"no open file {fh}")
+        handle.reader.forget()  # its pieces leave the mount's read budget
         self._let_go(handle.file)
 
     def _let_go(self, item: Item) -> None:
@@ -807,5 +830,7 @@ class Filesystem:
         self._pool.shutdown(wait=True)
         self.writeback.close()
         self._read_pool.shutdown(wait=True, cancel_futures=True)
+        if self._read_cache is not None:
+            self._read_cache.close()
         self._deletes.close()
         self._staging.close(keep=failed)

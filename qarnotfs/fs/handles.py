@@ -24,6 +24,8 @@ class Handle:
     file: Item
     flags: int
     reader: Reader
+    etag: str = ""
+    """The ETag of the object as the open found it ("" if unknown or not on the bucket)."""
 
     @property
     def writable(self) -> bool:

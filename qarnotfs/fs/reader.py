@@ -10,9 +10,21 @@ with a small piece. Pieces behind the reader are dropped, so a handle holds at m
 pieces (the one being read, one kept for late reads, 3 ahead: about 40 MiB): memory per
 open file is bounded, whatever the file's size.
 
-Lock order: ``Reader._lock`` is a leaf, one per handle: it is held across the GET of a
-piece a read needs at once (pieces ahead go to the pool), so only parallel reads of that
-same handle can wait for it, never another file's operation.
+Memory per mount. The Readers of one mount share a :class:`ReadBudget` of bytes held in
+pieces: a piece ahead is fetched only when the budget has room for it, and a piece a read
+needs now is always fetched, but at its smallest size (256 KiB, or what the read asks)
+when the budget is spent. So 32 threads reading at random hold little more than the
+budget, however many handles they use.
+
+The read cache (:mod:`.readcache`), when the mount has one and the open told the object's
+ETag: pieces are then whole aligned blocks (1 MiB; the last one may be shorter). A piece
+whose blocks are all cached is served from them, without a GET; the blocks of a piece
+fetched from the bucket are put in the cache by the thread that fetched it.
+
+Lock order: ``Reader._lock`` (one per handle) before ``ReadBudget._lock`` and the read
+cache's lock (leaves). ``Reader._lock`` is held across the GET of a piece a read needs at
+once (pieces ahead go to the pool), so only parallel reads of that same handle can wait
+for it, never another file's operation.
 """
 
 from __future__ import annotations
@@ -20,9 +32,11 @@ from __future__ import annotations
 import threading
 from concurrent.futures import CancelledError, Executor, Future
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from .readcache import ReadCache
     from .storage import Storage
 
 KIB = 1024
@@ -36,9 +50,37 @@ MAXIMUM_AHEAD = 3
 More would not read faster from a local server, and would cost 8 MiB each per open file."""
 LATE_READS = 1 * MIB
 """Pieces ending less than this before a read are kept for reads arriving late."""
+DEFAULT_BUDGET = 64 * MIB
+"""Bytes of pieces the Readers of one mount hold before pieces ahead wait: enough for
+eight sequential readers at full speed, and a bound on memory when there are more."""
 
 
-@dataclass
+class ReadBudget:
+    """Bytes held in pieces by the Readers of one mount (a leaf lock)."""
+
+    def __init__(self, limit: int = DEFAULT_BUDGET) -> None:
+        self.limit = limit
+        self.used = 0
+        self._lock = threading.Lock()
+
+    def take(self, size: int, must: bool) -> bool:
+        """Count ``size`` bytes if the budget has room for them, or anyway if ``must``."""
+        with self._lock:
+            if not must and self.used + size > self.limit:
+                return False
+            self.used += size
+            return True
+
+    def has_room(self, size: int) -> bool:
+        with self._lock:
+            return self.used + size <= self.limit
+
+    def give_back(self, size: int) -> None:
+        with self._lock:
+            self.used -= size
+
+
+@dataclass(eq=False)
 class _Piece:
     start: int
     end: int
@@ -48,11 +90,15 @@ class _Piece:
 class Reader:
     """Serves reads of one handle from pieces of the object fetched ahead of it."""
 
-    def __init__(self, bucket: Storage, pool: Executor | None = None) -> None:
+    def __init__(self, bucket: Storage, pool: Executor | None = None,
+                 budget: ReadBudget | None = None, cache: ReadCache | None = None) -> None:
         self._bucket = bucket
         self._pool = pool
+        self._budget = budget if budget is not None else ReadBudget()
+        self._cache = cache
         self._lock = threading.Lock()
         self._key = ""
+        self._etag = ""
         self._pieces: list[_Piece] = []
         self._next = 0
         """Where a sequential read would start."""
@@ -60,15 +106,21 @@ class Reader:
         """Bytes read sequentially until now."""
         self._piece_size = INITIAL_PIECE
 
-    def read(self, key: str, size: int, offset: int, file_size: int) -> bytes:
-        """Up to ``size`` bytes at ``offset`` of ``key``, an object of ``file_size`` bytes."""
+    @property
+    def _block(self) -> int:
+        """The alignment of pieces: the cache's block when it is used, else none."""
+        return self._cache.block_size if self._cache is not None and self._etag else 1
+
+    def read(self, key: str, etag: str, size: int, offset: int, file_size: int) -> bytes:
+        """Up to ``size`` bytes at ``offset`` of ``key``, an object of ``file_size`` bytes
+        whose ETag is ``etag`` as the open found it ("" if unknown: no cache is used)."""
         if size <= 0 or offset >= file_size:
             return b""
         size = min(size, file_size - offset)
         with self._lock:
-            if key != self._key:
-                self._drop()
-                self._key, self._next, self._streak = key, 0, 0
+            if (key, etag) != (self._key, self._etag):
+                self._drop(self._pieces)
+                self._key, self._etag, self._next, self._streak = key, etag, 0, 0
                 self._piece_size = INITIAL_PIECE
             # The kernel sends read-ahead requests in parallel, so they may arrive a
             # little out of order: a read inside the pieces still counts as sequential.
@@ -77,28 +129,28 @@ class Reader:
             else:
                 self._streak = size
                 self._piece_size = INITIAL_PIECE
-                self._drop()
+                self._drop(self._pieces)
             self._next = offset + size
-            self._pieces = [p for p in self._pieces if p.end > offset - LATE_READS]
+            self._drop([p for p in self._pieces if p.end <= offset - LATE_READS])
             wanted = self._covering(offset, offset + size, file_size)
             self._ahead(offset + size, min(self._streak // INITIAL_PIECE, MAXIMUM_AHEAD),
                         file_size)
         try:
-            chunks = [self._result(key, piece) for piece in wanted]
+            chunks = [self._result(piece, file_size) for piece in wanted]
         except BaseException:
             with self._lock:  # a failed GET is not kept: the next read tries again
-                self._pieces = [p for p in self._pieces if p not in wanted]
+                self._drop([p for p in self._pieces if p in wanted])
             raise
         # Only the bytes asked for are copied, even across pieces.
         parts = [chunk[max(offset - piece.start, 0):offset + size - piece.start]
                  for piece, chunk in zip(wanted, chunks, strict=True)]
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
-    def _result(self, key: str, piece: _Piece) -> bytes:
+    def _result(self, piece: _Piece, file_size: int) -> bytes:
         try:
             return piece.data.result()
         except CancelledError:  # dropped by a seek of a parallel read: fetch it here
-            return self._bucket.read(key, piece.start, piece.end - piece.start)
+            return self._load(self._key, self._etag, piece.start, piece.end, file_size)
 
     def _covering(self, start: int, end: int, file_size: int) -> list[_Piece]:
         """The pieces holding [start, end), fetching (now) the parts no piece holds."""
@@ -109,47 +161,93 @@ class Reader:
             if piece is None:
                 following = min((p.start for p in self._pieces if p.start > position),
                                 default=file_size)
-                stop = min(position + max(self._piece_size, end - position), following,
-                           file_size)
-                piece = self._fetch(position, stop, now=True)
+                first = position - position % self._block
+                size = self._piece_size
+                if not self._budget.has_room(size):
+                    size = INITIAL_PIECE  # the budget is spent: the least this read needs
+                stop = min(self._aligned(max(position + size, end)), following, file_size)
+                piece = self._fetch(first, stop, file_size, now=True)
             wanted.append(piece)
             position = piece.end
         return wanted
 
+    def _aligned(self, position: int) -> int:
+        return -(-position // self._block) * self._block
+
     def _ahead(self, after: int, count: int, file_size: int) -> None:
-        """Have ``count`` pieces beyond ``after`` fetched or being fetched (in parallel)."""
+        """Have ``count`` pieces beyond ``after`` fetched or being fetched (in parallel),
+        as far as the mount's budget allows."""
         if self._pool is None or not self._pieces:
             return
         waiting = sum(1 for p in self._pieces if p.start >= after)
         position = max(p.end for p in self._pieces)
         while waiting < count and position < file_size:
-            stop = min(position + self._piece_size, file_size)
-            self._fetch(position, stop, now=False)
+            stop = min(self._aligned(position + self._piece_size), file_size)
+            if not self._budget.take(stop - position, must=False):
+                return
+            self._fetch(position, stop, file_size, now=False, counted=True)
             position = stop
             waiting += 1
 
-    def _fetch(self, start: int, end: int, now: bool) -> _Piece:
-        key = self._key
+    def _fetch(self, start: int, end: int, file_size: int, now: bool,
+               counted: bool = False) -> _Piece:
+        if not counted:
+            self._budget.take(end - start, must=True)
+        key, etag = self._key, self._etag
         future: Future[bytes]
         if now or self._pool is None:
             future = Future()
-            future.set_result(self._bucket.read(key, start, end - start))
+            try:
+                future.set_result(self._load(key, etag, start, end, file_size))
+            except BaseException:
+                self._budget.give_back(end - start)
+                raise
         else:
-            future = self._pool.submit(self._bucket.read, key, start, end - start)
+            future = self._pool.submit(self._load, key, etag, start, end, file_size)
         piece = _Piece(start, end, future)
         self._pieces.append(piece)
         # Growing pieces: few requests for big files, little waste for small reads.
         self._piece_size = min(GROWTH * self._piece_size, MAXIMUM_PIECE)
         return piece
 
-    def _drop(self) -> None:
-        """Forget the pieces, cancelling the GETs not started yet."""
-        for piece in self._pieces:
+    def _load(self, key: str, etag: str, start: int, end: int, file_size: int) -> bytes:
+        """Bytes [start, end) of the object: from the cache when it holds all of them,
+        else one GET (whose whole blocks then go to the cache)."""
+        cache = self._cache if etag else None
+        if cache is None:
+            return self._bucket.read(key, start, end - start)
+        block = cache.block_size
+        blocks: list[bytes] = []
+        for first in range(start, end, block):
+            data = cache.get(key, etag, first // block, min(block, file_size - first))
+            if data is None:
+                break
+            blocks.append(data)
+        else:
+            whole = blocks[0] if len(blocks) == 1 else b"".join(blocks)
+            return whole[:end - start]
+        data = self._bucket.read(key, start, end - start)
+        view = memoryview(data)
+        for first in range(start, start + len(data), block):
+            length = min(block, file_size - first)
+            if first % block == 0 and first + length <= start + len(data):
+                cache.put(key, etag, first // block, view[first - start:first - start + length])
+        return data
+
+    def _drop(self, pieces: list[_Piece]) -> None:
+        """Forget ``pieces``, cancelling their GETs not started yet; their bytes leave the
+        budget when their GET is over."""
+        for piece in pieces:
             piece.data.cancel()
-        self._pieces = []
+            size = piece.end - piece.start
+            piece.data.add_done_callback(partial(self._returned, size))
+        self._pieces = [p for p in self._pieces if p not in pieces]
+
+    def _returned(self, size: int, _: Future[bytes]) -> None:
+        self._budget.give_back(size)
 
     def forget(self) -> None:
-        """Drop the pieces (the object changed)."""
+        """Drop the pieces (the object changed, or the handle is closed)."""
         with self._lock:
-            self._drop()
-            self._key = ""
+            self._drop(self._pieces)
+            self._key = self._etag = ""
