@@ -21,10 +21,11 @@ ETag: pieces are then whole aligned blocks (1 MiB; the last one may be shorter).
 whose blocks are all cached is served from them, without a GET; the blocks of a piece
 fetched from the bucket are put in the cache by the thread that fetched it.
 
-Lock order: ``Reader._lock`` (one per handle) before ``ReadBudget._lock`` and the read
-cache's lock (leaves). ``Reader._lock`` is held across the GET of a piece a read needs at
-once (pieces ahead go to the pool), so only parallel reads of that same handle can wait
-for it, never another file's operation.
+Lock order: ``Reader._lock`` (one per handle) before ``ReadBudget._lock`` (a leaf).
+``Reader._lock`` is held only to choose pieces: it is never held across a GET nor a use of
+the read cache (a read fetches the pieces it needs now after letting it go, and parallel
+reads needing the same piece wait for its future), so parallel reads of one handle at
+different places proceed in parallel.
 """
 
 from __future__ import annotations
@@ -70,10 +71,6 @@ class ReadBudget:
                 return False
             self.used += size
             return True
-
-    def has_room(self, size: int) -> bool:
-        with self._lock:
-            return self.used + size <= self.limit
 
     def give_back(self, size: int) -> None:
         with self._lock:
@@ -132,11 +129,13 @@ class Reader:
                 self._drop(self._pieces)
             self._next = offset + size
             self._drop([p for p in self._pieces if p.end <= offset - LATE_READS])
-            wanted = self._covering(offset, offset + size, file_size)
+            wanted, mine = self._covering(offset, offset + size, file_size)
             self._ahead(offset + size, min(self._streak // INITIAL_PIECE, MAXIMUM_AHEAD),
                         file_size)
         try:
-            chunks = [self._result(piece, file_size) for piece in wanted]
+            # Outside the lock: parallel reads of this handle elsewhere in the file proceed.
+            self._fill(mine, key, etag, file_size)
+            chunks = [self._result(piece, key, etag, file_size) for piece in wanted]
         except BaseException:
             with self._lock:  # a failed GET is not kept: the next read tries again
                 self._drop([p for p in self._pieces if p in wanted])
@@ -146,15 +145,30 @@ class Reader:
                  for piece, chunk in zip(wanted, chunks, strict=True)]
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
-    def _result(self, piece: _Piece, file_size: int) -> bytes:
+    def _fill(self, pieces: list[_Piece], key: str, etag: str, file_size: int) -> None:
+        """Fetch the pieces a read needs now; their futures tell the reads waiting for
+        them (all of them, even when one fails: no read waits forever)."""
+        for number, piece in enumerate(pieces):
+            try:
+                data = self._load(key, etag, piece.start, piece.end, file_size)
+            except BaseException as error:
+                for failed in pieces[number:]:
+                    failed.data.set_exception(error)
+                raise
+            piece.data.set_result(data)
+
+    def _result(self, piece: _Piece, key: str, etag: str, file_size: int) -> bytes:
         try:
             return piece.data.result()
         except CancelledError:  # dropped by a seek of a parallel read: fetch it here
-            return self._load(self._key, self._etag, piece.start, piece.end, file_size)
+            return self._load(key, etag, piece.start, piece.end, file_size)
 
-    def _covering(self, start: int, end: int, file_size: int) -> list[_Piece]:
-        """The pieces holding [start, end), fetching (now) the parts no piece holds."""
+    def _covering(self, start: int, end: int, file_size: int) \
+            -> tuple[list[_Piece], list[_Piece]]:
+        """The pieces holding [start, end), and those of them the caller must fetch now
+        (the parts no piece held)."""
         wanted: list[_Piece] = []
+        mine: list[_Piece] = []
         position = start
         while position < end:
             piece = next((p for p in self._pieces if p.start <= position < p.end), None)
@@ -163,13 +177,15 @@ class Reader:
                                 default=file_size)
                 first = position - position % self._block
                 size = self._piece_size
-                if not self._budget.has_room(size):
+                taken = size if self._budget.take(size, must=False) else 0
+                if not taken:
                     size = INITIAL_PIECE  # the budget is spent: the least this read needs
                 stop = min(self._aligned(max(position + size, end)), following, file_size)
-                piece = self._fetch(first, stop, file_size, now=True)
+                piece = self._fetch(first, stop, file_size, now=True, taken=taken)
+                mine.append(piece)
             wanted.append(piece)
             position = piece.end
-        return wanted
+        return wanted, mine
 
     def _aligned(self, position: int) -> int:
         return -(-position // self._block) * self._block
@@ -185,23 +201,21 @@ class Reader:
             stop = min(self._aligned(position + self._piece_size), file_size)
             if not self._budget.take(stop - position, must=False):
                 return
-            self._fetch(position, stop, file_size, now=False, counted=True)
+            self._fetch(position, stop, file_size, now=False, taken=stop - position)
             position = stop
             waiting += 1
 
-    def _fetch(self, start: int, end: int, file_size: int, now: bool,
-               counted: bool = False) -> _Piece:
-        if not counted:
-            self._budget.take(end - start, must=True)
+    def _fetch(self, start: int, end: int, file_size: int, now: bool, taken: int) -> _Piece:
+        """A new piece [start, end), ``taken`` bytes of the budget already counted for it."""
+        if taken > end - start:
+            self._budget.give_back(taken - (end - start))
+        else:
+            self._budget.take(end - start - taken, must=True)
         key, etag = self._key, self._etag
         future: Future[bytes]
         if now or self._pool is None:
-            future = Future()
-            try:
-                future.set_result(self._load(key, etag, start, end, file_size))
-            except BaseException:
-                self._budget.give_back(end - start)
-                raise
+            future = Future()  # filled by the read that needs it, outside the lock
+            future.set_running_or_notify_cancel()  # so a parallel seek cannot cancel it
         else:
             future = self._pool.submit(self._load, key, etag, start, end, file_size)
         piece = _Piece(start, end, future)
