@@ -10,7 +10,6 @@ import stat
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -134,36 +133,22 @@ def test_two_processes_share_one_cache_within_its_bound(tmp_path: Path,
     cache.close()
 
 
-@pytest.fixture
-def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
-    """A 256 KiB tmpfs (root only), unmounted at the end."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    target = tmp_path / "small"
-    target.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k,mode=0700", "tmpfs",
-                    os.fspath(target)], check=True, capture_output=True)
-    try:
-        yield target
-    finally:
-        subprocess.run(["umount", "-l", os.fspath(target)], check=False, capture_output=True)
-
-
 def test_a_full_disk_stops_caching_with_one_log_line(
         small_tmpfs: Path, clock: FakeClock, caplog: pytest.LogCaptureFixture) -> None:
-    cache = ReadCache(small_tmpfs / "c", 1 << 30, block_size=64 * BLOCK, clock=clock)
+    size = 256 * BLOCK
+    cache = ReadCache(small_tmpfs / "c", 1 << 30, block_size=size, clock=clock)
     with caplog.at_level(logging.WARNING, logger=readcache.__name__):
-        for number in range(8):  # 512 KiB into 256 KiB: the disk fills up
-            cache.put("k", "e", number, block(number, 64 * BLOCK))
+        for number in range(16):  # 4 MiB into 2 MiB: the disk fills up
+            cache.put("k", "e", number, block(number, size))
     full = [r for r in caplog.records if "is full" in r.getMessage()]
     assert len(full) == 1, caplog.text
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
-    kept = [n for n in range(8) if cache.get("k", "e", n, 64 * BLOCK) == block(n, 64 * BLOCK)]
-    assert kept and len(kept) < 8
+    kept = [n for n in range(16) if cache.get("k", "e", n, size) == block(n, size)]
+    assert kept and len(kept) < 16
     assert not list((small_tmpfs / "c" / "tmp").iterdir())  # the half-written one is gone
     clock.advance(readcache.FULL_PAUSE + 1)  # after the pause, it tries again (and fails)
     with caplog.at_level(logging.WARNING, logger=readcache.__name__):
-        cache.put("k", "e", 100, block(1, 64 * BLOCK))
+        cache.put("k", "e", 100, block(1, size))
     assert len([r for r in caplog.records if "is full" in r.getMessage()]) == 2
     cache.close()
 
