@@ -37,6 +37,13 @@ def gets(memstore: MemStore) -> int:
     return memstore.faults.take()["read"]
 
 
+def written(*filesystems: Filesystem) -> None:
+    """Wait for the cache's writer thread to have written what was read until now."""
+    for fs in filesystems:
+        assert fs._read_cache is not None
+        fs._read_cache.drain()
+
+
 def read_at(fs: Filesystem, path: str, offset: int, size: int) -> bytes:
     fh = fs.open(path, os.O_RDONLY)
     try:
@@ -52,6 +59,7 @@ def test_a_second_read_sends_no_get_in_this_mount_or_the_next(
     fs = make_memfs()
     assert read_file(fs, "/data.bin") == data
     assert gets(memstore) > 0
+    written(fs)
     assert read_file(fs, "/data.bin") == data
     assert read_at(fs, "/data.bin", 3 * MIB + 7, 100_000) == data[3 * MIB + 7:][:100_000]
     assert gets(memstore) == 0
@@ -74,7 +82,9 @@ def test_a_changed_object_is_read_anew_never_stale(
     memstore.faults.take()
     assert read_file(fs, "/data.bin") == new
     assert gets(memstore) > 0
-    assert read_file(make_memfs(), "/data.bin") == new  # the next mount too
+    next_mount = make_memfs()
+    assert read_file(next_mount, "/data.bin") == new  # the next mount too
+    written(fs, next_mount)
     assert read_file(fs, "/data.bin") == new
     assert gets(memstore) == 0  # the new version is cached now
 
@@ -86,6 +96,7 @@ def test_partly_cached_pieces_are_fetched_whole(make_memfs: MakeFs,
     fs = make_memfs()
     assert read_at(fs, "/data.bin", MIB + 5, 10) == data[MIB + 5:MIB + 15]
     assert gets(memstore) == 1
+    written(fs)
     assert read_file(fs, "/data.bin") == data  # the first block was not cached
     assert read_at(fs, "/data.bin", MIB + 5, 10) == data[MIB + 5:MIB + 15]
     assert gets(memstore) > 0

@@ -5,13 +5,17 @@ of the server (tests/faultproxy.py)."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import sqlite3
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from mounting import mounted, run
+from mounting import mounted, run, wait_until
+
+from qarnotfs.fs.readcache import INDEX_NAME
 
 if TYPE_CHECKING:
     from faultproxy import FaultProxy
@@ -24,6 +28,15 @@ MIB = 1 << 20
 def digest_through(path: Path) -> str:
     """sha256sum of ``path``, as a user would check it."""
     return run(["sha256sum", path]).stdout.split()[0]
+
+
+def cached_bytes(base: Path) -> int:
+    """What the read cache folders under ``base`` hold, by their shared index."""
+    total = 0
+    for index in base.glob(f"*/{INDEX_NAME}"):
+        with contextlib.closing(sqlite3.connect(index, timeout=30)) as db:
+            total += db.execute("SELECT bytes FROM total").fetchone()[0]
+    return total
 
 
 def test_a_file_read_before_a_remount_is_read_again_without_a_get(
@@ -69,5 +82,7 @@ def test_two_mounts_share_one_read_cache(s3_env: dict[str, str], bucket_name: st
         assert (one.mountpoint / "shared.bin").read_bytes() == data
         sent = proxy.count("forward", get_shared)
         assert sent > 0
+        wait_until(lambda: cached_bytes(tmp_path / "blocks") >= len(data),
+                   message="the first mount's cache writer")
         assert (two.mountpoint / "shared.bin").read_bytes() == data
         assert proxy.count("forward", get_shared) == sent

@@ -20,12 +20,15 @@ twice nor lose one; a file without a row (a crash between rename and commit) is 
 served. A block whose file is missing, of the wrong length or of the wrong CRC is a miss,
 and is forgotten.
 
-Failures never reach the reader: a full disk (ENOSPC, EDQUOT, SQLITE_FULL) stops putting
-blocks for :data:`FULL_PAUSE` seconds, logged once; any other error is a miss (logged
-once per kind).
+Blocks are written by one writer thread per process (:meth:`ReadCache.put_soon`), so
+a cold read does not wait for the disk: at most :data:`BACKLOG` bytes wait, beyond which
+blocks are not kept. Failures never reach the reader: a full disk (ENOSPC, EDQUOT,
+SQLITE_FULL) stops putting blocks for :data:`FULL_PAUSE` seconds, logged once; any other
+error is a miss (logged once per kind).
 
 Lock order: ``ReadCache._lock`` (one per process and folder; it serialises this process's
-use of its SQLite connection) is taken before SQLite's database lock, and both are leaves:
+use of its SQLite connection) is taken before SQLite's database lock; those and
+``ReadCache._backlog_lock`` are leaves:
 no other lock is taken and no storage request is sent while they are held (only the block
 file's rename or unlink, and eviction's unlinks).
 """
@@ -43,6 +46,7 @@ import threading
 import time
 import zlib
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from .journal import is_disk_full
@@ -57,6 +61,9 @@ DEFAULT_CAPACITY = 10 * GIB
 """The default bound, when the disk has room for it (see :func:`default_capacity`)."""
 FREE_SHARE = 4
 """By default the cache takes at most a quarter of its disk's free space at mount time."""
+BACKLOG = 32 * MIB
+"""Bytes of blocks waiting for the writer thread; beyond, new blocks are not kept (a cache
+that cannot keep up must not slow the reads nor hold their memory)."""
 FULL_PAUSE = 60.0
 """Seconds no block is put after the disk was found full."""
 TOUCH_INTERVAL = 1.0
@@ -125,6 +132,9 @@ class ReadCache:
         self._lock = threading.Lock()
         self._paused_until = 0.0
         self._logged: set[str] = set()
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="qarnotfs-cache")
+        self._backlog = 0
+        self._backlog_lock = threading.Lock()
         _private_folder(self.folder)
         self._temp = self.folder / "tmp"
         _private_folder(self._temp)
@@ -210,6 +220,26 @@ class ReadCache:
                 with contextlib.suppress(OSError):
                     os.unlink(temporary)
 
+    def put_soon(self, key: str, etag: str, number: int, data: bytes | memoryview) -> None:
+        """:meth:`put`, by the cache's writer thread (dropped if it is too far behind)."""
+        size = len(data)
+        with self._backlog_lock:
+            if self._backlog + size > BACKLOG:
+                return
+            self._backlog += size
+        self._writer.submit(self._put_queued, key, etag, number, data)
+
+    def _put_queued(self, key: str, etag: str, number: int, data: bytes | memoryview) -> None:
+        try:
+            self.put(key, etag, number, data)
+        finally:
+            with self._backlog_lock:
+                self._backlog -= len(data)
+
+    def drain(self) -> None:
+        """Wait until the blocks given to :meth:`put_soon` until now are written."""
+        self._writer.submit(lambda: None).result()
+
     def _evict(self) -> None:
         """Remove the least recently used blocks until the total is within the bound
         (inside the caller's transaction)."""
@@ -238,6 +268,7 @@ class ReadCache:
         return int(total)
 
     def close(self) -> None:
+        self._writer.shutdown(wait=True)
         with self._lock:
             self._db.close()
 

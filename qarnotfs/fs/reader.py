@@ -19,7 +19,7 @@ budget, however many handles they use.
 The read cache (:mod:`.readcache`), when the mount has one and the open told the object's
 ETag: pieces are then whole aligned blocks (1 MiB; the last one may be shorter). A piece
 whose blocks are all cached is served from them, without a GET; the blocks of a piece
-fetched from the bucket are put in the cache by the thread that fetched it.
+fetched from the bucket go to the cache's writer thread.
 
 Lock order: ``Reader._lock`` (one per handle) before ``ReadBudget._lock`` (a leaf).
 ``Reader._lock`` is held only to choose pieces: it is never held across a GET nor a use of
@@ -245,7 +245,8 @@ class Reader:
         for first in range(start, start + len(data), block):
             length = min(block, file_size - first)
             if first % block == 0 and first + length <= start + len(data):
-                cache.put(key, etag, first // block, view[first - start:first - start + length])
+                cache.put_soon(key, etag, first // block,
+                               view[first - start:first - start + length])
         return data
 
     def _drop(self, pieces: list[_Piece]) -> None:
