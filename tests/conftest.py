@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
@@ -225,3 +227,18 @@ def proxy(s3_server: S3Server) -> Iterator[FaultProxy]:
 
     with FaultProxy(s3_server.endpoint_url, lifetime=300) as running:
         yield running
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
+    """A 2 MiB tmpfs (root only), unmounted at the end."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    target = tmp_path / "small"
+    target.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m,mode=0700", "tmpfs",
+                    os.fspath(target)], check=True, capture_output=True)
+    try:
+        yield target
+    finally:
+        subprocess.run(["umount", "-l", os.fspath(target)], check=False, capture_output=True)

@@ -49,7 +49,8 @@ def clock() -> FakeClock:
 
 def _filesystems(storage: Storage, tmp_path: Path, clock: FakeClock) -> Iterator[MakeFs]:
     made: list[Filesystem] = []
-    base = FsOptions(staging_dir=tmp_path / "staging", clock=clock, uid=os.getuid(),
+    base = FsOptions(staging_dir=tmp_path / "staging", read_cache_dir=tmp_path / "blocks",
+                     clock=clock, uid=os.getuid(),
                      gid=os.getgid(), umask=0o022)
 
     def make(**changes: object) -> Filesystem:

@@ -177,6 +177,11 @@ class Faults:
         with self._lock:
             return self.calls[method]
 
+    def tally(self, name: str, amount: int = 1) -> None:
+        """Count ``amount`` more of ``name`` (what a call did, beside the call itself)."""
+        with self._lock:
+            self.calls[name] += amount
+
     def take(self) -> Counter[str]:
         """The calls since the last take, by method; the counts start again at zero."""
         with self._lock:
@@ -368,8 +373,10 @@ class MemStore:
             raise self._error(PreconditionFailedException, "PreconditionFailed",
                               "At least one of the pre-conditions did not hold.", key)
         if unless_etag and summary.etag == normalize_etag(unless_etag):
+            self.faults.tally("get unchanged")
             return None
         end = len(stored.data) if length is None else offset + length
+        self.faults.tally("get bytes", len(stored.data[offset:end]))
         return ObjectRead(summary, stored.data[offset:end])
 
     def put(self, key: str, data: bytes, metadata: dict[str, str] | None = None) -> str:

@@ -97,6 +97,11 @@ class Mount:
     def staging_dir(self) -> Path:
         return self.workdir / "staging"
 
+    @property
+    def read_cache_dir(self) -> Path:
+        """The read cache of the test's mounts (kept across a remount)."""
+        return self.workdir / "blocks"
+
     def log_text(self) -> str:
         try:
             return self.log_file.read_text(errors="replace")
@@ -106,7 +111,8 @@ class Mount:
     def command(self) -> list[str]:
         return ["mount", self.source, os.fspath(self.mountpoint),
                 "--log-file", os.fspath(self.log_file),
-                "--staging-dir", os.fspath(self.staging_dir), *self.options]
+                "--staging-dir", os.fspath(self.staging_dir),
+                "--read-cache-dir", os.fspath(self.read_cache_dir), *self.options]
 
     def start(self) -> Mount:
         self.mountpoint.mkdir(parents=True, exist_ok=True)

@@ -24,6 +24,7 @@ SAMPLES = {
     "log_file": ("/tmp/x.log", "/tmp/x.log"), "log_level": ("WARNING", "warning"),
     "connect_timeout": ("1", 1.0), "read_timeout": ("2", 2.0), "retries": ("3", 3),
     "config": ("/etc/q.conf", "/etc/q.conf"),
+    "read_cache_size": ("20G", 20 << 30), "read_cache_dir": ("/tmp/rc", "/tmp/rc"),
 }
 
 

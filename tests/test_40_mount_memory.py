@@ -1,14 +1,18 @@
-"""The serving process's memory while a large file goes in and out through a live mount.
+"""The serving process's memory while a large file goes in and out through a live mount,
+and while 32 threads read one large file at random offsets.
 
-Its peak resident size (VmHWM) must stay under 200 MB whatever the size of the files:
-parts in flight are bounded by the uploads' pool, reads by the read-ahead window. The
-file here is larger than that bound, so memory growing with the file would show.
+Its peak resident size (VmHWM) must stay under 200 MB whatever the size of the files and
+however many readers: parts in flight are bounded by the uploads' pool, reads by the
+mount's read budget (shared by every handle). The files here are larger than that bound,
+so memory growing with the file, or with the readers, would show.
 """
 
 from __future__ import annotations
 
 import filecmp
 import hashlib
+import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +23,7 @@ pytestmark = [pytest.mark.mount, pytest.mark.timeout(300)]
 
 MIB = 1 << 20
 FILE_SIZE = 512 * MIB
+RANDOM_FILE_SIZE = 64 * MIB
 MEMORY_BOUND = 200 * 1000 * 1000
 
 
@@ -57,3 +62,40 @@ def test_peak_memory_stays_bounded_while_a_large_file_is_copied_in_and_out(
     assert filecmp.cmp(source, copy_back, shallow=False)
     assert writing < MEMORY_BOUND, f"{writing / MIB:.0f} MiB while writing {FILE_SIZE // MIB} MiB"
     assert reading < MEMORY_BOUND, f"{reading / MIB:.0f} MiB while reading {FILE_SIZE // MIB} MiB"
+
+
+RANDOM_READERS = """
+import os, random, sys, threading
+path, threads, reads, separate = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+shared = os.open(path, os.O_RDONLY)
+size = os.fstat(shared).st_size
+def reader(seed):
+    fd = os.open(path, os.O_RDONLY) if separate == "1" else shared
+    chance = random.Random(seed)
+    for _ in range(reads):
+        offset = chance.randrange(0, size - (1 << 20))
+        assert len(os.pread(fd, 1 << 20, offset)) == 1 << 20
+    if fd != shared:
+        os.close(fd)
+workers = [threading.Thread(target=reader, args=(n,)) for n in range(threads)]
+for worker in workers:
+    worker.start()
+for worker in workers:
+    worker.join()
+"""
+
+
+@pytest.mark.parametrize("handles", ["one handle", "32 handles"])
+def test_peak_memory_stays_bounded_while_32_threads_read_at_random(
+        s3_server: Any, bucket_name: str, s3_client: Any, tmp_path: Path,
+        handles: str) -> None:
+    source = tmp_path / "source.bin"
+    write_source(source, RANDOM_FILE_SIZE)
+    s3_client.upload_file(os.fspath(source), bucket_name, "big.bin")
+    with mounted(bucket_name, tmp_path / "mnt", storage_environment(s3_server),
+                 tmp_path / "work", "--read-cache-size", "0") as mount:
+        run([sys.executable, "-c", RANDOM_READERS, mount.mountpoint / "big.bin", "32", "4",
+             "1" if handles == "32 handles" else "0"], timeout=240)
+        assert mount.pid is not None
+        reading = peak_memory(mount.pid)
+    assert reading < MEMORY_BOUND, f"{reading / MIB:.0f} MiB with 32 threads ({handles})"

@@ -116,7 +116,8 @@ class CoreModel(RuleBasedStateMachine):
 
     def _mount(self) -> Filesystem:
         return Filesystem(self.bucket, FsOptions(
-            prefix=self.prefix, staging_dir=self.staging, cache_ttl=CACHE_TTL,
+            prefix=self.prefix, staging_dir=self.staging, read_cache_dir=self.work / "blocks",
+            cache_ttl=CACHE_TTL,
             negative_ttl=CACHE_TTL / 3, clock=self.clock, workers=4))
 
     def teardown(self) -> None:

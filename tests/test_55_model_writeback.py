@@ -92,7 +92,8 @@ class WriteBackModel(RuleBasedStateMachine):
 
     def _mount(self) -> Filesystem:
         return Filesystem(self.store, FsOptions(
-            staging_dir=self.work / "staging", part_size=PART, retry_first_delay=3600,
+            staging_dir=self.work / "staging", read_cache_dir=self.work / "blocks",
+            part_size=PART, retry_first_delay=3600,
             retry_max_delay=3600, delete_delay=0, uid=os.getuid(), gid=os.getgid()))
 
     def teardown(self) -> None:

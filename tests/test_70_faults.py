@@ -630,21 +630,6 @@ def stat_mode(path: Path) -> int:
 # -- a full staging disk ---------------------------------------------------------------
 
 
-@pytest.fixture
-def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
-    """A 2 MiB tmpfs (root only), unmounted at the end."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    target = tmp_path / "small"
-    target.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m,mode=0700", "tmpfs",
-                    os.fspath(target)], check=True, capture_output=True)
-    try:
-        yield target
-    finally:
-        subprocess.run(["umount", "-l", os.fspath(target)], check=False, capture_output=True)
-
-
 def fill_staging(mount: Mount) -> str:
     """Write three files that fit, then one that cannot: the big one's outcome."""
     mnt = mount.mountpoint

@@ -60,7 +60,8 @@ from .keys import KEY_MAX, KeyMapper, is_fuse_hidden, is_within, name_of, normal
 from .metacache import MetaCache, Node
 from .namespace import Lookups, Namespace
 from .prefetch import FirstBytes
-from .reader import INITIAL_PIECE, Reader
+from .readcache import open_read_cache
+from .reader import DEFAULT_BUDGET, INITIAL_PIECE, ReadBudget, Reader
 from .staging import StagingArea
 from .status import pending_summary
 from .storage import PART_SIZE
@@ -83,6 +84,11 @@ def default_staging_dir() -> Path:
     return platformdirs.user_cache_path("qarnotfs") / "staging"
 
 
+def default_read_cache_dir() -> Path:
+    """Where the read cache keeps blocks unless configured: the user's cache folder."""
+    return platformdirs.user_cache_path("qarnotfs") / "blocks"
+
+
 @dataclass
 class FsOptions:
     """How the filesystem behaves; every field has a default."""
@@ -102,6 +108,11 @@ class FsOptions:
     """Parallel requests for listings' HEADs and folder renames."""
     read_workers: int = 16
     """Parallel ranged GETs of the read-ahead, shared by all open files."""
+    read_budget: int = DEFAULT_BUDGET
+    """Bytes of read pieces all open files hold before reading ahead waits (reader.py)."""
+    read_cache_dir: Path = field(default_factory=default_read_cache_dir)
+    read_cache_size: int | None = None
+    """Bound of the local read cache in bytes: None the default (readcache.py), 0 none."""
     delete_delay: float = DEFAULT_DELAY
     """Seconds an unlink's delete waits to be batched with others (0: sent at once)."""
     symlink_scan: SymlinkScan = "marked"
@@ -135,6 +146,12 @@ class Filesystem:
                                         thread_name_prefix="qarnotfs-fs")
         self._read_pool = ThreadPoolExecutor(max_workers=max(1, options.read_workers),
                                              thread_name_prefix="qarnotfs-read")
+        self._read_budget = ReadBudget(options.read_budget)
+        self._read_cache = open_read_cache(
+            options.read_cache_dir, getattr(storage.connection, "storage_url", ""),
+            storage.name, options.read_cache_size)
+        # What an open fetches of an object: a whole block when blocks are cached.
+        self._first_piece = self._read_cache.block_size if self._read_cache else INITIAL_PIECE
         self.namespace = Namespace(storage, self.keys, self.cache, self.defaults, self._pool,
                                    FirstBytes(clock=options.clock),
                                    list_on_miss=options.lookups == "listed")
@@ -257,9 +274,9 @@ class Filesystem:
     def _new_handle(self, item: Item, flags: int, opening: Opening | None = None) -> int:
         opening = opening or Opening()
         number = next(self._numbers)
-        reader = Reader(self.bucket, self._read_pool)
+        reader = Reader(self.bucket, self._read_pool, self._read_budget, self._read_cache)
         if opening.first is not None:
-            reader.prime(item.key, item.etag, opening.first)
+            reader.prime(item.key, item.etag, opening.first, item.attrs.size)
         with self._handles_lock:
             self._handles[number] = Handle(number, item, flags, reader, opening.page_cache)
         return number
@@ -322,7 +339,9 @@ class Filesystem:
         around the page cache (whose reads stop at the size the kernel knows) until the
         kernel asks for the attributes again. The first bytes the lookup of this path
         fetched (prefetch.py) stand for the object for a second, as the kernel's own
-        lookup does: then the open sends nothing. A file this mount is writing is its own
+        lookup does: then the open sends nothing. So do the local read cache's blocks of
+        that version: the GET is then conditional, and a 304 brings no bytes. A file this
+        mount is writing is its own
         truth: nothing is asked.
         """
         with item.lock:
@@ -333,12 +352,16 @@ class Filesystem:
                 opened = self._opened_etags.get(item.path)
             pages = exact and bool(item.etag) and opened == item.etag
             kept = self.namespace.first_bytes.take(item.path, item.etag) if exact else None
+            if kept is not None and len(kept.data) < min(self._first_piece, told):
+                kept = None  # less than the open fetches: its GET is sent anyway
+            # A whole cached block serves more reads than the lookup's first bytes.
+            first = self._cached_first(item, exact) or (kept.data if kept else None)
             since = self.cache.generation()
             answer = None
             if kept is None or not kept.fresh:
-                answer = self._get_first(item, pages or kept is not None, since)
+                answer = self._get_first(item, pages or first is not None, since)
             if answer is None:
-                opening = Opening(PageCache(keep=pages), kept.data if kept else None)
+                opening = Opening(PageCache(keep=pages), first)
             else:
                 attrs = object_attributes(answer.info, self.defaults)
                 if attrs.is_dir or attrs.is_link:
@@ -351,11 +374,19 @@ class Filesystem:
                 self._opened_etags[item.path] = item.etag
             return opening
 
+    def _cached_first(self, item: Item, exact: bool) -> bytes | None:
+        """The first block of the object from the local read cache, if it holds it for
+        the ETag known (then the open's GET is conditional: a 304 sends no bytes)."""
+        if self._read_cache is None or not exact or not item.etag:
+            return None
+        length = min(self._read_cache.block_size, item.attrs.size)
+        return self._read_cache.get(item.key, item.etag, 0, length) if length else None
+
     def _get_first(self, item: Item, unless: bool, since: int) -> ObjectRead | None:
         """The GET of an open: the object's first piece, or None if ``unless`` and it still
         has ``item``'s ETag (a 304)."""
         try:
-            return self.bucket.get(item.key, 0, INITIAL_PIECE,
+            return self.bucket.get(item.key, 0, self._first_piece,
                                    unless_etag=item.etag if unless else "")
         except MissingObjectException:
             self.cache.learn_missing(item.path, since)
@@ -430,6 +461,7 @@ class Filesystem:
             handle = self._handles.pop(fh, None)
         if handle is None:
             raise FsError(errno.EBADF, f"no open file {fh}")
+        handle.reader.forget()  # its pieces leave the mount's read budget
         self._let_go(handle.file)
 
     def _let_go(self, item: Item) -> None:
@@ -947,5 +979,7 @@ class Filesystem:
         self._pool.shutdown(wait=True)
         self.writeback.close()
         self._read_pool.shutdown(wait=True, cancel_futures=True)
+        if self._read_cache is not None:
+            self._read_cache.close()
         self._deletes.close()
         self._staging.close(keep=failed)

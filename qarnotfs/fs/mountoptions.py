@@ -60,14 +60,22 @@ def _count(text: str) -> int:
 _SIZE_SUFFIXES = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40, "P": 1 << 50}
 
 
-def _size(text: str) -> int:
-    """Bytes, with an optional binary suffix: 500G, 2T, 1P."""
+def _size_or_zero(text: str) -> int:
+    """Bytes, with an optional binary suffix: 0, 500G, 2T, 1P."""
     number = text.rstrip("KMGTPkmgtp")
     suffix = text[len(number):]
     if len(suffix) > 1:
         raise ValueError(text)
     value = int(number, 10) * _SIZE_SUFFIXES[suffix.upper()]
-    if value <= 0:
+    if value < 0:
+        raise ValueError(text)
+    return value
+
+
+def _size(text: str) -> int:
+    """Bytes, with an optional binary suffix: 500G, 2T, 1P (not 0)."""
+    value = _size_or_zero(text)
+    if value == 0:
         raise ValueError(text)
     return value
 
@@ -173,6 +181,13 @@ class MountOptions:
         None, _path, "a folder", "private folder for files being written (default: "
         "~/.cache/qarnotfs/staging; $STATE_DIRECTORY/staging under systemd)",
         fs="staging_dir", aliases=("staging",))
+    read_cache_size: int | None = _option(
+        None, _size_or_zero, "a size in bytes such as 20G, or 0",
+        "bound of the local cache of read data, e.g. 20G (default 10G, at most a quarter of "
+        "the disk's free space; 0: no read cache)", fs="read_cache_size")
+    read_cache_dir: str | None = _option(
+        None, _path, "a folder", "folder of the read cache, shared by the mounts using it "
+        "(default: ~/.cache/qarnotfs/blocks)", fs="read_cache_dir")
     cache_ttl: float | None = _option(None, _seconds, SECONDS,
                                       "seconds metadata stays cached (default 60)",
                                       fs="cache_ttl")
@@ -333,4 +348,6 @@ def fs_options(options: MountOptions, prefix: str, staging_default: str | None) 
     staging = values.get("staging_dir", staging_default)
     if staging is not None:
         values["staging_dir"] = Path(staging)
+    if "read_cache_dir" in values:
+        values["read_cache_dir"] = Path(values["read_cache_dir"])
     return FsOptions(**values)

@@ -1,18 +1,33 @@
 """Reads of objects that are not staged: ranged GETs with a parallel read-ahead window.
 
 Owns: :class:`Reader`, one per open handle. The object is fetched in *pieces* (ranged
-GETs). A read that finds no piece fetches one at once (256 KiB, or the rest of a small
-file: one GET for a small file). While reads stay sequential each piece is four times as
-big as the last (up to 8 MiB: few requests per file, as boto3's download makes), and once
-256 KiB were read in a row, pieces ahead of the reader are fetched in parallel on a
-shared pool: one more per 256 KiB read, up to 3. A seek drops the pieces and starts again
-with a small piece. Pieces behind the reader are dropped, so a handle holds at most 5
-pieces (the one being read, one kept for late reads, 3 ahead: about 40 MiB): memory per
-open file is bounded, whatever the file's size.
+GETs, each conditional on the ETag the open saw: bytes of a replacement are never mixed
+with the object's, PreconditionFailedException instead). The open's own GET gives the
+first piece (:meth:`Reader.prime`: one GET for a small file); a read that finds no piece
+fetches one at once (256 KiB, or the rest of the file). While reads stay sequential each
+piece is four times as big as the last (up to 8 MiB: few requests per file, as boto3's
+download makes), and once 256 KiB were read in a row, pieces ahead of the reader are
+fetched in parallel on a shared pool: one more per 256 KiB read, up to 3. A seek drops the
+pieces and starts again with a small piece. Pieces behind the reader are dropped, so a
+handle holds at most 5 pieces (the one being read, one kept for late reads, 3 ahead: about
+40 MiB): memory per open file is bounded, whatever the file's size.
 
-Lock order: ``Reader._lock`` is a leaf, one per handle: it is held across the GET of a
-piece a read needs at once (pieces ahead go to the pool), so only parallel reads of that
-same handle can wait for it, never another file's operation.
+Memory per mount. The Readers of one mount share a :class:`ReadBudget` of bytes held in
+pieces: a piece ahead is fetched only when the budget has room for it, and a piece a read
+needs now is always fetched, but at its smallest size (256 KiB, or what the read asks)
+when the budget is spent. So 32 threads reading at random hold little more than the
+budget, however many handles they use.
+
+The read cache (:mod:`.readcache`), when the mount has one and the open told the object's
+ETag: pieces are then whole aligned blocks (1 MiB; the last one may be shorter). A piece
+whose blocks are all cached is served from them, without a GET; the blocks of a piece
+fetched from the bucket go to the cache's writer thread.
+
+Lock order: ``Reader._lock`` (one per handle) before ``ReadBudget._lock`` (a leaf).
+``Reader._lock`` is held only to choose pieces: it is never held across a GET nor a use of
+the read cache (a read fetches the pieces it needs now after letting it go, and parallel
+reads needing the same piece wait for its future), so parallel reads of one handle at
+different places proceed in parallel.
 """
 
 from __future__ import annotations
@@ -20,9 +35,11 @@ from __future__ import annotations
 import threading
 from concurrent.futures import CancelledError, Executor, Future
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from .readcache import ReadCache
     from .storage import Storage
 
 KIB = 1024
@@ -36,9 +53,33 @@ MAXIMUM_AHEAD = 3
 More would not read faster from a local server, and would cost 8 MiB each per open file."""
 LATE_READS = 1 * MIB
 """Pieces ending less than this before a read are kept for reads arriving late."""
+DEFAULT_BUDGET = 64 * MIB
+"""Bytes of pieces the Readers of one mount hold before pieces ahead wait: enough for
+eight sequential readers at full speed, and a bound on memory when there are more."""
 
 
-@dataclass
+class ReadBudget:
+    """Bytes held in pieces by the Readers of one mount (a leaf lock)."""
+
+    def __init__(self, limit: int = DEFAULT_BUDGET) -> None:
+        self.limit = limit
+        self.used = 0
+        self._lock = threading.Lock()
+
+    def take(self, size: int, must: bool) -> bool:
+        """Count ``size`` bytes if the budget has room for them, or anyway if ``must``."""
+        with self._lock:
+            if not must and self.used + size > self.limit:
+                return False
+            self.used += size
+            return True
+
+    def give_back(self, size: int) -> None:
+        with self._lock:
+            self.used -= size
+
+
+@dataclass(eq=False)
 class _Piece:
     start: int
     end: int
@@ -48,9 +89,12 @@ class _Piece:
 class Reader:
     """Serves reads of one handle from pieces of the object fetched ahead of it."""
 
-    def __init__(self, bucket: Storage, pool: Executor | None = None) -> None:
+    def __init__(self, bucket: Storage, pool: Executor | None = None,
+                 budget: ReadBudget | None = None, cache: ReadCache | None = None) -> None:
         self._bucket = bucket
         self._pool = pool
+        self._budget = budget if budget is not None else ReadBudget()
+        self._cache = cache
         self._lock = threading.Lock()
         self._key = ""
         self._etag = ""
@@ -61,11 +105,14 @@ class Reader:
         """Bytes read sequentially until now."""
         self._piece_size = INITIAL_PIECE
 
+    @property
+    def _block(self) -> int:
+        """The alignment of pieces: the cache's block when it is used, else none."""
+        return self._cache.block_size if self._cache is not None and self._etag else 1
+
     def read(self, key: str, etag: str, size: int, offset: int, file_size: int) -> bytes:
         """Up to ``size`` bytes at ``offset`` of ``key``, an object of ``file_size`` bytes
-        whose ETag is ``etag`` ('' if not known). Every GET is conditional on that ETag:
-        bytes of a replacement are never mixed with those of the object opened
-        (:class:`~qarnotfs.exceptions.PreconditionFailedException` instead)."""
+        whose ETag is ``etag`` as the open found it ("" if unknown: no cache is used)."""
         if size <= 0 or offset >= file_size:
             return b""
         size = min(size, file_size - offset)
@@ -78,96 +125,183 @@ class Reader:
             else:
                 self._streak = size
                 self._piece_size = INITIAL_PIECE
-                self._drop()
+                self._drop(self._pieces)
             self._next = offset + size
-            self._pieces = [p for p in self._pieces if p.end > offset - LATE_READS]
-            wanted = self._covering(offset, offset + size, file_size)
+            self._drop([p for p in self._pieces if p.end <= offset - LATE_READS])
+            wanted, mine = self._covering(offset, offset + size, file_size)
             self._ahead(offset + size, min(self._streak // INITIAL_PIECE, MAXIMUM_AHEAD),
                         file_size)
         try:
-            chunks = [self._result(key, piece) for piece in wanted]
+            # Outside the lock: parallel reads of this handle elsewhere in the file proceed.
+            self._fill(mine, key, etag, file_size)
+            chunks = [self._result(piece, key, etag, file_size) for piece in wanted]
         except BaseException:
             with self._lock:  # a failed GET is not kept: the next read tries again
-                self._pieces = [p for p in self._pieces if p not in wanted]
+                self._drop([p for p in self._pieces if p in wanted])
             raise
-        # Only the bytes asked for are copied, even across pieces.
-        parts = [chunk[max(offset - piece.start, 0):offset + size - piece.start]
-                 for piece, chunk in zip(wanted, chunks, strict=True)]
+        # Only the bytes asked for are copied, even across pieces (each from where the
+        # one before it ended: pieces may overlap).
+        parts, position = [], offset
+        for piece, chunk in zip(wanted, chunks, strict=True):
+            parts.append(chunk[position - piece.start:offset + size - piece.start])
+            position = piece.end
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
-    def prime(self, key: str, etag: str, data: bytes) -> None:
+    def prime(self, key: str, etag: str, data: bytes, file_size: int) -> None:
         """Keep ``data``, the first bytes of ``key`` at ``etag``, that the open's GET
-        brought (so a small file costs that one request)."""
+        brought (so a small file costs that one request). Bytes that end inside a cache
+        block are not kept: the pieces that follow must start on a block."""
+        if self._cache is not None and etag and len(data) < file_size \
+                and len(data) % self._cache.block_size:
+            return
         with self._lock:
             self._switch(key, etag)
+            self._budget.take(len(data), must=True)
             done: Future[bytes] = Future()
             done.set_result(data)
             self._pieces.append(_Piece(0, len(data), done))
             self._piece_size = min(GROWTH * max(len(data), INITIAL_PIECE), MAXIMUM_PIECE)
+        self._keep(key, etag, 0, data, file_size)
 
     def _switch(self, key: str, etag: str) -> None:
         """Start afresh if the object read is no longer the one the pieces come from."""
         if (key, etag) != (self._key, self._etag):
-            self._drop()
+            self._drop(self._pieces)
             self._key, self._etag, self._next, self._streak = key, etag, 0, 0
             self._piece_size = INITIAL_PIECE
 
     def _get(self, key: str, etag: str, start: int, end: int) -> bytes:
+        """One GET, conditional on ``etag``: never bytes of a replacement."""
         answer = self._bucket.get(key, start, end - start, only_etag=etag)
         assert answer is not None, "a GET without If-None-Match always answers"
         return answer.data
 
-    def _result(self, key: str, piece: _Piece) -> bytes:
+    def _fill(self, pieces: list[_Piece], key: str, etag: str, file_size: int) -> None:
+        """Fetch the pieces a read needs now; their futures tell the reads waiting for
+        them (all of them, even when one fails: no read waits forever)."""
+        for number, piece in enumerate(pieces):
+            try:
+                data = self._load(key, etag, piece.start, piece.end, file_size)
+            except BaseException as error:
+                for failed in pieces[number:]:
+                    failed.data.set_exception(error)
+                raise
+            piece.data.set_result(data)
+
+    def _result(self, piece: _Piece, key: str, etag: str, file_size: int) -> bytes:
         try:
             return piece.data.result()
         except CancelledError:  # dropped by a seek of a parallel read: fetch it here
-            return self._get(key, self._etag, piece.start, piece.end)
+            return self._load(key, etag, piece.start, piece.end, file_size)
 
-    def _covering(self, start: int, end: int, file_size: int) -> list[_Piece]:
-        """The pieces holding [start, end), fetching (now) the parts no piece holds."""
+    def _covering(self, start: int, end: int, file_size: int) \
+            -> tuple[list[_Piece], list[_Piece]]:
+        """The pieces holding [start, end), and those of them the caller must fetch now
+        (the parts no piece held)."""
         wanted: list[_Piece] = []
+        mine: list[_Piece] = []
         position = start
         while position < end:
             piece = next((p for p in self._pieces if p.start <= position < p.end), None)
             if piece is None:
                 following = min((p.start for p in self._pieces if p.start > position),
                                 default=file_size)
-                stop = min(position + max(self._piece_size, end - position), following,
-                           file_size)
-                piece = self._fetch(position, stop, now=True)
+                first = position - position % self._block
+                size = self._piece_size
+                taken = size if self._budget.take(size, must=False) else 0
+                if not taken:
+                    size = INITIAL_PIECE  # the budget is spent: the least this read needs
+                stop = min(self._aligned(max(position + size, end)), following, file_size)
+                piece = self._fetch(first, stop, file_size, now=True, taken=taken)
+                mine.append(piece)
             wanted.append(piece)
             position = piece.end
-        return wanted
+        return wanted, mine
+
+    def _aligned(self, position: int) -> int:
+        return -(-position // self._block) * self._block
 
     def _ahead(self, after: int, count: int, file_size: int) -> None:
-        """Have ``count`` pieces beyond ``after`` fetched or being fetched (in parallel)."""
+        """Have ``count`` pieces beyond ``after`` fetched or being fetched (in parallel),
+        as far as the mount's budget allows."""
         if self._pool is None or not self._pieces:
             return
         waiting = sum(1 for p in self._pieces if p.start >= after)
         position = max(p.end for p in self._pieces)
         while waiting < count and position < file_size:
-            stop = min(position + self._piece_size, file_size)
-            self._fetch(position, stop, now=False)
+            stop = min(self._aligned(position + self._piece_size), file_size)
+            if not self._budget.take(stop - position, must=False):
+                return
+            self._fetch(position, stop, file_size, now=False, taken=stop - position)
             position = stop
             waiting += 1
 
-    def _fetch(self, start: int, end: int, now: bool) -> _Piece:
+    def _fetch(self, start: int, end: int, file_size: int, now: bool, taken: int) -> _Piece:
+        """A new piece [start, end), ``taken`` bytes of the budget already counted for it."""
+        if taken > end - start:
+            self._budget.give_back(taken - (end - start))
+        else:
+            self._budget.take(end - start - taken, must=True)
         key, etag = self._key, self._etag
         future: Future[bytes]
         if now or self._pool is None:
-            future = Future()
-            future.set_result(self._get(key, etag, start, end))
+            future = Future()  # filled by the read that needs it, outside the lock
+            future.set_running_or_notify_cancel()  # so a parallel seek cannot cancel it
         else:
-            future = self._pool.submit(self._get, key, etag, start, end)
+            future = self._pool.submit(self._load, key, etag, start, end, file_size)
         piece = _Piece(start, end, future)
         self._pieces.append(piece)
         # Growing pieces: few requests for big files, little waste for small reads.
         self._piece_size = min(GROWTH * self._piece_size, MAXIMUM_PIECE)
         return piece
 
-    def _drop(self) -> None:
-        """Forget the pieces, cancelling the GETs not started yet."""
-        for piece in self._pieces:
-            piece.data.cancel()
-        self._pieces = []
+    def _load(self, key: str, etag: str, start: int, end: int, file_size: int) -> bytes:
+        """Bytes [start, end) of the object: from the cache when it holds all of them,
+        else one GET (whose whole blocks then go to the cache)."""
+        cache = self._cache if etag else None
+        if cache is None:
+            return self._get(key, etag, start, end)
+        block = cache.block_size
+        blocks: list[bytes] = []
+        for first in range(start, end, block):
+            data = cache.get(key, etag, first // block, min(block, file_size - first))
+            if data is None:
+                break
+            blocks.append(data)
+        else:
+            whole = blocks[0] if len(blocks) == 1 else b"".join(blocks)
+            return whole[:end - start]
+        data = self._get(key, etag, start, end)
+        self._keep(key, etag, start, data, file_size)
+        return data
 
+    def _keep(self, key: str, etag: str, start: int, data: bytes, file_size: int) -> None:
+        """Put the whole blocks of ``data`` (bytes from ``start``) in the cache."""
+        cache = self._cache if etag else None
+        if cache is None:
+            return
+        block = cache.block_size
+        view = memoryview(data)
+        for first in range(start, start + len(data), block):
+            length = min(block, file_size - first)
+            if first % block == 0 and first + length <= start + len(data):
+                cache.put_soon(key, etag, first // block,
+                               view[first - start:first - start + length])
+
+    def _drop(self, pieces: list[_Piece]) -> None:
+        """Forget ``pieces``, cancelling their GETs not started yet; their bytes leave the
+        budget when their GET is over."""
+        for piece in pieces:
+            piece.data.cancel()
+            size = piece.end - piece.start
+            piece.data.add_done_callback(partial(self._returned, size))
+        self._pieces = [p for p in self._pieces if p not in pieces]
+
+    def _returned(self, size: int, _: Future[bytes]) -> None:
+        self._budget.give_back(size)
+
+    def forget(self) -> None:
+        """Drop the pieces (the object changed, or the handle is closed)."""
+        with self._lock:
+            self._drop(self._pieces)
+            self._key = self._etag = ""

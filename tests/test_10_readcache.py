@@ -1,0 +1,170 @@
+"""The local read cache on its own (qarnotfs/fs/readcache.py): bound, LRU eviction,
+sharing between processes, damaged blocks, a full disk, private files."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import stat
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+from fakeclock import FakeClock
+
+from qarnotfs.fs import readcache
+from qarnotfs.fs.readcache import INDEX_NAME, ReadCache, cache_folder, open_read_cache
+
+BLOCK = 1024
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+def block(number: int, size: int = BLOCK) -> bytes:
+    return bytes([number % 251]) * size
+
+
+def make(folder: Path, blocks: int, clock: FakeClock) -> ReadCache:
+    return ReadCache(folder, blocks * BLOCK, block_size=BLOCK, clock=clock)
+
+
+def block_files(folder: Path) -> list[Path]:
+    return [p for p in folder.glob("??/*") if p.is_file()]
+
+
+def test_a_block_is_served_by_key_and_etag_and_survives_a_reopen(
+        tmp_path: Path, clock: FakeClock) -> None:
+    cache = make(tmp_path / "c", 10, clock)
+    cache.put("k", "etag1", 0, block(1))
+    cache.put("k", "etag1", 1, block(2, 10))  # the object's tail
+    assert cache.get("k", "etag1", 0, BLOCK) == block(1)
+    assert cache.get("k", "etag2", 0, BLOCK) is None  # another version of the object
+    assert cache.get("other", "etag1", 0, BLOCK) is None
+    cache.close()
+    again = make(tmp_path / "c", 10, clock)  # the next mount
+    assert again.get("k", "etag1", 1, 10) == block(2, 10)
+    assert again.total() == BLOCK + 10
+    again.close()
+
+
+def test_the_bound_evicts_the_least_recently_used_blocks(
+        tmp_path: Path, clock: FakeClock) -> None:
+    cache = make(tmp_path / "c", 3, clock)
+    for number in range(3):
+        cache.put("k", "e", number, block(number))
+        clock.advance(2)
+    assert cache.get("k", "e", 0, BLOCK) == block(0)  # 0 is now the most recently used
+    clock.advance(2)
+    cache.put("k", "e", 3, block(3))
+    assert cache.get("k", "e", 1, BLOCK) is None  # the least recently used went
+    for number in (0, 2, 3):
+        assert cache.get("k", "e", number, BLOCK) == block(number)
+    assert cache.total() == 3 * BLOCK
+    assert len(block_files(tmp_path / "c")) == 3
+    cache.put("k", "e", 9, block(9, 4 * BLOCK))  # bigger than the whole bound: not kept
+    assert cache.total() == 3 * BLOCK
+    cache.close()
+
+
+def test_damaged_blocks_are_misses_and_are_dropped(tmp_path: Path, clock: FakeClock) -> None:
+    cache = make(tmp_path / "c", 10, clock)
+    cache.put("k", "e", 0, block(7))
+    cache.put("k", "e", 1, block(8))
+    first, second = sorted(block_files(tmp_path / "c"), key=lambda p: p.name[-1])
+    first.write_bytes(block(7)[:-1])  # truncated
+    second.write_bytes(block(9))  # same length, other bytes
+    assert cache.get("k", "e", 0, BLOCK) is None
+    assert cache.get("k", "e", 1, BLOCK) is None
+    assert cache.get("k", "e", 1, BLOCK - 1) is None  # asked with another length
+    assert cache.total() == 0 and not block_files(tmp_path / "c")
+    cache.put("k", "e", 0, block(7))  # kept again after a fresh read
+    assert cache.get("k", "e", 0, BLOCK) == block(7)
+    cache.close()
+
+
+def test_files_and_folders_are_private(tmp_path: Path, clock: FakeClock) -> None:
+    folder = cache_folder(tmp_path / "blocks", "http://127.0.0.1:1", "my bucket")
+    assert folder != cache_folder(tmp_path / "blocks", "http://127.0.0.1:2", "my bucket")
+    cache = open_read_cache(tmp_path / "blocks", "http://127.0.0.1:1", "my bucket", 10 * BLOCK)
+    assert cache is not None
+    cache.put("k", "e", 0, block(1))
+    for path in [folder, *folder.rglob("*")]:
+        mode = stat.S_IMODE(path.stat().st_mode)
+        assert mode == (0o700 if path.is_dir() else 0o600), (path, oct(mode))
+    assert (folder / INDEX_NAME).exists()
+    cache.close()
+    assert open_read_cache(tmp_path / "blocks", "x", "b", 0) is None  # 0: no cache
+
+
+SHARER = """
+import sys
+from qarnotfs.fs.readcache import ReadCache
+folder, start = sys.argv[1], int(sys.argv[2])
+cache = ReadCache(folder, 20 * 1024, block_size=1024)
+for number in range(start, start + 200):
+    cache.put("k", "e", number, bytes([number % 251]) * 1024)
+    for back in range(max(0, number - 5), number):
+        data = cache.get("k", "e", back, 1024)
+        assert data is None or data == bytes([back % 251]) * 1024, back
+cache.close()
+"""
+
+
+def test_two_processes_share_one_cache_within_its_bound(tmp_path: Path,
+                                                        clock: FakeClock) -> None:
+    folder = tmp_path / "shared"
+    make(folder, 20, clock).close()
+    writers = [subprocess.Popen([sys.executable, "-c", SHARER, os.fspath(folder), str(start)])
+               for start in (0, 100)]  # overlapping blocks: both put 100-199
+    assert [w.wait(timeout=120) for w in writers] == [0, 0]
+    cache = make(folder, 20, clock)
+    files = block_files(folder)
+    assert cache.total() == sum(p.stat().st_size for p in files) <= 20 * BLOCK
+    assert len(files) == 20
+    served = [n for n in range(300) if cache.get("k", "e", n, BLOCK) == block(n)]
+    assert len(served) == 20, served  # every row has its file, with its bytes
+    assert not list((folder / "tmp").iterdir())  # no temporary file left behind
+    cache.close()
+
+
+def test_a_full_disk_stops_caching_with_one_log_line(
+        small_tmpfs: Path, clock: FakeClock, caplog: pytest.LogCaptureFixture) -> None:
+    size = 256 * BLOCK
+    cache = ReadCache(small_tmpfs / "c", 1 << 30, block_size=size, clock=clock)
+    with caplog.at_level(logging.WARNING, logger=readcache.__name__):
+        for number in range(16):  # 4 MiB into 2 MiB: the disk fills up
+            cache.put("k", "e", number, block(number, size))
+    full = [r for r in caplog.records if "is full" in r.getMessage()]
+    assert len(full) == 1, caplog.text
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    kept = [n for n in range(16) if cache.get("k", "e", n, size) == block(n, size)]
+    assert kept and len(kept) < 16
+    assert not list((small_tmpfs / "c" / "tmp").iterdir())  # the half-written one is gone
+    clock.advance(readcache.FULL_PAUSE + 1)  # after the pause, it tries again (and fails)
+    with caplog.at_level(logging.WARNING, logger=readcache.__name__):
+        cache.put("k", "e", 100, block(1, size))
+    assert len([r for r in caplog.records if "is full" in r.getMessage()]) == 2
+    cache.close()
+
+
+def test_a_quota_refusal_is_a_full_disk_too(tmp_path: Path, clock: FakeClock,
+                                            monkeypatch: pytest.MonkeyPatch,
+                                            caplog: pytest.LogCaptureFixture) -> None:
+    cache = make(tmp_path / "c", 10, clock)
+
+    def over_quota(*args: object, **kwargs: object) -> tuple[int, str]:
+        raise OSError(errno.EDQUOT, os.strerror(errno.EDQUOT))
+
+    monkeypatch.setattr(tempfile, "mkstemp", over_quota)
+    with caplog.at_level(logging.WARNING, logger=readcache.__name__):
+        for number in range(5):
+            cache.put("k", "e", number, block(number))
+    assert len([r for r in caplog.records if "is full" in r.getMessage()]) == 1
+    assert cache.total() == 0
+    cache.close()
