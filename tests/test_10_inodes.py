@@ -105,3 +105,12 @@ def test_view_times_raise_stored_times_only() -> None:
     assert times.apply("/e", later) is later, "stored times later than the view win"
     times.removed("/e")
     assert times.apply("/e/f", file) is file
+
+
+def test_renaming_the_old_home_of_a_moved_folder_changes_nothing_for_it() -> None:
+    table = InodeTable()
+    inside = table.number("/p/a/x")
+    table.renamed("/p/a", "/b")
+    table.renamed("/p", "/q")  # the folder /b came from moves: /b is not under it
+    assert table.number("/b/x") == inside
+    assert table.numbers("/b", ["x"]) == [inside]

@@ -51,7 +51,7 @@ def test_folder_times_change_in_the_view_without_a_request(
         change()
         now = fs.getattr("/d")
         assert now.mtime_ns > last.mtime_ns and now.ctime_ns > last.ctime_ns
-        assert [a for n, a in fs.readdir("/") if n == "d"][0].mtime_ns == now.mtime_ns
+        assert next(a for n, a in fs.readdir("/") if n == "d").mtime_ns == now.mtime_ns
         last = now
     assert s3_client.head_object(Bucket=bucket_name, Key="d/")["Metadata"] == stored
     assert make_fs().getattr("/d").mtime_ns < last.mtime_ns, "another mount: stored times"

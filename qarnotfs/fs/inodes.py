@@ -30,10 +30,9 @@ from __future__ import annotations
 import hashlib
 import itertools
 import threading
-from collections import OrderedDict
 from dataclasses import dataclass
 
-from .pathmap import PathMap, ancestors
+from .pathmap import PathMap
 
 ROOT_INODE = 1
 _HASH_BITS = 63  # below 2**63: some programs keep st_ino in a signed 64-bit integer
@@ -60,7 +59,7 @@ class InodeTable:
         self._lock = threading.Lock()
         self._moved: PathMap[_Origin] = PathMap()
         self._retired: dict[str, int] = {}  # identity -> sequence of its retirement
-        self._recent: OrderedDict[int, str] = OrderedDict()
+        self._recent: dict[int, str] = {}  # number -> identity, oldest first
         self._recent_size = max(1, recent)
         self._sequence = itertools.count(1)
         self._fresh = itertools.count(1)
@@ -71,14 +70,24 @@ class InodeTable:
             return len(self._moved)
 
     def number(self, path: str) -> int:
+        if path == "/":
+            return ROOT_INODE
         with self._lock:
-            return self._number(path)
+            return self._number(path, self._identity(path))
 
     def numbers(self, folder: str, names: list[str]) -> list[int]:
-        """The numbers of ``folder``'s entries ``names`` (one lock for a whole listing)."""
+        """The numbers of ``folder``'s entries ``names`` (the folder is resolved once)."""
         base = folder.rstrip("/")
         with self._lock:
-            return [self._number(f"{base}/{name}") for name in names]
+            if not self._retired and not len(self._moved):
+                return [self._number(f"{base}/{name}", f"{self._prefix}{base}/{name}")
+                        for name in names]
+            parent = self._resolve(folder)
+            numbers = []
+            for name in names:
+                path = f"{base}/{name}"
+                numbers.append(self._number(path, self._child(path, name, parent)[0]))
+            return numbers
 
     def renamed(self, old: str, new: str) -> None:
         """``old`` (and everything under it) is now at ``new``, which it replaced."""
@@ -98,46 +107,43 @@ class InodeTable:
 
     # -- under the lock ------------------------------------------------------------------
 
-    def _number(self, path: str) -> int:
-        if path == "/":
-            return ROOT_INODE
-        identity = self._identity(path)
+    def _number(self, path: str, identity: str) -> int:
         number = _hash(identity)
         holder = self._recent.get(number)
         while holder is not None and holder != identity:  # a collision: another identity
             identity = self._give_fresh(path)
             number = _hash(identity)
             holder = self._recent.get(number)
-        self._recent[number] = identity
-        self._recent.move_to_end(number)
-        if len(self._recent) > self._recent_size:
-            self._recent.popitem(last=False)
+        if holder is None:
+            self._recent[number] = identity
+            if len(self._recent) > self._recent_size:  # the oldest goes first
+                del self._recent[next(iter(self._recent))]
         return number
 
     def _identity(self, path: str) -> str:
-        if not len(self._moved) and not self._retired:
+        if not self._retired and not len(self._moved):
             return self._prefix + path
-        identity, since = self._prefix + path, 0
-        for folder in ancestors(path):
-            origin = self._moved.get(folder)
-            if origin is not None:
-                identity, since = origin.identity + path[len(folder):], origin.sequence
-                break
-        if self._taken(identity, since):
-            identity = self._give_fresh(path)
-        return identity
+        return self._resolve(path)[0]
 
-    def _taken(self, identity: str, since: int) -> bool:
-        """True if ``identity`` (or a folder identity above it) was given to a renamed
-        object after ``since``: the path holding it now is a new object."""
-        if not self._retired:
-            return False
-        while True:
-            if self._retired.get(identity, 0) > since:
-                return True
-            if "/" not in identity.lstrip("/"):
-                return False
-            identity = identity.rsplit("/", 1)[0]
+    def _resolve(self, path: str) -> tuple[str, int]:
+        """(identity, sequence it dates from) of ``path``, from the root down."""
+        if path == "/":
+            return self._prefix, 0
+        folder, name = path.rsplit("/", 1)
+        return self._child(path, name, self._resolve(folder or "/"))
+
+    def _child(self, path: str, name: str, parent: tuple[str, int]) -> tuple[str, int]:
+        """The identity of ``path``, entry ``name`` of a folder whose identity is
+        ``parent``: its own if it was renamed (or given one), else the folder's and its
+        name, unless a rename gave that identity away since (then a fresh one)."""
+        origin = self._moved.get(path)
+        if origin is not None:
+            return origin.identity, origin.sequence
+        identity, since = f"{parent[0]}/{name}", parent[1]
+        if self._retired.get(identity, 0) > since:
+            self._give_fresh(path)
+            return self._child(path, name, parent)  # now recorded
+        return identity, since
 
     def _give_fresh(self, path: str) -> str:
         identity = f"{_FRESH}{next(self._fresh)}"
