@@ -7,35 +7,22 @@ is checked directly and after a remount.
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from mounting import Mount, mounted, sh, storage_environment
-from servers import empty_and_delete_bucket
 
 pytestmark = [pytest.mark.mount, pytest.mark.timeout(180)]
 
 DROP_CACHES = Path("/proc/sys/vm/drop_caches")
 
 
-@pytest.fixture(scope="module")
-def bucket(s3_client: Any) -> Iterator[str]:
-    name = f"t-posix-{uuid.uuid4().hex[:12]}"
-    s3_client.create_bucket(Bucket=name)
-    try:
-        yield name
-    finally:
-        empty_and_delete_bucket(s3_client, name)
-
-
-@pytest.fixture(scope="module")
-def mount(s3_server: Any, bucket: str, tmp_path_factory: pytest.TempPathFactory
-          ) -> Iterator[Mount]:
-    base = tmp_path_factory.mktemp("posix-mount")
-    with mounted(bucket, base / "mnt", storage_environment(s3_server), base / "work") as live:
+@pytest.fixture
+def mount(s3_server: Any, bucket_name: str, tmp_path: Path) -> Iterator[Mount]:
+    with mounted(bucket_name, tmp_path / "mnt", storage_environment(s3_server),
+                 tmp_path / "work") as live:
         yield live
         live.assert_clean_log()
 
@@ -128,11 +115,11 @@ def test_distinct_files_are_never_the_same_file_for_tools(folder: Path, tmp_path
 
 
 def test_folder_times_follow_its_entries_in_the_mount_view(
-        folder: Path, mount: Mount, s3_client: Any, bucket: str) -> None:
+        folder: Path, mount: Mount, s3_client: Any, bucket_name: str) -> None:
     prefix = f"{folder.name}/"
 
     def marker_mtime() -> str:
-        head = s3_client.head_object(Bucket=bucket, Key=prefix)
+        head = s3_client.head_object(Bucket=bucket_name, Key=prefix)
         return str(head["Metadata"].get("mtime"))
 
     stored = marker_mtime()
