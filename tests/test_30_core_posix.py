@@ -37,6 +37,9 @@ def test_numbers_follow_renames_and_an_unlinked_open_file(make_fs: MakeFs) -> No
     fs.rename("/g", "/.fuse_hidden0000000000000001")  # libfuse: unlink of an open file
     assert fs.inode(None, fh) == other
     fs.release(fh)
+    entries = len(fs.inodes)
+    fs.unlink("/.fuse_hidden0000000000000001")  # libfuse, after the last close
+    assert len(fs.inodes) == entries - 1, "no entry is kept for a name that is gone"
 
 
 def test_folder_times_change_in_the_view_without_a_request(

@@ -510,9 +510,11 @@ class Filesystem:
         """libfuse's unlink of a ``.fuse_hidden`` name after the last close: local state
         only, no request."""
         item = self.items.get(path)
+        if item is None and self.items.ghost(path) is None:
+            raise FsError(errno.ENOENT, path)
+        # The name it kept its number under is gone (a ghost reopened by it gets another).
+        self.inodes.removed(path)
         if item is None:
-            if self.items.ghost(path) is None:
-                raise FsError(errno.ENOENT, path)
             return  # a ghost stays openable until it expires (_release_if_idle)
         with item.lock:
             self._detach(item)
