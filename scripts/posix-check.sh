@@ -13,7 +13,8 @@
 #
 # Environment: PYTHON (default .venv/bin/python of this checkout), PROVE_JOBS (default 2),
 # POSIX_CHECK_TIMEOUT (seconds for the whole run, default 5400), PJDFSTEST_TESTS (a
-# sub-folder of tests/ to run only that, e.g. rename). Exit status 0 when the suite ran
+# sub-folder or file of tests/ to run only that, e.g. rename or rename/00.t), PROVE_VERBOSE=1
+# (every subtest in the log: `grep "^not ok"` shows what failed). Exit status 0 when the suite ran
 # (whatever its failures), non-zero when it could not run.
 set -euo pipefail
 
@@ -78,12 +79,13 @@ for _ in range(100):
 else:
     sys.exit("posix-check: moto did not start")
 EOF
+# allow_other: pjdfstest acts as other users too (FUSE refuses them all otherwise).
 "$python" -m qarnotfs mount "$bucket" "$mnt" --staging-dir "$run/staging" \
-    --log-file "$run/mount.log"
+    --log-file "$run/mount.log" --allow-other
 
 tests=$build/tests${PJDFSTEST_TESTS:+/$PJDFSTEST_TESTS}
 echo "posix-check: $("$python" -c 'import qarnotfs; print(qarnotfs.__file__)'), $tests"
-(cd "$mnt" && timeout "$limit" prove -r -j "$jobs" "$tests") >"$run/prove.log" 2>&1 || true
+(cd "$mnt" && timeout "$limit" prove -r ${PROVE_VERBOSE:+-v} -j "$jobs" "$tests") >"$run/prove.log" 2>&1 || true
 
 # prove's summary: "<file> (Wstat: W Tests: N Failed: F)"; a file that died has no count.
 awk -v base="$build/tests/" '
