@@ -56,6 +56,7 @@ from .claims import PathClaims, one, tree
 from .deletes import DEFAULT_DELAY, OrderedStorage
 from .errors import FsError
 from .handles import Handle, Opening, PageCache
+from .inodes import InodeTable
 from .keys import KEY_MAX, KeyMapper, is_fuse_hidden, is_within, name_of, normalize, parent_of
 from .metacache import MetaCache, Node
 from .namespace import Lookups, Namespace
@@ -65,6 +66,7 @@ from .reader import DEFAULT_BUDGET, INITIAL_PIECE, ReadBudget, Reader
 from .staging import StagingArea
 from .status import pending_summary
 from .storage import PART_SIZE
+from .viewtimes import ViewTimes
 from .writeback import Item, Items, WriteBack, WriteBackOptions
 
 if TYPE_CHECKING:
@@ -156,6 +158,8 @@ class Filesystem:
                                    FirstBytes(clock=options.clock),
                                    list_on_miss=options.lookups == "listed")
         self._staging = StagingArea(options.staging_dir, storage.name, self.keys.prefix)
+        self.inodes = InodeTable(self.keys.prefix, options.cache_size)
+        self.times = ViewTimes(options.cache_size)
         self._claims = PathClaims()
         self.items = Items()
         self._handles: dict[int, Handle] = {}
@@ -228,8 +232,10 @@ class Filesystem:
 
     def getattr(self, path: str, fh: int | None = None) -> Attributes:
         if fh is not None:
-            return self._handle(fh).file.current_attrs()
-        return self._node(normalize(path)).attrs
+            item = self._handle(fh).file
+            return self.times.apply(item.path, item.current_attrs())
+        path = normalize(path)
+        return self.times.apply(path, self._node(path).attrs)
 
     def readdir(self, path: str) -> list[tuple[str, Attributes]]:
         path = normalize(path)
@@ -243,9 +249,27 @@ class Filesystem:
         for item in held:
             if not item.gone:
                 children[name_of(item.path)] = Node(item.current_attrs(), exact=True)
-        entries = [(".", node.attrs), ("..", node.attrs)]
-        entries.extend((name, children[name].attrs) for name in sorted(children))
+        shown = self.times.apply(path, node.attrs)
+        entries = [(".", shown), ("..", shown)]
+        base = path.rstrip("/")
+        entries.extend((name, self.times.apply(f"{base}/{name}", children[name].attrs))
+                       for name in sorted(children))
         return entries
+
+    def inode(self, path: str | None, fh: int | None = None) -> int:
+        """``st_ino`` of ``path`` (or of the open file ``fh`` when libfuse gives no
+        path): the same for its object while the mount lives, across renames (inodes.py)."""
+        if path is None and fh is not None:
+            path = self._handle(fh).file.path
+        return self.inodes.number(normalize(path or "/"))
+
+    def inodes_of(self, folder: str, names: list[str]) -> list[int]:
+        """``st_ino`` of each entry ``names`` of ``folder`` ("." and ".." included)."""
+        folder = normalize(folder)
+        numbers = self.inodes.numbers(folder, [n for n in names if n not in (".", "..")])
+        own = {".": self.inodes.number(folder), "..": self.inodes.number(parent_of(folder))}
+        found = iter(numbers)
+        return [own[name] if name in own else next(found) for name in names]
 
     def readlink(self, path: str) -> str:
         path = normalize(path)
@@ -411,6 +435,7 @@ class Filesystem:
             item = Item(path, key, attrs, on_bucket=False, handles=1)
             self.writeback.truncate(item, 0)  # stages an empty copy, journaled, dirty
             self.items.put(item)
+            self.times.entries_changed(parent_of(path), now)
         return self._new_handle(item, flags)
 
     def read(self, fh: int, size: int, offset: int) -> bytes:
@@ -524,6 +549,7 @@ class Filesystem:
                 self._detach(item)
             self.bucket.delete(key)
             self.cache.remove(path)
+            self._forget_removed(path)
             self._keep_folder(parent_of(path))
 
     def _detach(self, item: Item) -> None:
@@ -568,6 +594,7 @@ class Filesystem:
             if flags & RENAME_NOREPLACE:
                 raise FsError(errno.EEXIST, new)
             self._detach(replaced)
+        self.inodes.renamed(old, new)  # fstat of the open file keeps its number
         if item.gone:
             self.items.drop(item, old)
         else:
@@ -580,12 +607,20 @@ class Filesystem:
         """libfuse's unlink of a ``.fuse_hidden`` name after the last close: local state
         only, no request."""
         item = self.items.get(path)
+        if item is None and self.items.ghost(path) is None:
+            raise FsError(errno.ENOENT, path)
+        # The name it kept its number under is gone (a ghost reopened by it gets another).
+        self.inodes.removed(path)
         if item is None:
-            if self.items.ghost(path) is None:
-                raise FsError(errno.ENOENT, path)
             return  # a ghost stays openable until it expires (_release_if_idle)
         with item.lock:
             self._detach(item)
+
+    def _forget_removed(self, path: str) -> None:
+        """``path`` (and its tree) is gone: its number and times go, its folder changed."""
+        self.inodes.removed(path)
+        self.times.removed(path)
+        self.times.entries_changed(parent_of(path), now_ns())
 
     def _keep_folder(self, folder: str) -> None:
         """Write the marker of ``folder`` if removing its last entry made it vanish.
@@ -611,13 +646,15 @@ class Filesystem:
     def _creating(self, path: str) -> Iterator[tuple[int, int, int]]:
         """Claim ``path`` (normalized) for a new folder, link or special file: EEXIST if
         something is there, an error if its parent is no folder; gives the new entry's
-        owner and time."""
+        owner and time, which becomes its folder's mtime once it is made."""
         with self._claims.hold(one(path)):
             if self._exists(path):
                 raise FsError(errno.EEXIST, path)
             self._require_folder(path)
             uid, gid = self._owner()
-            yield uid, gid, now_ns()
+            now = now_ns()
+            yield uid, gid, now
+            self.times.entries_changed(parent_of(path), now)
 
     def mkdir(self, path: str, mode: int) -> None:
         self._check_writable()
@@ -643,6 +680,7 @@ class Filesystem:
             prefix = self._require_empty(path)
             self._deletes.delete_now(prefix)
             self.cache.remove(path, tree=True)
+            self._forget_removed(path)
             self._keep_folder(parent_of(path))
 
     def _require_empty(self, path: str) -> str:
@@ -729,8 +767,19 @@ class Filesystem:
                 self._rename_folder(old, new, source, target is not None)
             else:
                 self._rename_file(old, new, source)
+            self._note_rename(old, new)
             if parent_of(old) != parent_of(new):
                 self._keep_folder(parent_of(old))
+
+    def _note_rename(self, old: str, new: str) -> None:
+        """What a rename changes in the mount's view only: the moved entry keeps its
+        inode number and gets a new ctime, both folders a new mtime and ctime."""
+        self.inodes.renamed(old, new)
+        now = now_ns()
+        self.times.renamed(old, new)
+        self.times.status_changed(new, now)
+        self.times.entries_changed(parent_of(old), now)
+        self.times.entries_changed(parent_of(new), now)
 
     def _rename_file(self, old: str, new: str, source: Node) -> None:
         old_key, new_key = self.keys.file_key(old), self.keys.file_key(new)
@@ -872,6 +921,7 @@ class Filesystem:
             else:
                 attrs = self._change_object(self.keys.file_key(path), change)
             self.cache.put(path, Node(attrs, exact=True))
+            self.times.forget(path)
             if item is not None:
                 item.attrs = attrs
 
@@ -892,7 +942,8 @@ class Filesystem:
         not ours (made if the folder was implicit)."""
         prefix = self.keys.dir_prefix(path)
         marker = self.bucket.stat(prefix)
-        attrs = dir_attributes(self.defaults, marker)
+        # The marker stores the times the mount showed (its entries' changes, viewtimes.py).
+        attrs = self.times.apply(path, dir_attributes(self.defaults, marker)).copy()
         change(attrs)
         attrs.ctime_ns = now_ns()
         self.bucket.put(prefix, b"", merged_metadata(marker.metadata if marker else None,

@@ -58,8 +58,8 @@ MAX_TRANSFER = 1024 * 1024
 MAX_IDLE_THREADS = 10
 """Idle libfuse worker threads kept around (the number libfuse documents as its default)."""
 
-Listing = list[tuple[str, Attributes]]
-"""A folder's entries as the adapter hands them to libfuse: (name, stat, 0)."""
+Listing = list[tuple[str, Attributes, int]]
+"""A folder's entries as the adapter hands them to libfuse: (name, stat, st_ino)."""
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -116,18 +116,20 @@ def _operation(method: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def _stat_ns(attributes: Attributes) -> dict[str, int | float]:
+def _stat_ns(attributes: Attributes, inode: int) -> dict[str, int | float]:
     """The stat dict with times in nanoseconds, as mfusepy expects when ``use_ns`` is set."""
     stat = attributes.to_stat()
+    stat["st_ino"] = inode
     stat["st_atime"] = attributes.atime_ns
     stat["st_mtime"] = attributes.mtime_ns
     stat["st_ctime"] = attributes.ctime_ns
     return stat
 
 
-def _fill_stat(st: Any, attributes: Attributes) -> None:
+def _fill_stat(st: Any, attributes: Attributes, inode: int) -> None:
     """Set a C ``struct stat`` straight from ``attributes`` (what mfusepy's
     ``set_st_attrs`` does from a dict, without the dict: readdir fills thousands)."""
+    st.st_ino = inode
     st.st_mode, st.st_size, st.st_nlink = attributes.mode, attributes.size, attributes.nlink
     st.st_rdev = attributes.rdev
     st.st_uid, st.st_gid = attributes.uid, attributes.gid
@@ -181,7 +183,9 @@ class FuseOperations(mfusepy.Operations):
             # An open file unlinked is renamed to a ".fuse_hidden" name, so that fstat still
             # has a path to ask about; the core keeps those names local (keys.py, core.py).
             config.hard_remove = 0
-            config.use_ino = 0
+            # The core numbers inodes (stable across renames and the kernel forgetting
+            # them, inodes.py); libfuse's own numbers change when it forgets a node.
+            config.use_ino = 1
         log.debug("FUSE initialised (attr_timeout=%s, entry_timeout=%s)",
                   self.settings.attr_timeout, self.settings.entry_timeout)
         if self._on_ready is not None:
@@ -201,12 +205,16 @@ class FuseOperations(mfusepy.Operations):
     # -- attributes and names -----------------------------------------------------------
 
     @_operation
-    def getattr(self, path: str, fh: int | None = None) -> dict[str, int | float]:
-        return _stat_ns(self.filesystem.getattr(path, fh))
+    def getattr(self, path: str | None, fh: int | None = None) -> dict[str, int | float]:
+        return _stat_ns(self.filesystem.getattr(path or "/", fh),
+                        self.filesystem.inode(path, fh))
 
     @_operation
     def readdir(self, path: str, fh: int) -> Listing:
-        return self.filesystem.readdir(path)
+        entries = self.filesystem.readdir(path)
+        inodes = self.filesystem.inodes_of(path, [name for name, _ in entries])
+        return [(name, attrs, inode)
+                for (name, attrs), inode in zip(entries, inodes, strict=True)]
 
     @_operation
     def opendir(self, path: str) -> int:
@@ -417,14 +425,14 @@ class _Fuse(mfusepy.FUSE):
         # libfuse passes the attributes on only for entries filled with their position
         # (non-zero offsets), so each entry's offset is the position after it.
         for position in range(offset, len(entries)):
-            name, attributes = entries[position]
+            name, attributes, inode = entries[position]
             ctypes.memset(ctypes.byref(st), 0, ctypes.sizeof(st))
             fill_flags = 0
             if plus and name not in (".", ".."):
-                _fill_stat(st, attributes)
+                _fill_stat(st, attributes, inode)
                 fill_flags = FUSE_FILL_DIR_PLUS
             else:
-                st.st_mode = attributes.mode
+                st.st_mode, st.st_ino = attributes.mode, inode
             encoded = name.encode(self.encoding, self.errors)
             if filler(buf, encoded, st, position + 1, fill_flags) != 0:
                 break  # the kernel's buffer is full; it asks again from this position
@@ -457,6 +465,9 @@ def serve(
         "default_permissions": True,
         "ro": settings.read_only,
         "allow_other": settings.allow_other,
+        # A libfuse 2 mount option; mfusepy moves it into libfuse 3's config (as
+        # init_with_config does too): st_ino comes from the core either way.
+        "use_ino": True,
     }
     options.update(dict.fromkeys(settings.flags, True))
     # libfuse 3.14 logs "Ignoring invalid max threads value" for its own default (-1).
