@@ -506,8 +506,9 @@ def test_a_file_that_outgrows_the_parts_limit_is_sent_with_larger_parts(
     data = os.urandom(5 * 64 * 1024 + 100)
     fh = fs.create("/huge", stat.S_IFREG | 0o644, CREATE)
     write_in_order(fs, fh, data)
+    # The early parts go in the background: the close must come after one went.
+    wait_until(lambda: 64 * 1024 in sizes, message="an early part with the base size")
     fs.release(fh)
     assert memstore.contents()["huge"] == data
-    assert 64 * 1024 in sizes, "the early parts went with the base size"
     assert max(sizes) == 2 * 64 * 1024, "then the whole file in 3 larger parts"
     wait_until(lambda: memstore.uploads() == {}, message="the first upload aborted")
