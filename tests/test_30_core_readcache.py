@@ -151,8 +151,8 @@ def test_the_read_budget_is_shared_by_every_handle_of_a_mount(
     for thread in threads:
         thread.join()
     assert not errors
-    # Beyond the budget, each handle holds at most its current piece and one kept for late
-    # reads, at their smallest.
-    assert peak[0] <= budget + handles * 2 * INITIAL_PIECE, peak[0] / MIB
+    # Beyond the budget, each handle holds at most its current piece, one kept for late
+    # reads and the first piece its open fetched, at their smallest.
+    assert peak[0] <= budget + handles * 3 * INITIAL_PIECE, peak[0] / MIB
     fs._read_pool.shutdown(wait=True)  # the GETs of dropped pieces end
     assert fs._read_budget.used == 0  # every closed handle gave back
