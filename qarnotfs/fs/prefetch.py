@@ -60,7 +60,3 @@ class FirstBytes:
         if entry is None or entry[0] != etag:
             return None
         return Kept(entry[1], self._clock() - entry[2] <= FRESH_SECONDS)
-
-    def forget(self, path: str) -> None:
-        with self._lock:
-            self._kept.pop(path, None)
