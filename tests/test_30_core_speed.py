@@ -364,9 +364,9 @@ def test_a_cold_small_file_costs_one_get(make_fs: MakeFs, s3_client: S3Client,
     for key, data in bodies.items():
         assert fs.getattr(f"/{key}").mode == stat.S_IFREG | 0o640, "exact lookups"
         assert read_whole(fs, f"/{key}") == data
-    assert requests.take() == {"GetObject": 21, "ListObjectsV2": 21}, \
-        "by default a lookup is a GET of the first bytes and a LIST (sent together), and \
-the open that follows sends nothing"
+    assert requests.take() == {"GetObject": 21, "ListObjectsV2": 1}, \
+        "by default a lookup is a GET of the first bytes (the folder's, missing, then a LIST \
+of its keys), and the open that follows sends nothing"
 
     fs = make_fs(lookups="listed")
     requests.take()
@@ -444,3 +444,20 @@ def test_a_lookup_s_first_bytes_stand_for_the_object_one_second(
     requests.take()
     assert read_whole(fs, "/f") == b"v2, longer"
     assert requests.take() == {"GetObject": 1}, "checked again (conditionally)"
+
+
+def test_a_lookup_by_name_asks_the_folder_rule_only_when_the_key_is_missing(
+        make_fs: MakeFs, s3_client: S3Client, bucket_name: str, requests: Requests) -> None:
+    s3_client.put_object(Bucket=bucket_name, Key="x", Body=b"file x")
+    s3_client.put_object(Bucket=bucket_name, Key="x/y", Body=b"file y")
+    s3_client.put_object(Bucket=bucket_name, Key="f", Body=b"file f")
+    s3_client.put_object(Bucket=bucket_name, Key="d/z", Body=b"file z")
+    fs = make_fs()
+    requests.take()
+    assert not fs.getattr("/f").is_dir
+    assert requests.take() == {"GetObject": 1}, "a file: one GET"
+    assert fs.getattr("/d").is_dir
+    assert requests.take() == {"GetObject": 1, "ListObjectsV2": 1}, "a folder: GET, then LIST"
+    assert not fs.getattr("/x").is_dir, "a file and a folder by name: the file, by name"
+    listed = {name: attrs.is_dir for name, attrs in fs.readdir("/")}
+    assert listed["x"], "the listing shows the folder, which wins"

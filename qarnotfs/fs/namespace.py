@@ -19,11 +19,14 @@ cache, else from the bucket, by THE attribute rule of the mount:
 * other entries show the default mode and owner until the mount learns their metadata (a
   lookup of a name not listed yet, an open, a chmod...: each of those HEADs the object);
 * a lookup the cache cannot answer costs a GET of the key's first 64 KiB (its headers
-  tell what a HEAD would; the bytes are kept for the open that follows, prefetch.py) and
-  a two-key LIST of ``key/`` sent together (a folder wins over a file of the same name),
-  plus a HEAD of the folder's marker when the LIST shows one; with ``lookups="listed"``
-  it lists the parent folder instead (as above, once: the siblings are then answered
-  from the listing), unless the keys below that folder fill more than one page.
+  tell what a HEAD would; the bytes are kept for the open that follows, prefetch.py):
+  one request for a file. Only when that finds nothing is the folder rule asked, by a
+  one-key LIST of ``key/`` (plus a HEAD of the folder's marker when the LIST shows one).
+  So a key that is also a folder (``x`` and ``x/y``) shows as a file when looked up by
+  name, until a listing of its parent shows the folder, which wins from then on; with
+  ``lookups="listed"`` a lookup lists the parent folder instead (as above, once: the
+  siblings are then answered from the listing), unless the keys below that folder fill
+  more than one page.
 
 Lock order: ``Namespace._big_lock`` is a leaf (never held while calling out).
 
@@ -146,28 +149,43 @@ class Namespace:
             return sibling
         return self.fetch(path, keep_bytes=True)
 
-    def fetch(self, path: str, keep_bytes: bool = False) -> Node:
-        """Ask the bucket what is at ``path`` (folder first), and cache the answer; with
-        ``keep_bytes``, a GET of the first bytes asks (kept for an open, prefetch.py)."""
-        prefix = self.keys.dir_prefix(path)
-        key = self.keys.file_key(path)
+    def fetch(self, path: str, keep_bytes: bool = False, folder: bool = False) -> Node:
+        """Ask the bucket what is at ``path``, and cache the answer.
+
+        The file's key is asked first (with ``keep_bytes``, a GET of its first bytes, kept
+        for an open: prefetch.py; else a HEAD): a file found so costs that one request.
+        Only a missing key, or a path known to be a ``folder`` (listed as one), is asked
+        the folder rule (a one-key LIST of ``key/``, and a HEAD of the marker if any).
+        """
         since = self.cache.generation()
-        # Both questions at once: a lookup is one round trip, not two.
-        asked = self._pool.submit(self._read_first if keep_bytes else self.bucket.stat, key)
+        if not folder:
+            node = self._file_node(path, keep_bytes)
+            if node is not None:
+                self.cache.learn(path, node, since)
+                return node
+        prefix = self.keys.dir_prefix(path)
         under = self.bucket.first_keys(prefix, 1)
-        answer = asked.result()
-        info = answer.info if isinstance(answer, ObjectRead) else answer
         if under:
             marker = self.bucket.stat(prefix) if under[0] == prefix else None
             node = Node(dir_attributes(self.defaults, marker), exact=True)
-        elif info is None:
+        elif folder:  # no longer a folder: maybe a file now
+            return self.fetch(path, keep_bytes)
+        else:
             self.cache.learn_missing(path, since)
             raise FsError(errno.ENOENT, path)
-        else:
-            node = Node(object_attributes(info, self.defaults), exact=True, etag=info.etag)
-            if isinstance(answer, ObjectRead) and node.attrs.is_file:
-                self.first_bytes.keep(path, info.etag, answer.data)
         self.cache.learn(path, node, since)
+        return node
+
+    def _file_node(self, path: str, keep_bytes: bool) -> Node | None:
+        """The node of the object at ``path``'s key, None if there is none."""
+        key = self.keys.file_key(path)
+        answer = self._read_first(key) if keep_bytes else self.bucket.stat(key)
+        info = answer.info if isinstance(answer, ObjectRead) else answer
+        if info is None:
+            return None
+        node = Node(object_attributes(info, self.defaults), exact=True, etag=info.etag)
+        if isinstance(answer, ObjectRead) and node.attrs.is_file:
+            self.first_bytes.keep(path, info.etag, answer.data)
         return node
 
     def _read_first(self, key: str) -> ObjectRead | None:
@@ -181,7 +199,7 @@ class Namespace:
         node = self.lookup(path)
         if node.exact or path == "/":
             return node
-        return self.fetch(path)
+        return self.fetch(path, folder=node.attrs.is_dir)
 
     def children(self, folder: str) -> dict[str, Node]:
         """The entries of ``folder`` (normalized) by name, from the cache or the bucket."""
