@@ -3,11 +3,14 @@ attributes, the errno table and the metadata cache."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
+import sqlite3
 import stat
 from dataclasses import replace
 from datetime import datetime, timezone
+from pathlib import Path
 
 import pytest
 from fakeclock import FakeClock
@@ -32,6 +35,7 @@ from qarnotfs.fs.attrs import (
     parse_time,
 )
 from qarnotfs.fs.errors import FsError, errno_for
+from qarnotfs.fs.journal import _SCHEMA, JOURNAL_NAME, Journal, read_entries
 from qarnotfs.fs.keys import KeyMapper, is_within, normalize, parent_of, split_path
 from qarnotfs.fs.metacache import MetaCache, Node
 from qarnotfs.objects import Listing, ObjectInfo
@@ -245,3 +249,25 @@ def test_observations_older_than_own_changes_are_dropped() -> None:
     cache.learn_listing("/d", {"new": node(5)}, after)
     cache.learn("/other", node(2), after)
     assert cache.listing("/d") is not None and cache.get("/other") == node(2)
+
+
+def test_a_journal_an_older_mount_left_gets_the_extended_attributes_column(
+        tmp_path: Path) -> None:
+    """A crashed mount of an older version left a journal without ``xattr``: status reads
+    it as is, and the next mount adds the column and recovers its entries."""
+    old_schema = _SCHEMA.replace("    xattr TEXT NOT NULL DEFAULT '',\n", "")
+    assert old_schema != _SCHEMA
+    with contextlib.closing(sqlite3.connect(tmp_path / JOURNAL_NAME)) as db:
+        db.executescript(old_schema)
+        db.execute("INSERT INTO entries (staged, path, key, bucket, prefix, state, mode, uid,"
+                   " gid, mtime_ns, updated) VALUES ('s', '/f', 'f', 'b', '', 'dirty', 33188,"
+                   " 0, 0, 5, 1.0)")
+        db.commit()
+    assert [(e.path, e.xattr) for e in read_entries(tmp_path)] == [("/f", "")]
+    journal = Journal(tmp_path)
+    try:
+        [entry] = journal.entries()
+        journal.update(entry.id, xattr="%7B%7D")
+        assert [e.xattr for e in journal.entries()] == ["%7B%7D"]
+    finally:
+        journal.close()
