@@ -216,8 +216,12 @@ def test_cache_patches_listings_with_own_changes() -> None:
     cache.put_listing("/d/sub", {"deep": node()})
     cache.remove("/d/sub", tree=True)
     assert cache.get("/d/sub/deep") is None and cache.listing("/d/sub") is None
+    cache.put("/d/s", Node(dir_attributes(Defaults(uid=0, gid=0))))
+    assert cache.subfolders("/d") == 1 and cache.subfolders("/d/s") is None
     cache.forget("/d/y")
-    assert cache.get("/d/y") is None and cache.listing("/d") is None
+    cache.forget("/d/s")
+    assert cache.get("/d/y") is None and cache.listing("/d") == {}
+    assert cache.subfolders("/d") == 0, "the folder count follows every patch"
 
 
 def test_cache_disabled_by_a_zero_ttl_and_bounded_by_size() -> None:

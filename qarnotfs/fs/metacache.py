@@ -239,12 +239,15 @@ class MetaCache:
                 children.patch(name_of(path), None)
 
     def forget(self, path: str) -> None:
-        """Drop what is known about ``path`` and under it (the caller then puts ``path``
-        again, which patches its parent's listing: a folder moved in there counts)."""
+        """Drop what is known about ``path`` and under it, and its entry in its parent's
+        listing (the listing stays: a folder moved in there still counts once put)."""
         with self._lock:
             self._mark(path)
             for cache in (self._entries, self._listings, self._missing):
                 cache.drop_tree(path)
+            children = self._listings.get(parent_of(path))
+            if isinstance(children, _Children):
+                children.patch(name_of(path), None)
 
     def clear(self) -> None:
         with self._lock:
