@@ -47,41 +47,9 @@ if [ ! -x "$build/pjdfstest" ]; then
 fi
 
 run=$(mktemp -d "$work/run.XXXXXX")
-mnt=$run/mnt
-mkdir -p "$mnt"
-moto_pid=""
-cleanup() {
-    if mountpoint -q "$mnt"; then
-        "$python" -m qarnotfs unmount "$mnt" --timeout 60 >/dev/null 2>&1 \
-            || fusermount3 -uz "$mnt" || true
-    fi
-    if [ -n "$moto_pid" ]; then kill "$moto_pid" 2>/dev/null || true; wait "$moto_pid" 2>/dev/null || true; fi
-}
-trap cleanup EXIT
-
-port=$("$python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-"$python" -m moto.server -H 127.0.0.1 -p "$port" >"$run/moto.log" 2>&1 &
-moto_pid=$!
-export QARNOT_STORAGE_URL=http://127.0.0.1:$port AWS_ACCESS_KEY_ID=posixcheck \
-       AWS_SECRET_ACCESS_KEY=posixcheck AWS_DEFAULT_REGION=us-east-1 \
-       AWS_CONFIG_FILE=/dev/null AWS_SHARED_CREDENTIALS_FILE=/dev/null
-bucket=posix-check-$(date +%s)
-"$python" - "$bucket" <<'EOF'
-import os, sys, time
-import boto3
-client = boto3.client("s3", endpoint_url=os.environ["QARNOT_STORAGE_URL"])
-for _ in range(100):
-    try:
-        client.create_bucket(Bucket=sys.argv[1])
-        break
-    except Exception:
-        time.sleep(0.1)
-else:
-    sys.exit("posix-check: moto did not start")
-EOF
+source "$here/scripts/moto-mount.sh"
 # allow_other: pjdfstest acts as other users too (FUSE refuses them all otherwise).
-"$python" -m qarnotfs mount "$bucket" "$mnt" --staging-dir "$run/staging" \
-    --log-file "$run/mount.log" --allow-other
+moto_mount "$run" --allow-other
 
 tests=$build/tests${PJDFSTEST_TESTS:+/$PJDFSTEST_TESTS}
 echo "posix-check: $("$python" -c 'import qarnotfs; print(qarnotfs.__file__)'), $tests"

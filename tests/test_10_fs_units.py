@@ -3,11 +3,14 @@ attributes, the errno table and the metadata cache."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
+import sqlite3
 import stat
 from dataclasses import replace
 from datetime import datetime, timezone
+from pathlib import Path
 
 import pytest
 from fakeclock import FakeClock
@@ -32,6 +35,7 @@ from qarnotfs.fs.attrs import (
     parse_time,
 )
 from qarnotfs.fs.errors import FsError, errno_for
+from qarnotfs.fs.journal import _SCHEMA, JOURNAL_NAME, Journal, read_entries
 from qarnotfs.fs.keys import KeyMapper, is_within, normalize, parent_of, split_path
 from qarnotfs.fs.metacache import MetaCache, Node
 from qarnotfs.objects import Listing, ObjectInfo
@@ -212,8 +216,12 @@ def test_cache_patches_listings_with_own_changes() -> None:
     cache.put_listing("/d/sub", {"deep": node()})
     cache.remove("/d/sub", tree=True)
     assert cache.get("/d/sub/deep") is None and cache.listing("/d/sub") is None
+    cache.put("/d/s", Node(dir_attributes(Defaults(uid=0, gid=0))))
+    assert cache.subfolders("/d") == 1 and cache.subfolders("/d/s") is None
     cache.forget("/d/y")
-    assert cache.get("/d/y") is None and cache.listing("/d") is None
+    cache.forget("/d/s")
+    assert cache.get("/d/y") is None and cache.listing("/d") == {}
+    assert cache.subfolders("/d") == 0, "the folder count follows every patch"
 
 
 def test_cache_disabled_by_a_zero_ttl_and_bounded_by_size() -> None:
@@ -245,3 +253,25 @@ def test_observations_older_than_own_changes_are_dropped() -> None:
     cache.learn_listing("/d", {"new": node(5)}, after)
     cache.learn("/other", node(2), after)
     assert cache.listing("/d") is not None and cache.get("/other") == node(2)
+
+
+def test_a_journal_an_older_mount_left_gets_the_extended_attributes_column(
+        tmp_path: Path) -> None:
+    """A crashed mount of an older version left a journal without ``xattr``: status reads
+    it as is, and the next mount adds the column and recovers its entries."""
+    old_schema = _SCHEMA.replace("    xattr TEXT NOT NULL DEFAULT '',\n", "")
+    assert old_schema != _SCHEMA
+    with contextlib.closing(sqlite3.connect(tmp_path / JOURNAL_NAME)) as db:
+        db.executescript(old_schema)
+        db.execute("INSERT INTO entries (staged, path, key, bucket, prefix, state, mode, uid,"
+                   " gid, mtime_ns, updated) VALUES ('s', '/f', 'f', 'b', '', 'dirty', 33188,"
+                   " 0, 0, 5, 1.0)")
+        db.commit()
+    assert [(e.path, e.xattr) for e in read_entries(tmp_path)] == [("/f", "")]
+    journal = Journal(tmp_path)
+    try:
+        [entry] = journal.entries()
+        journal.update(entry.id, xattr="%7B%7D")
+        assert [e.xattr for e in journal.entries()] == ["%7B%7D"]
+    finally:
+        journal.close()

@@ -10,7 +10,9 @@ import stat
 from typing import TYPE_CHECKING
 
 import pytest
+import test_30_core_speed as speed
 from fs_calls import write_file
+from test_30_core_speed import Requests
 
 from qarnotfs.fs.errors import FsError
 
@@ -19,6 +21,7 @@ if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
 pytest_plugins = ("fs_helpers",)
+requests = speed.requests  # the fixture counting the requests a client sends
 
 
 def test_numbers_follow_renames_and_an_unlinked_open_file(make_fs: MakeFs) -> None:
@@ -61,3 +64,44 @@ def test_folder_times_change_in_the_view_without_a_request(
     fs.utimens("/d", None, 1_000_000_000)  # an explicit time wins over the view's
     assert fs.getattr("/d").mtime_ns == 1_000_000_000
     assert stat.S_ISDIR(fs.getattr("/d").mode)
+
+
+def test_a_folder_link_count_is_two_plus_its_subfolders_when_listed(
+        make_fs: MakeFs, s3_client: S3Client, bucket_name: str, requests: Requests) -> None:
+    """st_nlink of a folder is 2 + its sub-folders, as on ext4, wherever the mount holds
+    its listing, following mkdir, rmdir and renames in and out; 1 ("unknown", as btrfs
+    and s3fs say) where it does not, which costs no request."""
+    fs = make_fs()
+    fs.mkdir("/a", 0o755)
+    fs.mkdir("/b", 0o755)
+    links = lambda path: fs.getattr(path).nlink  # noqa: E731
+    assert (links("/a"), links("/b")) == (2, 2), "a new folder is known empty"
+    fs.mkdir("/a/s", 0o755)
+    write_file(fs, "/a/f", b"x")
+    fs.symlink("f", "/a/l")
+    assert links("/a") == 3, "files and links are no sub-folders"
+    fs.rename("/a/s", "/b/s")
+    assert (links("/a"), links("/b")) == (2, 3), "a folder moved out and in"
+    fs.rename("/b/s", "/b/t")
+    fs.mkdir("/b/t/u", 0o755)
+    assert (links("/b"), links("/b/t")) == (3, 3)
+    fs.rename("/b/t", "/a/t")  # a folder moved with what it holds
+    fs.rmdir("/a/t/u")
+    assert (links("/a"), links("/b")) == (3, 2)
+    fs.rmdir("/a/t")
+    assert links("/a") == 2
+    fs.readdir("/")
+    assert links("/") == 4
+
+    # Another mount: a folder it has not listed says 1, without asking the bucket.
+    s3_client.put_object(Bucket=bucket_name, Key="c/x/y/file", Body=b"")  # no markers
+    s3_client.put_object(Bucket=bucket_name, Key="c/z/", Body=b"")
+    other = make_fs()
+    other.getattr("/c")
+    requests.take()
+    assert other.getattr("/c").nlink == 1
+    assert requests.take() == {}, "a folder's stat never lists it"
+    listed = dict(other.readdir("/c"))
+    assert other.getattr("/c").nlink == 4 and listed["."].nlink == 4
+    assert (listed["x"].nlink, listed["z"].nlink) == (3, 2), "the listing's tree counts"
+    assert other.getattr("/c/x/y").nlink == 2

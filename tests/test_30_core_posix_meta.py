@@ -11,8 +11,10 @@ from typing import TYPE_CHECKING, Any
 
 import test_30_core_speed as speed
 from fs_calls import write_file
+from mounting import wait_until
 from test_30_core import body, fails_with, keys, metadata
 from test_30_core_speed import Requests, populate
+from test_35_writeback import crashed
 
 if TYPE_CHECKING:
     from fs_helpers import MakeFs
@@ -174,6 +176,30 @@ def test_extended_attributes_written_by_s3fs_and_on_a_file_being_written(
     write_file(make_fs(), "/new", b"rewritten")
     assert make_fs().getxattr("/new", "user.copied") == b"\x01\x02"
     assert body(s3_client, bucket_name, "new") == b"rewritten"
+
+
+def test_extended_attributes_of_a_file_being_written_survive_a_crash(
+        make_fs: MakeFs, s3_client: S3Client, bucket_name: str) -> None:
+    """Set on a file still staged (never uploaded), then kill -9: the next mount's
+    recovery uploads the file with them, and with its mode."""
+    fs = make_fs()
+    fh = fs.create("/new", 0o644, os.O_WRONLY | os.O_CREAT)
+    fs.write(fh, b"data", 0)
+    fs.setxattr("/new", "user.a", b"\x00\xff", 0)
+    fs.setxattr("/new", "user.text", b"hello", 0)
+    fs.chmod("/new", 0o600)
+    crashed(fs)  # the file never closed, never uploaded
+    assert keys(s3_client, bucket_name) == []
+    recovered = make_fs(retry_first_delay=0.01)
+    wait_until(lambda: recovered.pending_uploads() == [], timeout=30,
+               message="the recovered file to be uploaded")
+    stored = metadata(s3_client, bucket_name, "new")
+    assert stored["xattr"] == S3FS_XATTR, "stored as s3fs stores them"
+    assert int(stored["mode"]) == stat.S_IFREG | 0o600
+    assert body(s3_client, bucket_name, "new") == b"data"
+    again = make_fs()
+    assert again.getxattr("/new", "user.a") == b"\x00\xff"
+    assert again.listxattr("/new") == ["user.a", "user.text"]
 
 
 def test_attribute_changes_keep_metadata_other_tools_wrote(

@@ -155,3 +155,40 @@ def test_a_folder_rename_changes_both_parents_and_the_moved_entry_ctime(folder: 
         after = times(folder / path)
         assert after[0] == before[0], f"{path}: a rename keeps the mtime"
         assert after[1] > before[1], f"{path}: a rename changes the ctime"
+
+
+# -- a folder's link count --------------------------------------------------------------------
+
+
+def links(path: Path) -> int:
+    return int(sh(f"stat -c %h '{path}'").stdout)
+
+
+def test_a_folder_link_count_follows_its_subfolders_and_find_sees_every_entry(
+        folder: Path, mount: Mount, s3_client: Any, bucket_name: str) -> None:
+    sh("mkdir -p src dst && mkdir src/a src/b && touch src/file && ln -s file src/link",
+       cwd=folder)
+    assert (links(folder / "src"), links(folder / "dst")) == (4, 2)
+    sh("mv src/a dst/a && mkdir dst/a/deeper", cwd=folder)
+    assert (links(folder / "src"), links(folder / "dst"), links(folder / "dst/a")) == (3, 3, 3)
+    sh("rmdir src/b && mv dst/a src/c", cwd=folder)
+    assert (links(folder / "src"), links(folder / "dst")) == (3, 2)
+    # A tree written behind the mount's back: ten folders, files at every level.
+    prefix = f"{folder.name}/tree/"
+    expected = {"tree"}
+    for top in range(5):
+        for sub in range(2):
+            key = f"{prefix}t{top}/s{sub}/file"
+            s3_client.put_object(Bucket=bucket_name, Key=key, Body=b"x")
+            expected |= {f"tree/t{top}", f"tree/t{top}/s{sub}", f"tree/t{top}/s{sub}/file"}
+    mount.remount()  # nothing listed: find starts from link counts of 1 ("unknown")
+    assert links(folder / "tree") == 1
+    for phase in ("cold", "listed"):
+        # find trusts a folder's link count to stop looking for sub-folders: a count too
+        # small would hide some; whatever the mount knows, it finds every entry.
+        found = sh("find tree", cwd=folder).stdout.split()
+        assert set(found) == expected and len(found) == len(expected), phase
+        found_dirs = sh("find tree -type d", cwd=folder).stdout.split()
+        assert len(found_dirs) == 1 + 5 + 10, phase
+    assert (links(folder / "tree"), links(folder / "tree/t0")) == (7, 4), "2 + sub-folders"
+    assert links(folder / "tree/t0/s0") == 2

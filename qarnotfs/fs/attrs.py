@@ -277,6 +277,15 @@ def object_attributes(info: ObjectInfo, defaults: Defaults) -> Attributes:
     return _apply_metadata(attrs, info.metadata)
 
 
+def folder_links(subfolders: int | None) -> int:
+    """``st_nlink`` of a folder with ``subfolders`` sub-folders, as on ext4: its entry in
+    its parent, its ``.``, and each sub-folder's ``..``; 1 when the count is not known
+    (the mount has no listing of it), as btrfs and s3fs always say: fts (``find``,
+    ``du``) reads a count below 2 as "unknown", where a count too small (such as
+    mountpoint-s3's constant 2) may make it skip looking at the last entries."""
+    return 1 if subfolders is None else 2 + subfolders
+
+
 def dir_attributes(defaults: Defaults, marker: ObjectInfo | None = None) -> Attributes:
     """The attributes of a folder, from its marker object when there is one."""
     time_ns = _timestamp_ns(marker) if marker is not None else defaults.time_ns

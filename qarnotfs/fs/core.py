@@ -47,6 +47,7 @@ from .attrs import (
     SymlinkScan,
     dir_attributes,
     encode_metadata,
+    folder_links,
     merged_metadata,
     needs_head,
     now_ns,
@@ -235,7 +236,20 @@ class Filesystem:
             item = self._handle(fh).file
             return self.times.apply(item.path, item.current_attrs())
         path = normalize(path)
-        return self.times.apply(path, self._node(path).attrs)
+        return self._shown(path, self._node(path).attrs)
+
+    def _shown(self, path: str, attrs: Attributes) -> Attributes:
+        """``attrs`` as ``stat`` shows them: with the times of the mount's view
+        (viewtimes.py) and, for a folder, the link count its cached listing tells."""
+        shown = self.times.apply(path, attrs)
+        if not shown.is_dir:
+            return shown
+        links = folder_links(self.cache.subfolders(path))
+        if links == shown.nlink:
+            return shown
+        shown = shown.copy()
+        shown.nlink = links
+        return shown
 
     def readdir(self, path: str) -> list[tuple[str, Attributes]]:
         path = normalize(path)
@@ -249,10 +263,10 @@ class Filesystem:
         for item in held:
             if not item.gone:
                 children[name_of(item.path)] = Node(item.current_attrs(), exact=True)
-        shown = self.times.apply(path, node.attrs)
+        shown = self._shown(path, node.attrs)
         entries = [(".", shown), ("..", shown)]
         base = path.rstrip("/")
-        entries.extend((name, self.times.apply(f"{base}/{name}", children[name].attrs))
+        entries.extend((name, self._shown(f"{base}/{name}", children[name].attrs))
                        for name in sorted(children))
         return entries
 
@@ -812,9 +826,12 @@ class Filesystem:
             self._move_tree(old, new, source, replacing, moved)
             # Before the items are let go: an upload waiting for one of them caches what
             # it sends under the new name, which this must not forget.
+            listed = self.cache.listing(old)  # moves along: its link count stays known
             self.cache.remove(old, tree=True)
             self.cache.forget(new)
             self.cache.put(new, source)
+            if listed is not None:
+                self.cache.put_listing(new, listed)
 
     def _move_tree(self, old: str, new: str, source: Node, replacing: bool,
                    moved: list[Item]) -> None:

@@ -8,7 +8,8 @@ where it also survives a power cut: see below) and the
 each step of its upload: ``dirty`` -> ``uploading`` (with the multipart upload id and every
 part the storage acknowledged) -> ``committed`` (the object is in the bucket; the row and the
 staged copy are then removed). Each row keeps what the next mount needs to finish the job
-after a crash: the bucket, prefix, key and path, the staged attributes, and the object's
+after a crash: the bucket, prefix, key and path, the staged attributes (extended ones
+included), and the object's
 ETag and LastModified when staging started (``base_etag`` None: there was no object), which
 tell whether the object changed in the bucket meanwhile.
 
@@ -69,6 +70,7 @@ CREATE TABLE IF NOT EXISTS entries (
     uid INTEGER NOT NULL,
     gid INTEGER NOT NULL,
     mtime_ns INTEGER NOT NULL,
+    xattr TEXT NOT NULL DEFAULT '',
     upload_id TEXT,
     upload_key TEXT,
     part_size INTEGER,
@@ -116,6 +118,8 @@ class Entry:
     uid: int
     gid: int
     mtime_ns: int
+    xattr: str = ""
+    """The extended attributes set while it was staged (``x-amz-meta-xattr``, xattrs.py)."""
     upload_id: str | None = None
     upload_key: str | None = None
     part_size: int | None = None
@@ -142,6 +146,7 @@ class Journal:
         self._db = _connect(self.path)
         with self._lock:
             self._db.executescript(_SCHEMA)
+            _add_missing_columns(self._db)
         self._keep_reserve()
 
     def close(self) -> None:
@@ -414,9 +419,26 @@ def _connect(path: Path) -> sqlite3.Connection:
     return db
 
 
+_ADDED_COLUMNS = {"xattr": "TEXT NOT NULL DEFAULT ''"}
+"""Columns later versions added: a journal a crashed older mount left gets them."""
+
+
+def _columns(db: sqlite3.Connection) -> list[str]:
+    return [row[1] for row in db.execute("PRAGMA table_info(entries)")]
+
+
+def _add_missing_columns(db: sqlite3.Connection) -> None:
+    present = set(_columns(db))
+    for name, declaration in _ADDED_COLUMNS.items():
+        if name not in present:
+            db.execute(f"ALTER TABLE entries ADD COLUMN {name} {declaration}")
+
+
 def _entries(db: sqlite3.Connection) -> list[Entry]:
-    rows = db.execute(f"SELECT {', '.join(_COLUMNS)} FROM entries ORDER BY id").fetchall()
-    return [Entry(*row) for row in rows]
+    # Only the columns the journal has: ``qarnotfs status`` reads an older mount's as is.
+    names = [name for name in _COLUMNS if name in set(_columns(db))]
+    rows = db.execute(f"SELECT {', '.join(names)} FROM entries ORDER BY id").fetchall()
+    return [Entry(**dict(zip(names, row, strict=True))) for row in rows]
 
 
 def read_entries(folder: Path) -> list[Entry]:

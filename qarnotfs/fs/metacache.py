@@ -44,9 +44,19 @@ class Node:
 
 
 class _Children(dict[str, Node]):
-    """A folder's cached listing, and when it was learned."""
+    """A folder's cached listing, when it was learned, and how many of its entries are
+    folders (kept up to date by every patch, so a folder's ``stat`` never counts)."""
 
     learned: float = 0.0
+    subfolders: int = 0
+
+    def patch(self, name: str, node: Node | None) -> None:
+        """Set (or, with None, remove) the entry ``name``, keeping the folder count."""
+        old = self.pop(name, None)
+        self.subfolders -= old is not None and old.attrs.is_dir
+        if node is not None:
+            self[name] = node
+            self.subfolders += node.attrs.is_dir
 
 
 class _Map:
@@ -150,6 +160,12 @@ class MetaCache:
         with self._lock:
             return isinstance(self._listings.get(folder), _Children)
 
+    def subfolders(self, folder: str) -> int | None:
+        """How many folders the cached listing of ``folder`` has (None if not cached)."""
+        with self._lock:
+            children = self._listings.get(folder)
+            return children.subfolders if isinstance(children, _Children) else None
+
     def listing_size(self, folder: str) -> int | None:
         """How many entries the cached listing of ``folder`` has (None if not cached)."""
         with self._lock:
@@ -189,8 +205,8 @@ class MetaCache:
         self._missing.pop(path)
         if path != "/":
             children = self._listings.get(parent_of(path))
-            if isinstance(children, dict):
-                children[name_of(path)] = stored
+            if isinstance(children, _Children):
+                children.patch(name_of(path), stored)
 
     def put_listing(self, folder: str, children: dict[str, Node]) -> None:
         """Record the full content of ``folder`` as the mount made it (mkdir)."""
@@ -201,6 +217,7 @@ class MetaCache:
     def _store_listing(self, folder: str, children: dict[str, Node]) -> None:
         stored = _Children((name, node.copy()) for name, node in children.items())
         stored.learned = self._timer()
+        stored.subfolders = sum(node.attrs.is_dir for node in stored.values())
         self._listings.set(folder, stored)
         for name, node in stored.items():
             path = f"{folder.rstrip('/')}/{name}"
@@ -218,16 +235,19 @@ class MetaCache:
                     cache.pop(path)
             self._missing.set(path, True)
             children = self._listings.get(parent_of(path))
-            if isinstance(children, dict):
-                children.pop(name_of(path), None)
+            if isinstance(children, _Children):
+                children.patch(name_of(path), None)
 
     def forget(self, path: str) -> None:
-        """Drop what is known about ``path`` and under it, and its parent's listing."""
+        """Drop what is known about ``path`` and under it, and its entry in its parent's
+        listing (the listing stays: a folder moved in there still counts once put)."""
         with self._lock:
             self._mark(path)
             for cache in (self._entries, self._listings, self._missing):
                 cache.drop_tree(path)
-            self._listings.pop(parent_of(path))
+            children = self._listings.get(parent_of(path))
+            if isinstance(children, _Children):
+                children.patch(name_of(path), None)
 
     def clear(self) -> None:
         with self._lock:

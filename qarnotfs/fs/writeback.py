@@ -98,7 +98,7 @@ _MOVES: dict[State, set[State]] = {
 }
 """The transitions an item may make; anything else is a bug (AssertionError)."""
 
-OWNERSHIP = frozenset({"mode", "uid", "gid"})
+OWNERSHIP = frozenset({"mode", "uid", "gid", "xattr"})
 """The metadata a recovered file must carry for the bucket's copy to count as its own."""
 
 GHOSTS = 64
@@ -288,7 +288,8 @@ def reopen(entry: Entry, staged: Path) -> Item:
     info = os.stat(staged)
     # A write after the entry's last update shows in the copy's mtime, not in the row.
     mtime = info.st_mtime_ns if info.st_mtime_ns > entry.updated * 1e9 else entry.mtime_ns
-    attrs = Attributes(entry.mode, info.st_size, entry.uid, entry.gid, mtime, mtime, mtime)
+    attrs = Attributes(entry.mode, info.st_size, entry.uid, entry.gid, mtime, mtime, mtime,
+                       xattr=entry.xattr)
     base = (entry.base_etag, entry.base_modified or "") if entry.base_etag else None
     return Item(entry.path, entry.key, attrs, on_bucket=base is not None,
                 staged=StagedFile(staged), entry_id=entry.id, base=base, recovered=True)
@@ -380,7 +381,7 @@ class WriteBack:
             assert item.entry_id is not None
             attrs = item.attrs  # what a recovery after a crash must give the file
             self._steps.update(item.entry_id, mode=attrs.mode, uid=attrs.uid, gid=attrs.gid,
-                               mtime_ns=attrs.mtime_ns)
+                               mtime_ns=attrs.mtime_ns, xattr=attrs.xattr)
             if item.stream is not None:
                 item.stream.metadata_stale = True
         return True
@@ -409,7 +410,8 @@ class WriteBack:
                     bucket=self._storage.name, prefix=self._staging.prefix,
                     base_etag=item.base[0] if item.base else None,
                     base_modified=item.base[1] if item.base else None,
-                    mode=attrs.mode, uid=attrs.uid, gid=attrs.gid, mtime_ns=attrs.mtime_ns)
+                    mode=attrs.mode, uid=attrs.uid, gid=attrs.gid, mtime_ns=attrs.mtime_ns,
+                    xattr=attrs.xattr)
         if item.state in (State.CLEAN, State.FAILED, State.UPLOADING):
             item.move(State.DIRTY)
 
@@ -440,7 +442,8 @@ class WriteBack:
             try:
                 assert item.entry_id is not None
                 self._steps.update(item.entry_id, state="uploading", mode=attrs.mode,
-                                   uid=attrs.uid, gid=attrs.gid, mtime_ns=attrs.mtime_ns)
+                                   uid=attrs.uid, gid=attrs.gid, mtime_ns=attrs.mtime_ns,
+                                   xattr=attrs.xattr)
                 stream, item.stream = item.stream, None
                 self._uploader.upload(item.entry_id, item.key, item.staged.path,
                                       encode_metadata(attrs), stream)
