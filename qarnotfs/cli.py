@@ -596,6 +596,11 @@ def _global_options(parser: argparse.ArgumentParser, default: object,
     parser.add_argument("--log-level", choices=logs.LEVELS, default=given(None),
                         type=str.lower, help="what is logged (default warning; --debug: "
                         "debug; --quiet: error)")
+    parser.add_argument("--log-syslog", nargs="?", const=logs.SYSLOG_SOCKET,
+                        default=given(None), metavar="SOCKET",
+                        help="send the log to syslog (default socket "
+                             f"{logs.SYSLOG_SOCKET}) instead of stderr or --log-file; "
+                             "under journald the journal has it already")
     parser.add_argument("--quiet", "-q", action="store_true", default=given(False),
                         help="print only results and errors; no progress bars")
 
@@ -841,6 +846,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if _mount_helper_call(argv, _subcommand_names(parser)):
             return int(mounthelper.main(argv))
         args = parser.parse_args(argv)
+        logs.use_syslog(args.log_syslog)
         logs.setup(level=logs.level_from(args.debug, args.quiet, args.log_level))
         return int(args.func(args))
     except BrokenPipeError:

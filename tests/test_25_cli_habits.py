@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import socket
 import subprocess
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -224,6 +226,29 @@ def test_log_lines_carry_their_priority_for_journald(
                        cwd=work, stdout=subprocess.DEVNULL, stderr=stderr, timeout=TIMEOUT,
                        check=True)
     assert journal.read_text().startswith(f"<4>qarnotfs.config: {conf} holds a secret")
+
+
+def test_log_syslog_sends_records_to_the_syslog_socket(
+        cli_env: dict[str, str], work: Path, s3_server: S3Server) -> None:
+    """A unix datagram socket bound in a temporary folder stands in for /dev/log."""
+    conf = work / "shared.conf"
+    conf.write_text(f"[storage]\nurl = {s3_server.endpoint_url}\n"
+                    f"access_key = {s3_server.access_key}\nsecret_key = {s3_server.secret_key}\n")
+    conf.chmod(0o644)
+    address = os.fspath(work / "log.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as syslog:
+        syslog.bind(address)
+        syslog.settimeout(TIMEOUT)
+        result = qarnotfs(_without_credentials(cli_env), work, "--config", os.fspath(conf),
+                          "buckets", "--log-syslog", address)
+        assert result.returncode == 0 and result.stderr == ""
+        record = syslog.recv(65536).decode()
+    # <12>: facility user (1), priority warning (4); then the ident with the pid.
+    assert re.fullmatch(rf"<12>qarnotfs\[\d+\]: qarnotfs\.config: {re.escape(str(conf))} "
+                        r"holds a secret.*\x00?", record, re.DOTALL), record
+    assert s3_server.secret_key not in record
+    missing = fails(cli_env, work, "buckets", "--log-syslog", os.fspath(work / "none.sock"))
+    assert "cannot log to syslog at" in missing
 
 
 def test_sync_filters_and_size_only(cli_env: dict[str, str], work: Path, bucket_name: str,
