@@ -763,12 +763,15 @@ def _add_bucket_commands(commands: Commands[ArgumentParser],
     help_command = commands.add_parser("help", parents=parents,
                                        help="the help of a command (qarnotfs help mount)")
     help_command.add_argument("topic", metavar="COMMAND", nargs="?")
+    help_command.add_argument("--man", action="store_true",
+                              help="print the manual page (troff), built from this parser")
     help_command.set_defaults(func=_help)
 
     completion = commands.add_parser(
         "completion", parents=parents, help="a shell completion script (bash or zsh)",
-        description="eval \"$(qarnotfs completion bash)\" in ~/.bashrc (zsh: "
-                    "autoload -U bashcompinit && bashcompinit first).")
+        description="bash: eval \"$(qarnotfs completion bash)\" in ~/.bashrc. zsh: "
+                    "qarnotfs completion zsh > DIR/_qarnotfs, DIR in $fpath, before "
+                    "compinit (scripts/install.sh installs both).")
     completion.add_argument("shell", choices=("bash", "zsh"))
     completion.set_defaults(func=_completion)
 
@@ -777,7 +780,13 @@ def _help(args: argparse.Namespace) -> int:
     """``qarnotfs help [COMMAND]``: the same as ``qarnotfs [COMMAND] --help``."""
     parser = build_parser()
     commands = _subcommands(parser)
-    if args.topic is None:
+    if args.man:
+        from argparse_manpage.manpage import Manpage
+
+        print(Manpage(parser, format="pretty", _data={
+            "project_name": "qarnotfs", "version": __version__,
+            "description": "mount and manage Qarnot storage buckets"}))
+    elif args.topic is None:
         parser.print_help()
     elif args.topic in commands:
         commands[args.topic].print_help()
@@ -787,8 +796,14 @@ def _help(args: argparse.Namespace) -> int:
 
 
 def _completion(args: argparse.Namespace) -> int:
-    """A bash completion function (zsh loads it through bashcompinit), built from the
-    parser: the commands, then each command's options."""
+    """A completion script built from the parser: for zsh shtab's (a ``_qarnotfs``
+    function for ``$fpath``), for bash a function completing the commands, then each
+    command's options, then file names."""
+    if args.shell == "zsh":
+        import shtab
+
+        print(shtab.complete(build_parser(), shell="zsh"))
+        return EXIT_OK
     commands = _subcommands(build_parser())
     cases = "\n".join(
         f"        {name}) words=\"{' '.join(_option_strings(sub))}\" ;;"

@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import json
 import os
+import pty
 import re
+import select
+import signal
 import socket
 import subprocess
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -209,6 +213,53 @@ def test_help_topics_and_bash_completion(cli_env: dict[str, str], work: Path) ->
          'echo "${COMPREPLY[@]}"'],
         capture_output=True, text=True, timeout=TIMEOUT, check=True)
     assert completed.stdout.splitlines() == ["uploads", "--staging-dir"]
+
+
+def test_zsh_completes_commands_and_options(cli_env: dict[str, str], work: Path) -> None:
+    """A real interactive zsh on a pseudo-terminal, the completion in its $fpath: TAB
+    completes a command, then lists a command's option."""
+    functions = work / "zsh"
+    functions.mkdir()
+    (functions / "_qarnotfs").write_text(ok(cli_env, work, "completion", "zsh"))
+    pid, terminal = pty.fork()
+    if pid == 0:  # the child: zsh without any user configuration
+        os.execvpe("zsh", ["zsh", "-f", "-i"], {"PATH": os.environ["PATH"], "TERM": "dumb",
+                                                "HOME": os.fspath(work), "PS1": "%% "})
+    try:
+        os.write(terminal, f"fpath=({functions} $fpath); autoload -U compinit; "
+                           "compinit -u -D; echo READY\n".encode())
+        _read_until(terminal, "READY\r")
+        os.write(terminal, b"qarnotfs up\t")
+        assert "qarnotfs uploads " in _read_until(terminal, "uploads")
+        os.write(terminal, b"\x15qarnotfs sync --chec\t")  # ^U: a new line
+        assert "--checksum" in _read_until(terminal, "--checksum")
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        os.close(terminal)
+
+
+def _read_until(terminal: int, text: str) -> str:
+    """What the terminal shows until ``text`` appears (or TIMEOUT passes)."""
+    seen = b""
+    deadline = time.monotonic() + TIMEOUT
+    while text.encode() not in seen and time.monotonic() < deadline:
+        if select.select([terminal], [], [], 0.5)[0]:
+            seen += os.read(terminal, 65536)
+    return seen.decode(errors="replace")
+
+
+def test_man_page_names_every_command(cli_env: dict[str, str], work: Path) -> None:
+    page = work / "qarnotfs.1"
+    page.write_text(ok(cli_env, work, "help", "--man"))
+    shown = subprocess.run(["man", "-l", os.fspath(page)], env={**cli_env, "MANWIDTH": "100"},
+                           capture_output=True, text=True, timeout=TIMEOUT, check=True).stdout
+    assert shown.lstrip().startswith("QARNOTFS(1)")
+    commands = re.findall(r"^ {7}qarnotfs (\w+)$", shown, re.MULTILINE)
+    assert set(commands) >= {"buckets", "ls", "get", "put", "sync", "rm", "mb", "rb",
+                             "uploads", "demo", "help", "completion", "mount", "unmount",
+                             "status"}  # (umount is unmount's alias, shown with it)
+    assert "--checksum" in shown and "--log-syslog" in shown
 
 
 def test_log_lines_carry_their_priority_for_journald(
