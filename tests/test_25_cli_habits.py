@@ -189,10 +189,7 @@ def test_wrong_secret_says_check_the_secret_key_for_every_command(
 
 def test_config_file_readable_by_others_is_warned_about(
         cli_env: dict[str, str], work: Path, s3_server: S3Server, bucket_name: str) -> None:
-    conf = work / "shared.conf"
-    conf.write_text(f"[storage]\nurl = {s3_server.endpoint_url}\n"
-                    f"access_key = {s3_server.access_key}\nsecret_key = {s3_server.secret_key}\n")
-    conf.chmod(0o644)
+    conf = _readable_config(work, s3_server)
     env = _without_credentials(cli_env)
     result = qarnotfs(env, work, "--config", str(conf), "buckets")
     assert result.returncode == 0
@@ -262,12 +259,19 @@ def test_man_page_names_every_command(cli_env: dict[str, str], work: Path) -> No
     assert "--checksum" in shown and "--log-syslog" in shown
 
 
-def test_log_lines_carry_their_priority_for_journald(
-        cli_env: dict[str, str], work: Path, s3_server: S3Server) -> None:
+def _readable_config(work: Path, s3_server: S3Server) -> Path:
+    """A configuration file with the secret, readable by others: warned about (a log
+    record at warning level, what the logging tests look for)."""
     conf = work / "shared.conf"
     conf.write_text(f"[storage]\nurl = {s3_server.endpoint_url}\n"
                     f"access_key = {s3_server.access_key}\nsecret_key = {s3_server.secret_key}\n")
     conf.chmod(0o644)
+    return conf
+
+
+def test_log_lines_carry_their_priority_for_journald(
+        cli_env: dict[str, str], work: Path, s3_server: S3Server) -> None:
+    conf = _readable_config(work, s3_server)
     journal = work / "journal"
     with open(journal, "w") as stderr:
         info = os.fstat(stderr.fileno())
@@ -282,10 +286,7 @@ def test_log_lines_carry_their_priority_for_journald(
 def test_log_syslog_sends_records_to_the_syslog_socket(
         cli_env: dict[str, str], work: Path, s3_server: S3Server) -> None:
     """A unix datagram socket bound in a temporary folder stands in for /dev/log."""
-    conf = work / "shared.conf"
-    conf.write_text(f"[storage]\nurl = {s3_server.endpoint_url}\n"
-                    f"access_key = {s3_server.access_key}\nsecret_key = {s3_server.secret_key}\n")
-    conf.chmod(0o644)
+    conf = _readable_config(work, s3_server)
     address = os.fspath(work / "log.sock")
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as syslog:
         syslog.bind(address)
