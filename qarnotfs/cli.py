@@ -414,7 +414,7 @@ def _sync_down(ctx: Context, remote: Remote, local: Path) -> None:
 def _listed(ctx: Context, bucket: Bucket, prefix: str,
             selection: _Selection) -> dict[str, ObjectInfo]:
     """The selected objects under ``prefix``, counted on a bar while they are listed."""
-    with Step("listing", ctx.show_bar) as step:
+    with Step("listing", ctx.show_bar, unit=" objects") as step:
         found = {}
         for info in bucket.iter_objects(prefix):
             step()
@@ -440,7 +440,7 @@ def _compared(ctx: Context, bucket: Bucket,
 def _hashing(ctx: Context, sizes: list[int]) -> Step:
     """The bar of the hashing a plan does, when there is some (``--checksum``, or files
     whose content must be compared)."""
-    return Step("hashing", ctx.show_bar and bool(sizes), total=sum(sizes), in_bytes=True)
+    return Step("hashing", ctx.show_bar and bool(sizes), total=sum(sizes), unit="iB")
 
 
 @command

@@ -119,13 +119,13 @@ class Step:
     40.0MiB/1.0GiB``), or nothing when disabled; callable from several threads."""
 
     def __init__(self, description: str, enabled: bool, total: int | None = None,
-                 in_bytes: bool = False) -> None:
+                 unit: str = " files") -> None:
+        """``unit`` "iB" counts bytes, shown in binary units."""
         self._lock = threading.Lock()
         self._bar: tqdm[Any] | None = None
         if enabled:
             self._bar = tqdm(total=total, desc=description, leave=False, dynamic_ncols=True,
-                             unit="iB" if in_bytes else " files", unit_scale=in_bytes,
-                             unit_divisor=1024)
+                             unit=unit, unit_scale=unit == "iB", unit_divisor=1024)
 
     def __call__(self, increment: int = 1) -> None:
         if self._bar is not None:

@@ -24,6 +24,7 @@ from clirun import (  # noqa: F401 (the fixtures)
     fails,
     keys_in,
     ok,
+    on_terminal,
     qarnotfs,
     work_fixture,
 )
@@ -170,6 +171,19 @@ def test_checksum_compares_content_and_size_only_sizes(cli_env: dict[str, str], 
     assert s3_client.get_object(Bucket=bucket_name, Key="a.txt")["Body"].read() == b"bbbb"
     assert "not allowed with argument" in fails(
         cli_env, work, "sync", "--checksum", "--size-only", "tree", remote, status=2)
+
+
+def test_planning_shows_its_steps_on_a_terminal(cli_env: dict[str, str], work: Path,
+                                                 bucket_name: str) -> None:
+    tree = work / "tree"
+    tree.mkdir()
+    (tree / "big.bin").write_bytes(os.urandom(2 * 1024 * 1024))
+    remote = f"qarnot://{bucket_name}"
+    ok(cli_env, work, "sync", "tree", remote)
+    drawn = on_terminal(cli_env, work, "sync", "--checksum", "tree", remote)
+    assert "listing" in drawn and "hashing" in drawn
+    drawn = on_terminal(cli_env, work, "sync", "tree", remote)
+    assert "listing" in drawn and "hashing" not in drawn
 
 
 def test_bwlimit_and_transfers(cli_env: dict[str, str], work: Path, bucket_name: str,
