@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from .connection import PART_SIZE
@@ -32,8 +33,10 @@ class Fingerprint:
         return etag in (self.etag, self.md5)
 
 
-def fingerprint(path: str | os.PathLike[str], part_size: int = PART_SIZE) -> Fingerprint:
-    """Size, SHA-1 and multipart-rule ETag of a local file, in a single pass."""
+def fingerprint(path: str | os.PathLike[str], part_size: int = PART_SIZE,
+                on_read: Callable[[int], object] | None = None) -> Fingerprint:
+    """Size, SHA-1 and multipart-rule ETag of a local file, in a single pass (``on_read``
+    is told the size of each chunk read: a progress bar)."""
     sha1 = hashlib.sha1()
     whole_md5 = hashlib.md5()
     part_digests: list[bytes] = []
@@ -43,6 +46,8 @@ def fingerprint(path: str | os.PathLike[str], part_size: int = PART_SIZE) -> Fin
     with open(path, "rb") as handle:
         while chunk := handle.read(_READ_SIZE):
             size += len(chunk)
+            if on_read is not None:
+                on_read(len(chunk))
             sha1.update(chunk)
             whole_md5.update(chunk)
             view = memoryview(chunk)

@@ -19,6 +19,7 @@ import fnmatch
 import json
 import logging
 import os
+import re
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -44,9 +45,19 @@ from .outcome import (
     report,
 )
 from .paths import as_prefix, local_path_for_key, walk_files
+from .progress import Step
 from .remotes import SCHEME, Remote, parse_remote
-from .sync import DownloadPlan, SyncPlan, plan_download, plan_upload
-from .transfers import Interrupted, Job, Transfers
+from .sync import (
+    DownloadPlan,
+    SyncPlan,
+    detail,
+    mtime_metadata,
+    object_mtime_ns,
+    plan_download,
+    plan_upload,
+    split_by_time,
+)
+from .transfers import DEFAULT_FILES_AT_ONCE, Interrupted, Job, Transfers
 
 __all__ = ["EXIT_FAILURE", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_USAGE", "Remote",
            "UsageError", "build_parser", "describe", "exit_status", "main", "parse_remote"]
@@ -109,7 +120,13 @@ class Context:
             print(line, flush=True)
 
     def transfers(self, bucket: Bucket) -> Transfers:
-        return Transfers(bucket, self.show_bar, self.say)
+        return Transfers(bucket, self.show_bar, self.say, self.args.transfers,
+                         self.args.bwlimit)
+
+    def detail(self, bucket: Bucket, infos: list[ObjectInfo]) -> dict[str, ObjectInfo]:
+        """The objects with their metadata: a HEAD each, concurrently, shown by a bar."""
+        with Step("checking", self.show_bar and bool(infos), total=len(infos)) as step:
+            return detail(infos, bucket.stat, bucket.connection.max_concurrency, step)
 
     def close(self) -> None:
         if self._connection is not None:
@@ -202,6 +219,29 @@ def human_size(size: int) -> str:
     raise AssertionError("unreachable")
 
 
+_RATE = re.compile(r"(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?(?:/s)?", re.IGNORECASE)
+_RATE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_rate(text: str) -> int:
+    """``--bwlimit``: bytes per second, with binary suffixes as rclone reads them: 10M is
+    10 MiB/s, 512K, 1.5M, 2MiB/s; at least 1 byte per second."""
+    match = _RATE.fullmatch(text.strip())
+    if not match:
+        raise ValueError(text)
+    rate = int(float(match[1]) * _RATE_UNITS[match[2].upper()])
+    if rate < 1:
+        raise ValueError(text)
+    return rate
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError(text)
+    return value
+
+
 @command
 def cmd_get(ctx: Context) -> int:
     remote = parse_remote(ctx.args.remote)
@@ -218,7 +258,8 @@ def cmd_get(ctx: Context) -> int:
             raise MissingObjectException(f"{remote}: no such file")
         into = _download_target(remote.path, ctx.args.local)
         ctx.transfers(bucket).download(
-            [Job(remote.path, into, info.size, f"download: {remote} -> {_shown(into)}")])
+            [Job(remote.path, into, info.size, f"download: {remote} -> {_shown(into)}",
+                 mtime_ns=object_mtime_ns(info))])
         return EXIT_OK
     prefix = as_prefix(remote.path)
     root = Path(ctx.args.local)
@@ -308,11 +349,9 @@ def cmd_sync(ctx: Context) -> int:
 @dataclass
 class _Selection:
     """What a sync looks at: ``--exclude``/``--include`` patterns (fnmatch, on the path
-    relative to the synced folder; the last that matches decides, as aws-cli does), and
-    with ``--size-only`` the pairs of equal size, left alone without reading them."""
+    relative to the synced folder; the last that matches decides, as aws-cli does)."""
 
     filters: list[tuple[str, str]]
-    size_only: bool
 
     def selected(self, relative: str) -> bool:
         chosen = True
@@ -325,18 +364,21 @@ class _Selection:
 def _sync_up(ctx: Context, local: Path, remote: Remote) -> None:
     if not local.is_dir():
         raise NotADirectoryError(errno.ENOTDIR, "Not a directory", os.fspath(local))
-    selection = _Selection(ctx.args.filters, ctx.args.size_only)
+    selection = _Selection(ctx.args.filters)
     bucket = ctx.bucket(remote.bucket)
     prefix = as_prefix(remote.path)
     wanted = {f"{prefix}{rel}": path for rel, path in walk_files(local)
               if selection.selected(rel)}
-    existing = {info.key: info for info in bucket.iter_objects(prefix)
-                if selection.selected(info.key[len(prefix):])}
-    same_size = {key for key, path in wanted.items() if selection.size_only
-                 and key in existing and existing[key].size == path.stat().st_size}
-    plan = plan_upload({k: p for k, p in wanted.items() if k not in same_size},
-                       {k: i for k, i in existing.items() if k not in same_size}, bucket.stat)
-    plan.unchanged.extend(sorted(same_size))
+    existing = _listed(ctx, bucket, prefix, selection)
+    pairs = {key: (path.stat(), existing[key]) for key, path in wanted.items()
+             if key in existing}
+    unchanged, differing = _compared(ctx, bucket, pairs)
+    existing.update(differing)
+    with _hashing(ctx, [pairs[k][0].st_size if k in pairs else path.stat().st_size
+                        for k, path in wanted.items() if k not in unchanged]) as hashing:
+        plan = plan_upload(wanted, existing, bucket.stat, unchanged, hashing)
+    plan.retimed = [(differing[key], wanted[key]) for key in plan.unchanged
+                    if key in differing]
     if not ctx.args.delete:
         plan.deletes = []
     _run_upload_plan(ctx, bucket, plan, ctx.args.dry_run)
@@ -345,26 +387,60 @@ def _sync_up(ctx: Context, local: Path, remote: Remote) -> None:
 def _sync_down(ctx: Context, remote: Remote, local: Path) -> None:
     if local.exists() and not local.is_dir():
         raise NotADirectoryError(errno.ENOTDIR, "Not a directory", os.fspath(local))
-    selection = _Selection(ctx.args.filters, ctx.args.size_only)
+    selection = _Selection(ctx.args.filters)
     bucket = ctx.bucket(remote.bucket)
     prefix = as_prefix(remote.path)
-    existing = {info.key: info for info in bucket.iter_objects(prefix)
-                if selection.selected(info.key[len(prefix):])}
-    kept: set[Path] = set()
-    for key, info in list(existing.items()):
-        target = local_path_for_key(local, key[len(prefix):])
-        if selection.size_only and target is not None and target.is_file() \
-                and target.stat().st_size == info.size:
-            kept.add(target)
-            del existing[key]
-    plan = plan_download(existing, prefix, local, bucket.stat, ctx.args.delete)
+    existing = _listed(ctx, bucket, prefix, selection)
+    targets = {key: local_path_for_key(local, key[len(prefix):]) for key in existing}
+    pairs = {key: (target.stat(), existing[key]) for key, target in targets.items()
+             if target is not None and not key.endswith("/") and target.is_file()}
+    unchanged, differing = _compared(ctx, bucket, pairs)
+    existing.update(differing)
+    with _hashing(ctx, [local.st_size for key, (local, info) in pairs.items()
+                        if key not in unchanged and local.st_size == info.size]) as hashing:
+        plan = plan_download(existing, prefix, local, bucket.stat, ctx.args.delete,
+                             unchanged, hashing)
     root = Path(os.path.abspath(local))
-    plan.deletes = [path for path in plan.deletes if path not in kept
-                    and selection.selected(path.relative_to(root).as_posix())]
-    plan.unchanged.extend(sorted(kept))
+    plan.deletes = [path for path in plan.deletes
+                    if selection.selected(path.relative_to(root).as_posix())]
+    kept = set(plan.unchanged)
+    plan.retimed = [(info, path) for key, info in differing.items()
+                    if (path := targets[key]) is not None and path in kept]
     if not ctx.args.dry_run:
         local.mkdir(parents=True, exist_ok=True)
     _run_download_plan(ctx, bucket, plan, ctx.args.dry_run)
+
+
+def _listed(ctx: Context, bucket: Bucket, prefix: str,
+            selection: _Selection) -> dict[str, ObjectInfo]:
+    """The selected objects under ``prefix``, counted on a bar while they are listed."""
+    with Step("listing", ctx.show_bar, unit=" objects") as step:
+        found = {}
+        for info in bucket.iter_objects(prefix):
+            step()
+            if selection.selected(info.key[len(prefix):]):
+                found[info.key] = info
+        return found
+
+
+def _compared(ctx: Context, bucket: Bucket,
+              pairs: dict[str, tuple[os.stat_result, ObjectInfo]],
+              ) -> tuple[set[str], dict[str, ObjectInfo]]:
+    """Of the pairs (key -> local stat, object) on both sides: those unchanged without
+    reading them (``--size-only``: equal size; default: equal size and time), and the
+    pairs of equal size whose times differ (their content decides; if it is the same,
+    only the time is set). ``--checksum`` reads every pair (nothing is unchanged here)."""
+    if ctx.args.compare == "size":
+        return {key for key, (local, info) in pairs.items() if local.st_size == info.size}, {}
+    if ctx.args.compare == "checksum":
+        return set(), {}
+    return split_by_time(pairs, lambda infos: ctx.detail(bucket, list(infos)))
+
+
+def _hashing(ctx: Context, sizes: list[int]) -> Step:
+    """The bar of the hashing a plan does, when there is some (``--checksum``, or files
+    whose content must be compared)."""
+    return Step("hashing", ctx.show_bar and bool(sizes), total=sum(sizes), unit="iB")
 
 
 @command
@@ -463,8 +539,13 @@ def _run_upload_plan(ctx: Context, bucket: Bucket, plan: SyncPlan,
         bucket.copy(source, destination)
         ctx.say(f"copy: {bucket.uuid}/{source} -> {bucket.uuid}/{destination}")
     ctx.transfers(bucket).upload([
-        Job(key, path, path.stat().st_size, f"upload: {_shown(path)} -> {bucket.uuid}/{key}")
+        Job(key, path, path.stat().st_size, f"upload: {_shown(path)} -> {bucket.uuid}/{key}",
+            metadata=mtime_metadata(path))
         for key, path in plan.uploads])
+    for info, path in plan.retimed:  # same content, other time: set the stored time only
+        bucket.copy(info.key, info.key, {**(info.metadata or {}), **mtime_metadata(path)},
+                    info.size, info.content_type or None)
+        log.info("%s/%s: content unchanged, modification time set", bucket.uuid, info.key)
     bucket.delete_many(plan.deletes)
     for key in plan.deletes:
         ctx.say(f"delete: {bucket.uuid}/{key}")
@@ -479,9 +560,17 @@ def _run_download_plan(ctx: Context, bucket: Bucket, plan: DownloadPlan,
         for line in plan.describe(bucket.uuid, _shown):
             ctx.say(f"(dry run) {line}")
         return
+    # Each file gets the object's time, which a stored mtime gives: a HEAD each (s3transfer
+    # sends none of its own, being told the size).
+    detailed = ctx.detail(bucket, [info for info, _ in plan.downloads if info.metadata is None])
     ctx.transfers(bucket).download([
-        Job(info.key, path, info.size, f"download: {bucket.uuid}/{info.key} -> {_shown(path)}")
+        Job(info.key, path, info.size, f"download: {bucket.uuid}/{info.key} -> {_shown(path)}",
+            mtime_ns=object_mtime_ns(detailed.get(info.key, info)))
         for info, path in plan.downloads])
+    for info, path in plan.retimed:  # same content, other time: set the file's time only
+        mtime = object_mtime_ns(info)
+        os.utime(path, ns=(mtime, mtime))
+        log.info("%s: content unchanged, modification time set", _shown(path))
     for path in plan.deletes:
         path.unlink()
         ctx.say(f"delete: {_shown(path)}")
@@ -507,6 +596,11 @@ def _global_options(parser: argparse.ArgumentParser, default: object,
     parser.add_argument("--log-level", choices=logs.LEVELS, default=given(None),
                         type=str.lower, help="what is logged (default warning; --debug: "
                         "debug; --quiet: error)")
+    parser.add_argument("--log-syslog", nargs="?", const=logs.SYSLOG_SOCKET,
+                        default=given(None), metavar="SOCKET",
+                        help="send the log to syslog (default socket "
+                             f"{logs.SYSLOG_SOCKET}) instead of stderr or --log-file; "
+                             "under journald the journal has it already")
     parser.add_argument("--quiet", "-q", action="store_true", default=given(False),
                         help="print only results and errors; no progress bars")
 
@@ -564,6 +658,7 @@ def _add_transfer_commands(commands: Commands[ArgumentParser],
                           "current folder)")
     get.add_argument("-r", "--recursive", action="store_true",
                      help="download every object under the prefix into DIR")
+    _transfer_options(get)
     get.set_defaults(func=cmd_get)
 
     put = commands.add_parser(
@@ -574,20 +669,31 @@ def _add_transfer_commands(commands: Commands[ArgumentParser],
                     "completed files stay, nothing partial is left.")
     put.add_argument("paths", metavar="LOCAL... BUCKET[/PREFIX]", nargs="+")
     put.add_argument("-r", "--recursive", action="store_true", help="upload folders")
+    _transfer_options(put)
     put.set_defaults(func=cmd_put)
 
     sync = commands.add_parser(
         "sync", parents=parents, help="make a folder and a bucket prefix hold the same files",
         description=f"sync SRC DST: exactly one side is {SCHEME}BUCKET[/PREFIX]. Files "
-                    "are compared by name, size and content; only differing ones move.")
+                    "of the same name, size and modification time are unchanged (the "
+                    "object's time is the one qarnotfs stored, else its LastModified); a "
+                    "pair of equal size but other times is compared by content, and if it "
+                    "is the same only the time is set. Uploads keep the file's time in "
+                    "the object (x-amz-meta-mtime); downloads give the file the object's.")
     sync.add_argument("source", metavar="SRC")
     sync.add_argument("destination", metavar="DST")
     sync.add_argument("--delete", action="store_true",
                       help="also delete what the destination has and the source lacks")
     sync.add_argument("--dry-run", "-n", action="store_true",
                       help="print what would be done, change nothing")
-    sync.add_argument("--size-only", action="store_true",
-                      help="files of equal size are the same (nothing is read or hashed)")
+    compare = sync.add_mutually_exclusive_group()
+    compare.add_argument("--size-only", dest="compare", action="store_const", const="size",
+                         default="mtime",
+                         help="files of equal size are the same (times are not looked at)")
+    compare.add_argument("--checksum", "-c", dest="compare", action="store_const",
+                         const="checksum",
+                         help="compare every pair of equal size by content (reads every "
+                              "such local file), not by time")
     sync.add_argument("--exclude", dest="filters", action="append", default=[],
                       metavar="PATTERN", type=lambda pattern: ("exclude", pattern),
                       help="leave out paths matching PATTERN (fnmatch, relative to the "
@@ -595,7 +701,18 @@ def _add_transfer_commands(commands: Commands[ArgumentParser],
     sync.add_argument("--include", dest="filters", action="append", metavar="PATTERN",
                       type=lambda pattern: ("include", pattern),
                       help="take back paths matching PATTERN after an --exclude")
+    _transfer_options(sync)
     sync.set_defaults(func=cmd_sync)
+
+
+def _transfer_options(parser: ArgumentParser) -> None:
+    """--transfers and --bwlimit, for the commands that move files."""
+    parser.add_argument("--transfers", type=_positive, default=DEFAULT_FILES_AT_ONCE,
+                        metavar="N", help="files moved at once (default "
+                        f"{DEFAULT_FILES_AT_ONCE}; a big file's parts still go in parallel)")
+    parser.add_argument("--bwlimit", type=parse_rate, default=None, metavar="RATE",
+                        help="at most RATE bytes per second for the whole command, with "
+                             "binary suffixes: 512K, 10M (MiB/s), 1G")
 
 
 def _add_bucket_commands(commands: Commands[ArgumentParser],
@@ -646,12 +763,15 @@ def _add_bucket_commands(commands: Commands[ArgumentParser],
     help_command = commands.add_parser("help", parents=parents,
                                        help="the help of a command (qarnotfs help mount)")
     help_command.add_argument("topic", metavar="COMMAND", nargs="?")
+    help_command.add_argument("--man", action="store_true",
+                              help="print the manual page (troff), built from this parser")
     help_command.set_defaults(func=_help)
 
     completion = commands.add_parser(
         "completion", parents=parents, help="a shell completion script (bash or zsh)",
-        description="eval \"$(qarnotfs completion bash)\" in ~/.bashrc (zsh: "
-                    "autoload -U bashcompinit && bashcompinit first).")
+        description="bash: eval \"$(qarnotfs completion bash)\" in ~/.bashrc. zsh: "
+                    "qarnotfs completion zsh > DIR/_qarnotfs, DIR in $fpath, before "
+                    "compinit (scripts/install.sh installs both).")
     completion.add_argument("shell", choices=("bash", "zsh"))
     completion.set_defaults(func=_completion)
 
@@ -660,7 +780,13 @@ def _help(args: argparse.Namespace) -> int:
     """``qarnotfs help [COMMAND]``: the same as ``qarnotfs [COMMAND] --help``."""
     parser = build_parser()
     commands = _subcommands(parser)
-    if args.topic is None:
+    if args.man:
+        from argparse_manpage.manpage import Manpage
+
+        print(Manpage(parser, format="pretty", _data={
+            "project_name": "qarnotfs", "version": __version__,
+            "description": "mount and manage Qarnot storage buckets"}))
+    elif args.topic is None:
         parser.print_help()
     elif args.topic in commands:
         commands[args.topic].print_help()
@@ -670,8 +796,14 @@ def _help(args: argparse.Namespace) -> int:
 
 
 def _completion(args: argparse.Namespace) -> int:
-    """A bash completion function (zsh loads it through bashcompinit), built from the
-    parser: the commands, then each command's options."""
+    """A completion script built from the parser: for zsh shtab's (a ``_qarnotfs``
+    function for ``$fpath``), for bash a function completing the commands, then each
+    command's options, then file names."""
+    if args.shell == "zsh":
+        import shtab
+
+        print(shtab.complete(build_parser(), shell="zsh"))
+        return EXIT_OK
     commands = _subcommands(build_parser())
     cases = "\n".join(
         f"        {name}) words=\"{' '.join(_option_strings(sub))}\" ;;"
@@ -729,6 +861,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if _mount_helper_call(argv, _subcommand_names(parser)):
             return int(mounthelper.main(argv))
         args = parser.parse_args(argv)
+        logs.use_syslog(args.log_syslog)
         logs.setup(level=logs.level_from(args.debug, args.quiet, args.log_level))
         return int(args.func(args))
     except BrokenPipeError:

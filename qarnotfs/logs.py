@@ -1,8 +1,9 @@
 """Logging for the command line: one handler on stderr that never shows a secret.
 
 Owns: the log level chosen by ``--log-level``/``--debug``/``--quiet``, where records go
-(stderr, journald with priorities when run as a service, or a private rotating file for a
-mount in the background), the format, and
+(stderr, journald with priorities when run as a service, syslog when asked with
+``--log-syslog`` and not under journald, or a private rotating file for a mount in the
+background), the format, and
 :class:`RedactingFilter`, which rewrites every record before it is written: the registered
 secret values (the S3 secret key, the Qarnot token) and the values of ``Authorization``
 headers and ``X-Amz-Credential``/``X-Amz-Signature`` query parameters become ``***``.
@@ -12,10 +13,12 @@ the records of every logger.
 
 from __future__ import annotations
 
+import errno
 import logging
 import logging.handlers
 import os
 import re
+import stat
 import sys
 import threading
 from collections.abc import Iterable
@@ -38,6 +41,10 @@ SECRET_VARIABLES = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "QARNOT_CLIENT
 
 _secrets: set[str] = set()
 _lock = threading.Lock()
+
+SYSLOG_SOCKET = "/dev/log"
+"""Where syslog listens on Linux (``--log-syslog`` without a value)."""
+_syslog_address: str | None = None
 
 
 def add_secrets(values: Iterable[str | None]) -> None:
@@ -113,6 +120,47 @@ class _JournalFormatter(logging.Formatter):
         return f"<{priority}>" + super().format(record)
 
 
+def use_syslog(address: str | None) -> None:
+    """Send the records of every later :func:`setup` to the syslog socket ``address``
+    (``None``: not to syslog), unless stderr is the journal, which has them already. Kept
+    by a forked mount process, whose own setup then logs there instead of to its file."""
+    global _syslog_address  # noqa: PLW0603 (one choice for the whole process)
+    _syslog_address = address
+
+
+def _syslog_handler(address: str, mount: bool) -> logging.Handler:
+    facility = (logging.handlers.SysLogHandler.LOG_DAEMON if mount
+                else logging.handlers.SysLogHandler.LOG_USER)
+    # SysLogHandler, as openlog(3), says nothing of a socket that is not there: a typo
+    # would lose every record.
+    try:
+        is_socket = stat.S_ISSOCK(os.stat(address).st_mode)
+    except OSError as error:
+        raise OSError(error.errno, f"cannot log to syslog at {address}: "
+                      f"{error.strerror}") from None
+    if not is_socket:
+        raise OSError(errno.ENOTSOCK, f"cannot log to syslog at {address}: not a socket")
+    handler = logging.handlers.SysLogHandler(address=address, facility=facility)
+    handler.ident = f"qarnotfs[{os.getpid()}]: "
+    handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+    return handler
+
+
+def _handler(log_file: str | None, mount: bool, level: int) -> logging.Handler:
+    """Syslog if asked (and not under journald), else the file, else stderr; formatted."""
+    if _syslog_address is not None and not stderr_is_journal():
+        return _syslog_handler(_syslog_address, mount)  # syslog adds time and priority
+    handler = _file_handler(log_file) if log_file else logging.StreamHandler(sys.stderr)
+    if log_file is None and stderr_is_journal():
+        handler.setFormatter(_JournalFormatter("%(name)s: %(message)s"))
+    elif mount or level <= logging.DEBUG:
+        handler.setFormatter(logging.Formatter(
+            "%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s"))
+    else:
+        handler.setFormatter(logging.Formatter("qarnotfs: %(levelname)s: %(message)s"))
+    return handler
+
+
 def _file_handler(log_file: str) -> logging.Handler:
     """A rotating handler on ``log_file``, created private (0600, folder 0700)."""
     # Rotated files are created with the umask: keep them private too.
@@ -139,16 +187,9 @@ def setup(debug: bool = False, quiet: bool = False, *, level: int | None = None,
     for handler in list(root.handlers):
         if getattr(handler, "_qarnotfs", False) or mount:
             root.removeHandler(handler)
-    handler = _file_handler(log_file) if log_file else logging.StreamHandler(sys.stderr)
+    handler = _handler(log_file, mount, level)
     handler._qarnotfs = True  # type: ignore[attr-defined]
     handler.addFilter(RedactingFilter())
-    if log_file is None and stderr_is_journal():
-        handler.setFormatter(_JournalFormatter("%(name)s: %(message)s"))
-    elif mount or level <= logging.DEBUG:
-        handler.setFormatter(logging.Formatter(
-            "%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s"))
-    else:
-        handler.setFormatter(logging.Formatter("qarnotfs: %(levelname)s: %(message)s"))
     root.addHandler(handler)
     root.setLevel(level)
     libraries = logging.DEBUG if level <= logging.DEBUG and not mount else logging.WARNING

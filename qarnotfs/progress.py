@@ -4,7 +4,9 @@ Owns: the ``progress`` argument the Bucket API accepts (``None``/``False``, ``Tr
 bar on stderr, or a callable ``(bytes_done, bytes_total, name)``), adapted to the
 incremental callbacks boto3 transfers make, safely from several threads; and
 :class:`TransferProgress`, one bar for a command moving many files (files done/total,
-bytes in binary units, rate), whose lines are written above the bar.
+bytes in binary units, rate), whose lines are written above the bar; and :class:`Step`,
+the bar of a step that precedes transfers (a sync's listing, its HEADs, its hashing), so
+that no step is a silent pause.
 
 Lock order: each object's own lock only, never held while calling out.
 """
@@ -105,6 +107,32 @@ class TransferProgress:
             say(line)
 
     def __enter__(self) -> TransferProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
+class Step:
+    """A bar counting what one step has done (``listing 1200 objects``, ``hashing
+    40.0MiB/1.0GiB``), or nothing when disabled; callable from several threads."""
+
+    def __init__(self, description: str, enabled: bool, total: int | None = None,
+                 unit: str = " files") -> None:
+        """``unit`` "iB" counts bytes, shown in binary units."""
+        self._lock = threading.Lock()
+        self._bar: tqdm[Any] | None = None
+        if enabled:
+            self._bar = tqdm(total=total, desc=description, leave=False, dynamic_ncols=True,
+                             unit=unit, unit_scale=unit == "iB", unit_divisor=1024)
+
+    def __call__(self, increment: int = 1) -> None:
+        if self._bar is not None:
+            with self._lock:
+                self._bar.update(increment)
+
+    def __enter__(self) -> Step:
         return self
 
     def __exit__(self, *exc: object) -> None:

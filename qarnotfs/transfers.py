@@ -3,7 +3,11 @@
 Owns: carrying out the CLI's uploads and downloads through one s3transfer
 ``TransferManager`` per command (the transfer engine boto3 itself uses, so many files
 and the parts of big ones share one pool), the overall progress, the ``upload:`` /
-``download:`` line printed as each file completes, and interruption. On Ctrl-C every
+``download:`` line printed as each file completes, how many files move at once
+(``--transfers``: the others wait their turn, while a big file's parts still go several at
+a time) and at what rate (``--bwlimit``: s3transfer's bandwidth limiter, one budget for the
+whole command), the modification time a file keeps (uploads store it as
+``x-amz-meta-mtime``, downloads set it from the object), and interruption. On Ctrl-C every
 transfer is cancelled: data being moved stops at its next chunk (the progress callback
 raises :class:`Cancelled`, which botocore does not retry) and s3transfer aborts the
 multipart uploads it started. A request still waiting for the server is not waited for
@@ -14,12 +18,14 @@ it only when whole, removed otherwise. So nothing half written is left: a single
 atomic, a multipart object exists only once completed.
 
 Lock order: ``Transfers._lock`` (counters, the created uploads), then
-``TransferProgress``'s; neither is held across a request. The threads are s3transfer's.
+``TransferProgress``'s; neither is held across a request. The ``--transfers`` semaphore is
+only waited on by the submitting thread, holding no lock. The threads are s3transfer's.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 import tempfile
 import threading
@@ -41,6 +47,8 @@ if TYPE_CHECKING:
 
 CANCEL_GRACE = 1.0
 """Seconds Ctrl-C waits for transfers in flight to notice it before giving up on them."""
+DEFAULT_FILES_AT_ONCE = 4
+"""Files moved at once by default, as rclone's ``--transfers``."""
 
 
 class Cancelled(Exception):
@@ -60,23 +68,31 @@ class Interrupted(CommandError):
 
 @dataclass(frozen=True)
 class Job:
-    """One file to move: the key, the local path, its size, and the line once done."""
+    """One file to move: the key, the local path, its size, and the line once done; for
+    an upload the object's metadata, for a download the file's modification time."""
 
     key: str
     path: Path
     size: int
     line: str
+    metadata: dict[str, str] | None = None
+    mtime_ns: int | None = None
 
 
 class _Watcher(BaseSubscriber):
     """Feeds the progress, stops a cancelled transfer, reports a completed one."""
 
     def __init__(self, job: Job, cancelled: threading.Event, progress: TransferProgress,
-                 done: Callable[[Job], None]) -> None:
+                 done: Callable[[Job], None], slot: threading.Semaphore) -> None:
         self._job = job
         self._cancelled = cancelled
         self._progress = progress
         self._done = done
+        self._slot = slot
+
+    def on_queued(self, future: Any, **kwargs: Any) -> None:
+        # Known from the plan: s3transfer then sends no HEAD of its own for a download.
+        future.meta.provide_transfer_size(self._job.size)
 
     def on_progress(self, future: Any, bytes_transferred: int, **kwargs: Any) -> None:
         if self._cancelled.is_set():
@@ -84,6 +100,7 @@ class _Watcher(BaseSubscriber):
         self._progress.advance(bytes_transferred)
 
     def on_done(self, future: Any, **kwargs: Any) -> None:
+        self._slot.release()
         if _succeeded(future):
             self._done(self._job)
 
@@ -99,29 +116,36 @@ def _succeeded(future: Any) -> bool:
 class Transfers:
     """The uploads or downloads of one command, against one bucket."""
 
-    def __init__(self, bucket: Bucket, show_bar: bool, say: Callable[[str], None]) -> None:
+    def __init__(self, bucket: Bucket, show_bar: bool, say: Callable[[str], None],
+                 files_at_once: int = DEFAULT_FILES_AT_ONCE,
+                 bytes_per_second: int | None = None) -> None:
         self._bucket = bucket
         self._show_bar = show_bar
         self._say = say
+        self._files_at_once = files_at_once
+        self._bytes_per_second = bytes_per_second
         self._cancelled = threading.Event()
         self._completed = 0
         self._created: list[tuple[str, str]] = []
         self._lock = threading.Lock()
 
-    def upload(self, jobs: Sequence[Job], metadata: dict[str, str] | None = None) -> None:
-        """Upload every job's file to its key."""
-        extra = {"Metadata": metadata} if metadata else None
+    def upload(self, jobs: Sequence[Job]) -> None:
+        """Upload every job's file to its key, with the job's metadata."""
         self._run(jobs, "upload", lambda manager, job, subscribers: manager.upload(
-            str(job.path), self._bucket.name, job.key, extra_args=extra,
+            str(job.path), self._bucket.name, job.key,
+            extra_args={"Metadata": job.metadata} if job.metadata else None,
             subscribers=subscribers))
 
     def download(self, jobs: Sequence[Job]) -> None:
-        """Download every job's key to its path (folders created, targets replaced whole)."""
+        """Download every job's key to its path (folders created, targets replaced whole,
+        with the job's modification time)."""
         with _temporary_files(jobs) as temporary:
             self._run(jobs, "download", lambda manager, job, subscribers: manager.download(
                 self._bucket.name, job.key, temporary[job.key], subscribers=subscribers))
             for job in jobs:
                 temporary[job.key].flush()
+                if job.mtime_ns is not None:
+                    os.utime(temporary[job.key].fileno(), ns=(job.mtime_ns, job.mtime_ns))
                 os.replace(temporary[job.key].name, job.path)
 
     def _run(self, jobs: Sequence[Job], verb: str,
@@ -131,14 +155,20 @@ class Transfers:
         connection = self._bucket.connection
         progress = TransferProgress(sum(job.size for job in jobs), len(jobs), verb,
                                     enabled=self._show_bar, name=jobs[0].key)
-        manager = TransferManager(connection.s3, connection.transfer_config)
+        config = copy.copy(connection.transfer_config)
+        if self._bytes_per_second is not None:
+            config.max_bandwidth = self._bytes_per_second
+        manager = TransferManager(connection.s3, config)
+        slot = threading.Semaphore(self._files_at_once)
         events = connection.s3.meta.events
         events.register("after-call.s3.CreateMultipartUpload", self._record_upload)
         try:
             with progress, storage_errors(self._bucket.name):
-                futures = [submit(manager, job, [_Watcher(job, self._cancelled, progress,
-                                                          self._finished(progress))])
-                           for job in jobs]
+                futures = []
+                for job in jobs:
+                    slot.acquire()  # released when a file is done: --transfers at a time
+                    futures.append(submit(manager, job, [_Watcher(
+                        job, self._cancelled, progress, self._finished(progress), slot)]))
                 for future in futures:
                     future.result()
         except KeyboardInterrupt:

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install qarnotfs on a fresh Debian/Ubuntu machine (run as root): the package in ./.venv,
 # then `qarnotfs` and `mount.fuse.qarnotfs` on the system PATH, so the README's commands,
-# `mount -t fuse.qarnotfs` and /etc/fstab lines work, and the systemd unit qarnotfs@.service.
+# `mount -t fuse.qarnotfs` and /etc/fstab lines work, the systemd unit qarnotfs@.service,
+# the manual page (`man qarnotfs`) and the bash and zsh completions.
 #   bash scripts/install.sh            # the package, FUSE 3, the demo server, the links
 #   bash scripts/install.sh --test     # plus the test and development tools; no links (the
 #                                      # mount tests make and remove their own; add --system)
@@ -9,6 +10,7 @@
 # Where the links and the unit go (defaults shown; the tests point them at a temporary folder):
 #   QARNOTFS_BIN_DIR=/usr/local/bin QARNOTFS_SBIN_DIR=/usr/sbin
 #   QARNOTFS_UNIT_DIR=/etc/systemd/system
+#   QARNOTFS_SHARE_DIR=/usr/local/share   (man/man1, zsh/site-functions, bash-completion)
 # Idempotent: a second run only checks what is already there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,9 +28,10 @@ done
 
 # fuse3 gives fusermount3 and libfuse3 (loaded by mfusepy); systemd gives systemd-analyze
 # (the unit's test); attr gives setfattr/getfattr and s3fs the s3fs-fuse the
-# interoperability tests mount; the rest is what the tests drive.
+# interoperability tests mount; man-db shows the manual page and zsh uses the completion
+# (its test drives a real zsh); the rest is what the tests drive.
 apt_packages=(fuse3 libfuse3-3 python3-venv python3-pip rsync sqlite3 git tar ca-certificates
-              systemd psmisc attr s3fs)
+              systemd psmisc attr s3fs man-db zsh)
 missing=()
 for package in "${apt_packages[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" \
@@ -73,6 +76,15 @@ if ((${system:-1})); then
     ln -sfn "$(pwd)/.venv/bin/mount.fuse.qarnotfs" "$sbin_dir/mount.fuse.qarnotfs"
     sed "s|/usr/local/bin/qarnotfs|$bin_dir/qarnotfs|g" qarnotfs/resources/qarnotfs@.service \
         > "$unit_dir/qarnotfs@.service"
+    # Both built from the parser, so they always match the installed commands; these
+    # folders are in man's, zsh's and bash-completion's default search paths.
+    share_dir=${QARNOTFS_SHARE_DIR:-/usr/local/share}
+    mkdir -p "$share_dir/man/man1" "$share_dir/zsh/site-functions" \
+             "$share_dir/bash-completion/completions"
+    .venv/bin/qarnotfs help --man > "$share_dir/man/man1/qarnotfs.1"
+    .venv/bin/qarnotfs completion zsh > "$share_dir/zsh/site-functions/_qarnotfs"
+    .venv/bin/qarnotfs completion bash > "$share_dir/bash-completion/completions/qarnotfs"
     echo "linked qarnotfs and mount.fuse.qarnotfs into $bin_dir and $sbin_dir;" \
-         "unit qarnotfs@.service in $unit_dir (see README, Run at boot)" >&2
+         "unit qarnotfs@.service in $unit_dir (see README, Run at boot); manual page" \
+         "and completions in $share_dir" >&2
 fi

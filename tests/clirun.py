@@ -9,9 +9,14 @@ test module imports ``cli_env_fixture`` and ``work_fixture`` to use the fixtures
 
 from __future__ import annotations
 
+import fcntl
 import os
+import pty
+import struct
 import subprocess
 import sys
+import termios
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -66,3 +71,30 @@ def keys_in(s3_client: S3Client, bucket: str) -> set[str]:
     paginator = s3_client.get_paginator("list_objects_v2")
     return {entry["Key"] for page in paginator.paginate(Bucket=bucket)
             for entry in page.get("Contents", [])}
+
+
+def on_terminal(env: dict[str, str], cwd: Path, *args: str) -> str:
+    """Run a command that must succeed with stderr on a pseudo-terminal (100 columns);
+    return what the terminal received."""
+    controller, terminal = pty.openpty()
+    # A new pty is 0x0, and tqdm draws nothing in a zero-width terminal.
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+    chunks: list[bytes] = []
+
+    def drain() -> None:  # read while the command runs, so it never blocks on a full tty
+        try:
+            while chunk := os.read(controller, 65536):
+                chunks.append(chunk)
+        except OSError:  # EIO once the command has exited and closed the terminal
+            pass
+
+    reader = threading.Thread(target=drain)
+    reader.start()
+    try:
+        result = qarnotfs(env, cwd, *args, stderr=terminal)
+    finally:
+        os.close(terminal)
+        reader.join(timeout=TIMEOUT)
+        os.close(controller)
+    assert result.returncode == 0
+    return b"".join(chunks).decode(errors="replace")

@@ -7,21 +7,24 @@ run through the installed console script (``clirun``).
 
 from __future__ import annotations
 
-import fcntl
 import os
-import pty
 import signal
 import socket
-import struct
 import subprocess
 import sys
-import termios
-import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
-from clirun import cli_env_fixture, fails, keys_in, ok, qarnotfs, work_fixture  # noqa: F401
+from clirun import (  # noqa: F401 (the fixtures)
+    cli_env_fixture,
+    fails,
+    keys_in,
+    ok,
+    on_terminal,
+    qarnotfs,
+    work_fixture,
+)
 from strict_s3 import strict_endpoint
 
 from qarnotfs.demo import why_no_mount
@@ -293,34 +296,10 @@ def test_progress_bars_only_on_a_terminal(cli_env: dict[str, str], work: Path,
     piped = qarnotfs(cli_env, work, "put", "big.bin", bucket_name)
     assert piped.returncode == 0 and piped.stderr == ""
 
-    def on_terminal(*args: str) -> str:
-        """Run with stderr on a pseudo-terminal; return what the terminal received."""
-        controller, terminal = pty.openpty()
-        # A new pty is 0x0, and tqdm draws nothing in a zero-width terminal.
-        fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
-        chunks: list[bytes] = []
-
-        def drain() -> None:  # read while the command runs, so it never blocks on a full tty
-            try:
-                while chunk := os.read(controller, 65536):
-                    chunks.append(chunk)
-            except OSError:  # EIO once the command has exited and closed the terminal
-                pass
-
-        reader = threading.Thread(target=drain)
-        reader.start()
-        try:
-            result = qarnotfs(cli_env, work, *args, stderr=terminal)
-        finally:
-            os.close(terminal)
-            reader.join(timeout=TIMEOUT)
-            os.close(controller)
-        assert result.returncode == 0
-        return b"".join(chunks).decode(errors="replace")
-
-    drawn = on_terminal("put", "big.bin", f"{bucket_name}/again.bin")
+    drawn = on_terminal(cli_env, work, "put", "big.bin", f"{bucket_name}/again.bin")
     assert "again.bin" in drawn and "2.00M" in drawn
-    assert on_terminal("--quiet", "put", "big.bin", f"{bucket_name}/third.bin") == ""
+    assert on_terminal(cli_env, work, "--quiet", "put", "big.bin",
+                       f"{bucket_name}/third.bin") == ""
 
 
 # -- the demo -----------------------------------------------------------------------------

@@ -10,7 +10,13 @@ from __future__ import annotations
 
 import json
 import os
+import pty
+import re
+import select
+import signal
+import socket
 import subprocess
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -183,10 +189,7 @@ def test_wrong_secret_says_check_the_secret_key_for_every_command(
 
 def test_config_file_readable_by_others_is_warned_about(
         cli_env: dict[str, str], work: Path, s3_server: S3Server, bucket_name: str) -> None:
-    conf = work / "shared.conf"
-    conf.write_text(f"[storage]\nurl = {s3_server.endpoint_url}\n"
-                    f"access_key = {s3_server.access_key}\nsecret_key = {s3_server.secret_key}\n")
-    conf.chmod(0o644)
+    conf = _readable_config(work, s3_server)
     env = _without_credentials(cli_env)
     result = qarnotfs(env, work, "--config", str(conf), "buckets")
     assert result.returncode == 0
@@ -209,12 +212,66 @@ def test_help_topics_and_bash_completion(cli_env: dict[str, str], work: Path) ->
     assert completed.stdout.splitlines() == ["uploads", "--staging-dir"]
 
 
-def test_log_lines_carry_their_priority_for_journald(
-        cli_env: dict[str, str], work: Path, s3_server: S3Server) -> None:
+def test_zsh_completes_commands_and_options(cli_env: dict[str, str], work: Path) -> None:
+    """A real interactive zsh on a pseudo-terminal, the completion in its $fpath: TAB
+    completes a command, then lists a command's option."""
+    functions = work / "zsh"
+    functions.mkdir()
+    (functions / "_qarnotfs").write_text(ok(cli_env, work, "completion", "zsh"))
+    pid, terminal = pty.fork()
+    if pid == 0:  # the child: zsh without any user configuration
+        os.execvpe("zsh", ["zsh", "-f", "-i"], {"PATH": os.environ["PATH"], "TERM": "dumb",
+                                                "HOME": os.fspath(work), "PS1": "%% "})
+    try:
+        os.write(terminal, f"fpath=({functions} $fpath); autoload -U compinit; "
+                           "compinit -u -D; echo READY\n".encode())
+        _read_until(terminal, "READY\r")
+        os.write(terminal, b"qarnotfs up\t")
+        assert "qarnotfs uploads " in _read_until(terminal, "uploads")
+        os.write(terminal, b"\x15qarnotfs sync --chec\t")  # ^U: a new line
+        assert "--checksum" in _read_until(terminal, "--checksum")
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        os.close(terminal)
+
+
+def _read_until(terminal: int, text: str) -> str:
+    """What the terminal shows until ``text`` appears (or TIMEOUT passes)."""
+    seen = b""
+    deadline = time.monotonic() + TIMEOUT
+    while text.encode() not in seen and time.monotonic() < deadline:
+        if select.select([terminal], [], [], 0.5)[0]:
+            seen += os.read(terminal, 65536)
+    return seen.decode(errors="replace")
+
+
+def test_man_page_names_every_command(cli_env: dict[str, str], work: Path) -> None:
+    page = work / "qarnotfs.1"
+    page.write_text(ok(cli_env, work, "help", "--man"))
+    shown = subprocess.run(["man", "-l", os.fspath(page)], env={**cli_env, "MANWIDTH": "100"},
+                           capture_output=True, text=True, timeout=TIMEOUT, check=True).stdout
+    assert shown.lstrip().startswith("QARNOTFS(1)")
+    commands = re.findall(r"^ {7}qarnotfs (\w+)$", shown, re.MULTILINE)
+    assert set(commands) >= {"buckets", "ls", "get", "put", "sync", "rm", "mb", "rb",
+                             "uploads", "demo", "help", "completion", "mount", "unmount",
+                             "status"}  # (umount is unmount's alias, shown with it)
+    assert "--checksum" in shown and "--log-syslog" in shown
+
+
+def _readable_config(work: Path, s3_server: S3Server) -> Path:
+    """A configuration file with the secret, readable by others: warned about (a log
+    record at warning level, what the logging tests look for)."""
     conf = work / "shared.conf"
     conf.write_text(f"[storage]\nurl = {s3_server.endpoint_url}\n"
                     f"access_key = {s3_server.access_key}\nsecret_key = {s3_server.secret_key}\n")
     conf.chmod(0o644)
+    return conf
+
+
+def test_log_lines_carry_their_priority_for_journald(
+        cli_env: dict[str, str], work: Path, s3_server: S3Server) -> None:
+    conf = _readable_config(work, s3_server)
     journal = work / "journal"
     with open(journal, "w") as stderr:
         info = os.fstat(stderr.fileno())
@@ -224,6 +281,26 @@ def test_log_lines_carry_their_priority_for_journald(
                        cwd=work, stdout=subprocess.DEVNULL, stderr=stderr, timeout=TIMEOUT,
                        check=True)
     assert journal.read_text().startswith(f"<4>qarnotfs.config: {conf} holds a secret")
+
+
+def test_log_syslog_sends_records_to_the_syslog_socket(
+        cli_env: dict[str, str], work: Path, s3_server: S3Server) -> None:
+    """A unix datagram socket bound in a temporary folder stands in for /dev/log."""
+    conf = _readable_config(work, s3_server)
+    address = os.fspath(work / "log.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as syslog:
+        syslog.bind(address)
+        syslog.settimeout(TIMEOUT)
+        result = qarnotfs(_without_credentials(cli_env), work, "--config", os.fspath(conf),
+                          "buckets", "--log-syslog", address)
+        assert result.returncode == 0 and result.stderr == ""
+        record = syslog.recv(65536).decode()
+    # <12>: facility user (1), priority warning (4); then the ident with the pid.
+    assert re.fullmatch(rf"<12>qarnotfs\[\d+\]: qarnotfs\.config: {re.escape(str(conf))} "
+                        r"holds a secret.*\x00?", record, re.DOTALL), record
+    assert s3_server.secret_key not in record
+    missing = fails(cli_env, work, "buckets", "--log-syslog", os.fspath(work / "none.sock"))
+    assert "cannot log to syslog at" in missing
 
 
 def test_sync_filters_and_size_only(cli_env: dict[str, str], work: Path, bucket_name: str,

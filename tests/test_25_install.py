@@ -36,8 +36,10 @@ def verify(unit_dir: Path) -> subprocess.CompletedProcess[str]:
 def test_install_puts_the_commands_on_the_path_and_installs_a_valid_unit(
         tmp_path: Path) -> None:
     bin_dir, sbin_dir, unit_dir = tmp_path / "bin", tmp_path / "sbin", tmp_path / "units"
+    share_dir = tmp_path / "share"
     env = {**os.environ, "QARNOTFS_BIN_DIR": os.fspath(bin_dir),
-           "QARNOTFS_SBIN_DIR": os.fspath(sbin_dir), "QARNOTFS_UNIT_DIR": os.fspath(unit_dir)}
+           "QARNOTFS_SBIN_DIR": os.fspath(sbin_dir), "QARNOTFS_UNIT_DIR": os.fspath(unit_dir),
+           "QARNOTFS_SHARE_DIR": os.fspath(share_dir)}
     result = subprocess.run(["bash", "scripts/install.sh"], cwd=ROOT, env=env,
                             capture_output=True, text=True, timeout=540, check=False)
     assert result.returncode == 0, result.stderr
@@ -54,6 +56,15 @@ def test_install_puts_the_commands_on_the_path_and_installs_a_valid_unit(
     assert helper.returncode == 2 and "usage: mount.fuse.qarnotfs" in helper.stderr
     assert (bin_dir / "mount.fuse.qarnotfs").resolve() == (sbin_dir /
                                                           "mount.fuse.qarnotfs").resolve()
+
+    page = subprocess.run(["man", "-M", os.fspath(share_dir / "man"), "qarnotfs"],
+                          env={**standard, "MANWIDTH": "100"}, capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert page.returncode == 0 and "qarnotfs sync" in page.stdout, page.stderr
+    assert (share_dir / "zsh" / "site-functions" / "_qarnotfs").read_text().startswith(
+        "#compdef qarnotfs")
+    assert "complete -F _qarnotfs qarnotfs" in (
+        share_dir / "bash-completion" / "completions" / "qarnotfs").read_text()
 
     installed = (unit_dir / "qarnotfs@.service").read_text()
     assert f"ExecStart={bin_dir}/qarnotfs mount --foreground" in installed
