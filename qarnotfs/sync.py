@@ -8,10 +8,9 @@ rule (:func:`split_by_time`) is the command line's default, as rclone's: equal s
 equal modification time mean unchanged, nothing read. An object's modification time is
 the ``x-amz-meta-mtime`` that qarnotfs writes (the CLI's uploads, and the mount, which
 stores it the way s3fs does), else its ``LastModified``; since a listing carries no
-metadata, a pair whose listed ``LastModified`` does not already match the file costs one
-HEAD, sent concurrently (:func:`detail`). Also owned: the choice of server-side copies over
-uploads (content already in the bucket, or uploaded twice). Plans are plain data, so
-``--dry-run`` prints exactly what a real run would do.
+metadata, a pair of equal size costs one HEAD, sent concurrently (:func:`detail`).
+Also owned: the choice of server-side copies over uploads (content already in the bucket,
+or uploaded twice). Plans are plain data, so ``--dry-run`` prints exactly what a real run would do.
 """
 
 from __future__ import annotations
@@ -153,20 +152,14 @@ def split_by_time(pairs: Mapping[str, tuple[os.stat_result, ObjectInfo]],
     sides: ``(unchanged, differing)``, where ``differing`` holds the pairs of equal size
     whose times differ, with their metadata (content may still be the same).
 
-    Equal size and a listed ``LastModified`` within a second of the file's mtime: unchanged
-    with no request (a file downloaded from an object without a stored mtime). Otherwise,
-    with equal sizes, the object's stored mtime decides, read by ``details`` (a HEAD
-    each); a different size is a change the listing tells.
+    With equal sizes the object's time decides, read by ``details`` (a HEAD each: only
+    the metadata tells whether a stored mtime overrides ``LastModified``, so a listed
+    ``LastModified`` close to the file's time proves nothing: a file rewritten within a
+    second of its upload would pass for unchanged); a different size is a change the
+    listing tells.
     """
     unchanged: set[str] = set()
-    to_ask: list[ObjectInfo] = []
-    for key, (local, info) in pairs.items():
-        if local.st_size != info.size:
-            continue
-        if abs(local.st_mtime_ns - _ns(info.last_modified)) < LAST_MODIFIED_WINDOW_NS:
-            unchanged.add(key)
-        else:
-            to_ask.append(info)
+    to_ask = [info for local, info in pairs.values() if local.st_size == info.size]
     differing: dict[str, ObjectInfo] = {}
     for key, info in details(to_ask).items():
         if same_time(pairs[key][0].st_mtime_ns, info):
