@@ -22,7 +22,10 @@ if TYPE_CHECKING:
 
 SCRIPT = Path(sys.executable).parent / "qarnotfs"
 BIG = 400 * 1024 * 1024
-"""Big enough that the upload is still running when the signal comes (moto on loopback)."""
+RATE = "40M"
+"""``--bwlimit`` for the interrupted transfers: BIG takes 10 s at this rate, so the signal
+always comes while the transfer runs (unthrottled, a fast machine finished a download between
+the test seeing it start and the signal)."""
 PROMPT = 3.0
 """How soon the command must be gone after SIGINT (rclone and aws: 0.5 s; a loaded CI
 machine gets some slack)."""
@@ -69,7 +72,8 @@ def test_ctrl_c_stops_put_at_once_and_aborts_its_upload(
         s3_env: dict[str, str], tmp_path: Path, bucket_name: str,
         s3_client: S3Client) -> None:
     big = sparse_file(tmp_path / "big.bin", BIG)
-    process = subprocess.Popen([os.fspath(SCRIPT), "put", os.fspath(big), bucket_name],
+    process = subprocess.Popen([os.fspath(SCRIPT), "put", "--bwlimit", RATE, os.fspath(big),
+                                bucket_name],
                                env=s3_env, cwd=tmp_path, stdin=subprocess.DEVNULL,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     out, err, took = interrupt_when(
@@ -92,7 +96,8 @@ def test_ctrl_c_during_put_r_reports_the_files_that_went_up(
     for number in range(3):
         (tree / f"small-{number}.txt").write_text(f"small {number}")
     sparse_file(tree / "z-big.bin", BIG)
-    process = subprocess.Popen([os.fspath(SCRIPT), "put", "-r", "tree", bucket_name],
+    process = subprocess.Popen([os.fspath(SCRIPT), "put", "--bwlimit", RATE, "-r", "tree",
+                                bucket_name],
                                env=s3_env, cwd=tmp_path, stdin=subprocess.DEVNULL,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     smalls = {f"tree/small-{number}.txt" for number in range(3)}
@@ -116,7 +121,8 @@ def test_ctrl_c_during_get_leaves_no_partial_file(
     s3_client.upload_file(os.fspath(source), bucket_name, "big.bin")
     target = tmp_path / "down"
     target.mkdir()
-    process = subprocess.Popen([os.fspath(SCRIPT), "get", f"{bucket_name}/big.bin", "down/"],
+    process = subprocess.Popen([os.fspath(SCRIPT), "get", "--bwlimit", RATE,
+                                f"{bucket_name}/big.bin", "down/"],
                                env=s3_env, cwd=tmp_path, stdin=subprocess.DEVNULL,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _out, err, took = interrupt_when(process, lambda: any(target.iterdir()))
