@@ -21,8 +21,8 @@ if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
 BENCH = Path(__file__).resolve().parents[1] / "scripts" / "bench.py"
-WORKLOADS = ("big-write", "big-read", "big-reread", "small-read", "small-files", "ls-l", "walk",
-             "rename", "rm-r")
+WORKLOADS = ("big-write", "big-read", "big-reread", "big-read-warm", "small-read",
+             "small-read-warm", "small-files", "ls-l", "walk", "rename", "rm-r")
 RUN_TIMEOUT = 240
 
 

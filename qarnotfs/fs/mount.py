@@ -260,6 +260,9 @@ def serve(request: MountRequest, on_ready: Callable[[], None] | None = None) -> 
         connection = Connection(fileconf=options.config, retry_count=options.retries,
                                 connect_timeout=options.connect_timeout,
                                 read_timeout=options.read_timeout)
+        # botocore builds a client's exception classes at its first error answer (tens of
+        # ms): build them now, not in the first lookup of a missing name or a folder.
+        _ = connection.s3.exceptions
         filesystem = Filesystem(Bucket(connection, request.bucket, create=False),
                                 fs_options(options, request.prefix, default_staging_dir()))
     except QarnotException as error:

@@ -145,6 +145,9 @@ class Workload(ABC):
     read_before_remount = False
     """Run the mount side once, untimed, then remount (kernel caches dropped) and time
     it again: a re-read after a remount, which a local read cache serves."""
+    warm = False
+    """Run each side once, untimed, then drop the kernel's page cache and time it again in
+    the same mount (boto3: the same client): what a second run of a job costs."""
 
     @abstractmethod
     def describe(self, sizes: Sizes) -> str: ...
@@ -230,6 +233,16 @@ class BigReread(BigRead):
                 "dropped (cp / download_file)")
 
 
+class BigReadWarm(BigRead):
+    name = "big-read-warm"
+    target = 1.0
+    warm = True
+
+    def describe(self, sizes: Sizes) -> str:
+        return (f"{sizes.big / MIB:g} MiB file read again in the same mount, page cache "
+                "dropped (cp / download_file)")
+
+
 class SmallReads(Workload):
     name = "small-read"
     target = 1.2
@@ -254,6 +267,16 @@ class SmallReads(Workload):
     def with_mount(self, side: Side, root: Path) -> None:
         for index, key in enumerate(numbered(self.prefix, side.sizes.small_files)):
             expect((root / key).read_bytes() == small_body(index), f"{key}: read different bytes")
+
+
+class SmallReadsWarm(SmallReads):
+    name = "small-read-warm"
+    target = 1.0
+    warm = True
+
+    def describe(self, sizes: Sizes) -> str:
+        return (f"the same {sizes.small_files} files read again in the same mount, page "
+                "cache dropped (cat / get_object loop)")
 
 
 class SmallFiles(Workload):
@@ -401,6 +424,6 @@ class Remove(Workload):
 
 WORKLOADS: dict[str, Workload] = {
     workload.name: workload
-    for workload in (BigWrite(), BigRead(), BigReread(), SmallReads(), SmallFiles(), ListLong(),
-                     Walk(), Rename(), Remove())
+    for workload in (BigWrite(), BigRead(), BigReread(), BigReadWarm(), SmallReads(),
+                     SmallReadsWarm(), SmallFiles(), ListLong(), Walk(), Rename(), Remove())
 }
