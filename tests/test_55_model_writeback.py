@@ -485,6 +485,12 @@ BIG = (3 * PART + 7, 9)
                   ("rename_folder", {}),
                   ("settle", {})],
                  id="found: a streamed part creating its upload as a rename cancels it"),
+    pytest.param([("open_writer", {"top": False, "name": "a", "content": (0, 92)}),
+                  ("rename_file", {"data": ("draw", "/d/a"), "name": "b", "top": False}),
+                  ("o_trunc_write", {"data": ("draw", "/d/b"), "drawn": (3 * PART + 7, 186)}),
+                  ("open_writer", {"top": False, "name": "b", "content": (3 * PART + 7, 186)}),
+                  ("crash_and_recover", {})],
+                 id="found: a crash while streaming what the bucket already has"),
 ])
 def test_pinned_sequence(steps: list[tuple[str, dict[str, Any]]]) -> None:
     replay(*steps)

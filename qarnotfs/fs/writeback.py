@@ -562,6 +562,12 @@ class WriteBack:
                 raise FsError(errno.EIO, f"upload of {item.key} failed: {error}") from error
             item.recovered = False
             if target is None:
+                # The crashed mount's multipart upload of this file, if it began one, is
+                # never completed now: it is given up (and aborted) with the entry.
+                if item.entry_id is not None:
+                    self._steps.remove(item.entry_id, abandon=True)
+                    item.entry_id = None
+                    self._uploader.abort_soon()
                 self._committed(item)
                 self._on_uploaded(item, item.current_attrs())
                 return
