@@ -454,10 +454,14 @@ class WriteBack:
             log.info("uploaded %r (%d bytes)", item.key, attrs.size)
             self._on_uploaded(item, attrs)
 
-    def _committed(self, item: Item) -> None:
-        """The bucket has the staged content: the journal entry goes, the file is clean."""
+    def _committed(self, item: Item, abandon: bool = False) -> None:
+        """The bucket has the staged content: the journal entry goes, the file is clean.
+        With ``abandon``, the entry's unfinished multipart upload, if any, is given up and
+        aborted (the content got there some other way)."""
         if item.entry_id is not None:
-            self._steps.remove(item.entry_id)
+            self._steps.remove(item.entry_id, abandon=abandon)
+            if abandon:
+                self._uploader.abort_soon()
         item.entry_id, item.base, item.recovered = None, None, False
         self._retries.forget(item)
         item.move(State.CLEAN)
@@ -563,12 +567,8 @@ class WriteBack:
             item.recovered = False
             if target is None:
                 # The crashed mount's multipart upload of this file, if it began one, is
-                # never completed now: it is given up (and aborted) with the entry.
-                if item.entry_id is not None:
-                    self._steps.remove(item.entry_id, abandon=True)
-                    item.entry_id = None
-                    self._uploader.abort_soon()
-                self._committed(item)
+                # never completed now.
+                self._committed(item, abandon=True)
                 self._on_uploaded(item, item.current_attrs())
                 return
             path, key = target
