@@ -109,6 +109,19 @@ def objects(storage: Storage, _: Path) -> list[Any]:
     ]
 
 
+def chunked_reads(storage: Storage, _: Path) -> list[Any]:
+    """The Reader's GETs: the bytes in chunks, never from a replacement."""
+    etag = storage.put("c", b"0123456789")
+    return [
+        storage.read_chunks("c", 0, 10, chunk_size=4),
+        storage.read_chunks("c", 1, 8, only_etag=etag, chunk_size=3),
+        storage.read_chunks("c", 2, 100, only_etag=etag, chunk_size=8),
+        storage.read_chunks("c", 10, 5, only_etag=etag),
+        outcome(lambda: storage.read_chunks("c", 0, 4, only_etag='"0123"')),
+        outcome(lambda: storage.read_chunks("missing", 0, 4)),
+    ]
+
+
 def listings(storage: Storage, _: Path) -> list[Any]:
     for key in ("top", "d/", "d/x", "d/y/z", "d/y/w", "d/y/", "da", "d!x", "e/f/g", "d/zz"):
         storage.put(key, key.encode())
@@ -258,8 +271,8 @@ def deletes(storage: Storage, _: Path) -> list[Any]:
     return [storage.first_keys("", 10), summary(storage.stat("a"))]
 
 
-SCENARIOS: list[Scenario] = [objects, listings, many_keys, copies, multipart, transfers,
-                             deletes]
+SCENARIOS: list[Scenario] = [objects, chunked_reads, listings, many_keys, copies, multipart,
+                             transfers, deletes]
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=[s.__name__ for s in SCENARIOS])

@@ -22,6 +22,9 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from memstore import MemStore
 
 from qarnotfs.bucket import Bucket
 from qarnotfs.exceptions import PreconditionFailedException, QarnotGenericException
@@ -225,6 +228,11 @@ class FakeBucket:
         return ObjectRead(ObjectInfo(key, offset + length, only_etag, datetime.now()),
                           bytes(length))
 
+    def read_chunks(self, key: str, offset: int, length: int, *, only_etag: str = "",
+                    chunk_size: int = 1 << 20) -> list[bytes]:
+        data = self.get(key, offset, length, only_etag=only_etag).data
+        return [data[start:start + chunk_size] for start in range(0, len(data), chunk_size)]
+
 
 def test_sequential_reads_grow_the_pieces_and_fetch_ahead() -> None:
     size = 256 << 20
@@ -253,6 +261,30 @@ def test_small_and_random_reads_fetch_little() -> None:
     for offset in (50 << 20, 10 << 20, 90 << 20):
         reader.read("big", "", 4096, offset, 100 << 20)
     assert all(length == 256 << 10 for _, length in bucket.reads), "a seek starts small"
+
+
+CONTENT = bytes(range(251)) * 2900  # 711 KiB: pieces of 256 KiB, then 1 MiB
+
+
+@settings(max_examples=100, deadline=None)
+@given(reads=st.lists(st.tuples(st.integers(0, len(CONTENT) + 10), st.integers(1, 300_000)),
+                      min_size=1, max_size=20),
+       prime=st.sampled_from([0, 1, 65_536, len(CONTENT)]))
+def test_reads_across_chunks_and_pieces_give_the_objects_bytes(
+        reads: list[tuple[int, int]], prime: int) -> None:
+    """Pieces are held in chunks (of an odd size here): a read within one chunk, across
+    chunks, across pieces (the open's, then growing ones fetched ahead), or past the end,
+    gets exactly the object's bytes."""
+    store = MemStore()
+    etag = store.put("k", CONTENT)
+    with ThreadPoolExecutor(4) as pool:
+        reader = Reader(store, pool, chunk_size=65_537)
+        if prime:
+            reader.prime("k", etag, CONTENT[:prime], len(CONTENT))
+        for offset, size in reads:
+            got = reader.read("k", etag, size, offset, len(CONTENT))
+            assert got == CONTENT[offset:offset + size], (offset, size)
+        reader.forget()
 
 
 def test_a_cache_of_100000_entries_stays_small() -> None:

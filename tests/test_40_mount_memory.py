@@ -99,3 +99,37 @@ def test_peak_memory_stays_bounded_while_32_threads_read_at_random(
         assert mount.pid is not None
         reading = peak_memory(mount.pid)
     assert reading < MEMORY_BOUND, f"{reading / MIB:.0f} MiB with 32 threads ({handles})"
+
+
+def minor_faults(pid: int) -> int:
+    """Page faults the process took that needed no disk (fresh memory touched)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[7])  # minflt, field 10 of stat(5)
+
+
+def read_uncached(path: Path) -> bytes:
+    """Read ``path`` whole after dropping its pages from the kernel's cache."""
+    with open(path, "rb") as handle:
+        os.posix_fadvise(handle.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+        return handle.read()
+
+
+def test_a_big_read_reuses_the_memory_of_the_last_one(
+        s3_server: Any, bucket_name: str, s3_client: Any, tmp_path: Path) -> None:
+    """The buffers of a sequential read come from memory the process already has (a
+    piece's chunks, the replies to the kernel: reader.py, allocator.py); when pieces were
+    one buffer each, or buffers of 256 KiB had their own mapping, every 4 KiB read was at
+    least one page fault."""
+    source = tmp_path / "source.bin"
+    write_source(source, RANDOM_FILE_SIZE)
+    s3_client.upload_file(os.fspath(source), bucket_name, "big.bin")
+    expected = source.read_bytes()
+    with mounted(bucket_name, tmp_path / "mnt", storage_environment(s3_server),
+                 tmp_path / "work", "--read-cache-size", "0") as mount:
+        assert mount.pid is not None
+        assert read_uncached(mount.mountpoint / "big.bin") == expected  # the heap grows
+        before = minor_faults(mount.pid)
+        assert read_uncached(mount.mountpoint / "big.bin") == expected
+        faults = minor_faults(mount.pid) - before
+    pages = RANDOM_FILE_SIZE // os.sysconf("SC_PAGE_SIZE")
+    assert faults < pages // 2, f"{faults} page faults to read {pages} pages a second time"

@@ -144,6 +144,12 @@ class OrderedStorage:
         return self._storage.get(key, offset, length, unless_etag=unless_etag,
                                  only_etag=only_etag)
 
+    def read_chunks(self, key: str, offset: int, length: int, *, only_etag: str = "",
+                    chunk_size: int = 1 << 20) -> list[bytes]:
+        self.flush()
+        return self._storage.read_chunks(key, offset, length, only_etag=only_etag,
+                                         chunk_size=chunk_size)
+
     def put(self, key: str, data: bytes, metadata: dict[str, str] | None = None) -> str:
         self.flush()
         return self._storage.put(key, data, metadata)

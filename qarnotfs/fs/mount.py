@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
-import ctypes.util
 import hashlib
 import json
 import logging
@@ -43,6 +41,7 @@ from ..outcome import CREDENTIALS_HINT, EXIT_INTERRUPTED, CommandError, UsageErr
 from ..paths import as_prefix
 from ..remotes import SCHEME, parse_remote
 from . import status
+from .allocator import tune_allocator
 from .mountoptions import (
     MountOptions,
     add_option_flags,
@@ -292,7 +291,7 @@ def serve(request: MountRequest, on_ready: Callable[[], None] | None = None) -> 
         if on_ready is not None:
             on_ready()
 
-    keep_freed_buffers_unmapped()
+    tune_allocator()
     try:
         serve_fuse(filesystem, request.mountpoint, settings, ready)
     except RuntimeError as error:
@@ -345,23 +344,6 @@ def _read_report(pipe: Any, timeout: float) -> str | None:
     if not readable:
         return None
     return pipe.readline().decode("utf-8", errors="replace").strip()
-
-
-M_MMAP_THRESHOLD = -3
-MMAP_THRESHOLD = 256 * 1024
-
-
-def keep_freed_buffers_unmapped() -> None:
-    """Make glibc give every buffer of 256 KiB or more (read pieces, parts) its own mapping,
-    returned to the system when freed. By default glibc raises that threshold after each
-    such free (up to 32 MiB), and the buffers then come from per-thread arenas that keep
-    their memory: with 32 threads reading, the serving process's RSS grew past 200 MB
-    although the pieces alive at any time stayed within the read budget."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
-    except (OSError, AttributeError):  # not glibc: its allocator has its own rules
-        log.debug("mallopt is not available")
 
 
 def _daemon_main(request: MountRequest, report_fd: int) -> int:

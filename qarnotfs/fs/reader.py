@@ -18,10 +18,15 @@ needs now is always fetched, but at its smallest size (256 KiB, or what the read
 when the budget is spent. So 32 threads reading at random hold little more than the
 budget, however many handles they use.
 
+A piece is held as consecutive *chunks* of 1 MiB (the last one may be shorter), never
+as one buffer: buffers of a MiB are memory the process reuses from one piece to the next
+(see :mod:`.allocator`), where a buffer of 8 MiB would be fresh memory each time, a page
+fault per 4 KiB read. A read is answered with a slice of a chunk (or the chunk itself).
+
 The read cache (:mod:`.readcache`), when the mount has one and the open told the object's
-ETag: pieces are then whole aligned blocks (1 MiB; the last one may be shorter). A piece
-whose blocks are all cached is served from them, without a GET; the blocks of a piece
-fetched from the bucket go to the cache's writer thread.
+ETag: pieces are then whole aligned blocks (its block size, also the chunk size; the last
+block may be shorter). A piece whose blocks are all cached is served from them, without a
+GET; the blocks of a piece fetched from the bucket go to the cache's writer thread.
 
 Lock order: ``Reader._lock`` (one per handle) before ``ReadBudget._lock`` (a leaf).
 ``Reader._lock`` is held only to choose pieces: it is never held across a GET nor a use of
@@ -44,6 +49,8 @@ if TYPE_CHECKING:
 
 KIB = 1024
 MIB = KIB * KIB
+CHUNK = 1 * MIB
+"""The size of the buffers a piece is held in, without a read cache (with one: its block)."""
 INITIAL_PIECE = 256 * KIB
 MAXIMUM_PIECE = 8 * MIB
 GROWTH = 4
@@ -79,18 +86,23 @@ class ReadBudget:
             self.used -= size
 
 
+Chunks = list[bytes]
+"""The bytes of a piece, in consecutive chunks of the Reader's chunk size."""
+
+
 @dataclass(eq=False)
 class _Piece:
     start: int
     end: int
-    data: Future[bytes]
+    data: Future[Chunks]
 
 
 class Reader:
     """Serves reads of one handle from pieces of the object fetched ahead of it."""
 
     def __init__(self, bucket: Storage, pool: Executor | None = None,
-                 budget: ReadBudget | None = None, cache: ReadCache | None = None) -> None:
+                 budget: ReadBudget | None = None, cache: ReadCache | None = None,
+                 chunk_size: int = CHUNK) -> None:
         self._bucket = bucket
         self._pool = pool
         self._budget = budget if budget is not None else ReadBudget()
@@ -104,6 +116,7 @@ class Reader:
         self._streak = 0
         """Bytes read sequentially until now."""
         self._piece_size = INITIAL_PIECE
+        self._chunk = cache.block_size if cache is not None else chunk_size
 
     @property
     def _block(self) -> int:
@@ -141,11 +154,20 @@ class Reader:
             raise
         # Only the bytes asked for are copied, even across pieces (each from where the
         # one before it ended: pieces may overlap).
-        parts, position = [], offset
-        for piece, chunk in zip(wanted, chunks, strict=True):
-            parts.append(chunk[position - piece.start:offset + size - piece.start])
+        parts: list[bytes] = []
+        position = offset
+        for piece, held in zip(wanted, chunks, strict=True):
+            parts += self._slices(held, position - piece.start,
+                                  min(offset + size, piece.end) - piece.start)
             position = piece.end
         return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def _slices(self, chunks: Chunks, start: int, end: int) -> list[bytes]:
+        """Bytes [start, end) of a piece held in ``chunks`` (a whole chunk is not copied)."""
+        first, last = start // self._chunk, (end - 1) // self._chunk
+        return [chunks[number][max(start - number * self._chunk, 0):
+                               end - number * self._chunk]
+                for number in range(first, last + 1)]
 
     def prime(self, key: str, etag: str, data: bytes, file_size: int) -> None:
         """Keep ``data``, the first bytes of ``key`` at ``etag``, that the open's GET
@@ -157,11 +179,13 @@ class Reader:
         with self._lock:
             self._switch(key, etag)
             self._budget.take(len(data), must=True)
-            done: Future[bytes] = Future()
-            done.set_result(data)
+            chunks = [data] if len(data) <= self._chunk else \
+                [data[start:start + self._chunk] for start in range(0, len(data), self._chunk)]
+            done: Future[Chunks] = Future()
+            done.set_result(chunks)
             self._pieces.append(_Piece(0, len(data), done))
             self._piece_size = min(GROWTH * max(len(data), INITIAL_PIECE), MAXIMUM_PIECE)
-        self._keep(key, etag, 0, data, file_size)
+        self._keep(key, etag, 0, chunks, file_size)
 
     def _switch(self, key: str, etag: str) -> None:
         """Start afresh if the object read is no longer the one the pieces come from."""
@@ -170,11 +194,10 @@ class Reader:
             self._key, self._etag, self._next, self._streak = key, etag, 0, 0
             self._piece_size = INITIAL_PIECE
 
-    def _get(self, key: str, etag: str, start: int, end: int) -> bytes:
+    def _get(self, key: str, etag: str, start: int, end: int) -> Chunks:
         """One GET, conditional on ``etag``: never bytes of a replacement."""
-        answer = self._bucket.get(key, start, end - start, only_etag=etag)
-        assert answer is not None, "a GET without If-None-Match always answers"
-        return answer.data
+        return self._bucket.read_chunks(key, start, end - start, only_etag=etag,
+                                        chunk_size=self._chunk)
 
     def _fill(self, pieces: list[_Piece], key: str, etag: str, file_size: int) -> None:
         """Fetch the pieces a read needs now; their futures tell the reads waiting for
@@ -188,7 +211,7 @@ class Reader:
                 raise
             piece.data.set_result(data)
 
-    def _result(self, piece: _Piece, key: str, etag: str, file_size: int) -> bytes:
+    def _result(self, piece: _Piece, key: str, etag: str, file_size: int) -> Chunks:
         try:
             return piece.data.result()
         except CancelledError:  # dropped by a seek of a parallel read: fetch it here
@@ -243,7 +266,7 @@ class Reader:
         else:
             self._budget.take(end - start - taken, must=True)
         key, etag = self._key, self._etag
-        future: Future[bytes]
+        future: Future[Chunks]
         if now or self._pool is None:
             future = Future()  # filled by the read that needs it, outside the lock
             future.set_running_or_notify_cancel()  # so a parallel seek cannot cancel it
@@ -255,38 +278,38 @@ class Reader:
         self._piece_size = min(GROWTH * self._piece_size, MAXIMUM_PIECE)
         return piece
 
-    def _load(self, key: str, etag: str, start: int, end: int, file_size: int) -> bytes:
+    def _load(self, key: str, etag: str, start: int, end: int, file_size: int) -> Chunks:
         """Bytes [start, end) of the object: from the cache when it holds all of them,
         else one GET (whose whole blocks then go to the cache)."""
         cache = self._cache if etag else None
         if cache is None:
             return self._get(key, etag, start, end)
+        # Pieces of a cached object start on a block and end on one or at the end of the
+        # object, so their chunks are the cache's blocks.
         block = cache.block_size
-        blocks: list[bytes] = []
+        blocks: Chunks = []
         for first in range(start, end, block):
             data = cache.get(key, etag, first // block, min(block, file_size - first))
             if data is None:
                 break
             blocks.append(data)
         else:
-            whole = blocks[0] if len(blocks) == 1 else b"".join(blocks)
-            return whole[:end - start]
-        data = self._get(key, etag, start, end)
-        self._keep(key, etag, start, data, file_size)
-        return data
+            return blocks
+        chunks = self._get(key, etag, start, end)
+        self._keep(key, etag, start, chunks, file_size)
+        return chunks
 
-    def _keep(self, key: str, etag: str, start: int, data: bytes, file_size: int) -> None:
-        """Put the whole blocks of ``data`` (bytes from ``start``) in the cache."""
+    def _keep(self, key: str, etag: str, start: int, chunks: Chunks, file_size: int) -> None:
+        """Put the chunks that are whole blocks (those of a piece from ``start``) in the
+        cache."""
         cache = self._cache if etag else None
         if cache is None:
             return
         block = cache.block_size
-        view = memoryview(data)
-        for first in range(start, start + len(data), block):
-            length = min(block, file_size - first)
-            if first % block == 0 and first + length <= start + len(data):
-                cache.put_soon(key, etag, first // block,
-                               view[first - start:first - start + length])
+        for number, chunk in enumerate(chunks):
+            first = start + number * self._chunk
+            if first % block == 0 and len(chunk) == min(block, file_size - first):
+                cache.put_soon(key, etag, first // block, chunk)
 
     def _drop(self, pieces: list[_Piece]) -> None:
         """Forget ``pieces``, cancelling their GETs not started yet; their bytes leave the
@@ -297,7 +320,7 @@ class Reader:
             piece.data.add_done_callback(partial(self._returned, size))
         self._pieces = [p for p in self._pieces if p not in pieces]
 
-    def _returned(self, size: int, _: Future[bytes]) -> None:
+    def _returned(self, size: int, _: Future[Chunks]) -> None:
         self._budget.give_back(size)
 
     def forget(self) -> None:

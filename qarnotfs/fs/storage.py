@@ -67,6 +67,9 @@ class Storage(Protocol):
     def get(self, key: str, offset: int = 0, length: int | None = None, *,
             unless_etag: str = "", only_etag: str = "") -> ObjectRead | None: ...
 
+    def read_chunks(self, key: str, offset: int, length: int, *, only_etag: str = "",
+                    chunk_size: int = 1 << 20) -> list[bytes]: ...
+
     def put(self, key: str, data: bytes, metadata: dict[str, str] | None = None) -> str: ...
 
     def put_marked(self, key: str, data: bytes,
