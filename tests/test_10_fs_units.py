@@ -275,3 +275,30 @@ def test_a_journal_an_older_mount_left_gets_the_extended_attributes_column(
         assert [e.xattr for e in journal.entries()] == ["%7B%7D"]
     finally:
         journal.close()
+
+
+def test_the_read_ahead_is_found_by_mountinfo_and_left_alone_where_it_cannot_be_set(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    from qarnotfs.fs import readahead
+
+    mountinfo = tmp_path / "mountinfo"
+    mountinfo.write_text(
+        "22 1 253:1 / / rw,relatime shared:1 - ext4 /dev/vda rw\n"
+        f"90 22 0:41 / {tmp_path}/a\\040b rw - fuse.qarnotfs bucket rw\n"
+        f"91 90 0:42 / {tmp_path}/a\\040b rw - fuse.qarnotfs other rw\n")
+    monkeypatch.setattr(readahead, "MOUNTINFO", mountinfo)
+    monkeypatch.setattr(readahead, "BDI", tmp_path / "bdi")
+    assert readahead.mount_device(f"{tmp_path}/a b") == "0:42", "the top mount"
+    assert readahead.mount_device(f"{tmp_path}/elsewhere") is None
+    (tmp_path / "bdi" / "0:42").mkdir(parents=True)
+    with caplog.at_level(logging.INFO):
+        assert readahead.widen_read_ahead(f"{tmp_path}/a b", 1 << 20)
+        assert (tmp_path / "bdi" / "0:42" / "read_ahead_kb").read_text() == "1024\n"
+        monkeypatch.setattr(Path, "write_text", _refuse_write)  # sysfs, to a user
+        assert not readahead.widen_read_ahead(f"{tmp_path}/a b", 1 << 20)
+    assert "read-ahead stays the kernel's" in caplog.text
+
+
+def _refuse_write(self: Path, *args: object, **kwargs: object) -> int:
+    raise PermissionError(errno.EACCES, "Permission denied", str(self))

@@ -86,3 +86,23 @@ def test_two_mounts_see_each_others_closes(tmp_path: Path, bucket_name: str,
         second.remount()
         assert cat(second.mountpoint / "shared") == b"3"
         assert s3_client.get_object(Bucket=bucket_name, Key="shared")["Body"].read() == b"3"
+
+
+def test_a_big_file_is_read_in_requests_of_a_mib(tmp_path: Path, bucket_name: str,
+                                                  s3_env: dict[str, str],
+                                                  s3_client: Any) -> None:
+    """The mount raises its read-ahead (readahead.py; the tests run as root), so the
+    kernel asks 1 MiB per read request instead of 128 KiB: 8 requests for 8 MiB, not 64.
+    The mountpoint's name has a space, which /proc/self/mountinfo escapes."""
+    data = os.urandom(8 << 20)
+    s3_client.put_object(Bucket=bucket_name, Key="big.bin", Body=data)
+    with mounted(bucket_name, tmp_path / "mount point", s3_env, tmp_path / "w",
+                 "--log-level", "debug") as mount:
+        device = os.stat(mount.mountpoint).st_dev
+        setting = Path(f"/sys/class/bdi/{os.major(device)}:{os.minor(device)}/read_ahead_kb")
+        assert setting.read_text().strip() == "1024"
+        drop_kernel_caches()
+        assert cat(mount.mountpoint / "big.bin") == data
+        reads = [line for line in mount.log_text().splitlines()
+                 if "fuse_ops: read('/big.bin'" in line]
+    assert 8 <= len(reads) <= 12, f"{len(reads)} read requests for 8 MiB"

@@ -51,6 +51,7 @@ from .mountoptions import (
     make_options,
     parse_o_options,
 )
+from .readahead import widen_read_ahead
 
 __all__ = ["MountError", "MountRequest", "UsageError", "build_request", "convert_option",
            "mount", "parse_o_options", "unmount"]
@@ -252,7 +253,7 @@ def serve(request: MountRequest, on_ready: Callable[[], None] | None = None) -> 
     from ..bucket import Bucket
     from ..connection import Connection
     from .core import Filesystem
-    from .fuse_ops import KernelSettings
+    from .fuse_ops import MAX_TRANSFER, KernelSettings
     from .fuse_ops import serve as serve_fuse
 
     options = request.options
@@ -285,6 +286,7 @@ def serve(request: MountRequest, on_ready: Callable[[], None] | None = None) -> 
         status.write_record(record)
         with contextlib.suppress(OSError):  # only a convenience for ``status``
             status.remember_staging_root(str(filesystem.staging_root.parent))
+        widen_read_ahead(request.mountpoint, MAX_TRANSFER)
         log.info("mounted %s on %s", request.source, request.mountpoint)
         notify_systemd(f"READY=1\nMAINPID={os.getpid()}\n"
                        f"STATUS=serving {request.source} on {request.mountpoint}")
