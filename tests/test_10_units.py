@@ -380,3 +380,23 @@ def test_every_command_sets_func() -> None:
         assert callable(parser.parse_args(argv).func), argv
     with pytest.raises(UsageError, match="invalid choice"):
         parser.parse_args(["frobnicate"])
+
+
+@pytest.mark.parametrize("value", [
+    "2026-12-01T11:15:07.000Z", "2026-12-01T11:15:07+02:00", "2026-12-01T11:15:07Z",
+    "Tue, 01 Dec 2026 11:15:07 GMT", "Sun, 06 Nov 1994 08:49:37 GMT",
+    "Tue, 01 Dec 2026 11:15:07 +0100", "1764587707", "Tue, 41 Dec 2026 11:15:07 GMT",
+])
+def test_fast_timestamps_are_botocores(value: str) -> None:
+    from botocore.utils import parse_timestamp
+
+    from qarnotfs.timestamps import fast_timestamp
+
+    try:
+        expected = parse_timestamp(value)
+    except ValueError:
+        with pytest.raises(ValueError):
+            fast_timestamp(value)
+        return
+    parsed = fast_timestamp(value)
+    assert parsed == expected and parsed.tzinfo is not None  # the same instant, aware
