@@ -175,3 +175,24 @@ def test_the_read_budget_is_shared_by_every_handle_of_a_mount(
     assert sum(size for size, _ in ahead) > budget  # the budget was in fact spent and reused
     fs._read_pool.shutdown(wait=True)  # the GETs of dropped pieces end
     assert watched.used == 0  # every closed handle gave back  # every closed handle gave back
+
+
+def test_a_block_served_from_the_cache_is_not_written_again(
+        make_memfs: MakeFs, memstore: MemStore) -> None:
+    """An open served by a cached block (its GET a 304) puts nothing: the block's file is
+    the one written at the first read, not a new one renamed over it."""
+    data = content(3000)
+    memstore.put("small.txt", data)
+    fs = make_memfs()
+    assert read_file(fs, "/small.txt") == data
+    written(fs)
+    assert fs._read_cache is not None
+    blocks = sorted(p for p in fs._read_cache.folder.glob("??/*"))
+    assert len(blocks) == 1
+    first = blocks[0].stat().st_ino
+    gets(memstore)
+    for _ in range(3):
+        assert read_file(fs, "/small.txt") == data
+    written(fs)
+    assert gets(memstore) == 0
+    assert [p.stat().st_ino for p in fs._read_cache.folder.glob("??/*")] == [first]

@@ -35,6 +35,8 @@ class Opening:
 
     page_cache: PageCache = PageCache()
     first: bytes | None = None
+    cached: bool = False
+    """``first`` came from the local read cache (not to be put there again)."""
 
 
 @dataclass(eq=False)

@@ -169,10 +169,12 @@ class Reader:
                                end - number * self._chunk]
                 for number in range(first, last + 1)]
 
-    def prime(self, key: str, etag: str, data: bytes, file_size: int) -> None:
-        """Keep ``data``, the first bytes of ``key`` at ``etag``, that the open's GET
-        brought (so a small file costs that one request). Bytes that end inside a cache
-        block are not kept: the pieces that follow must start on a block."""
+    def prime(self, key: str, etag: str, data: bytes, file_size: int,
+              keep: bool = True) -> None:
+        """Hold ``data``, the first bytes of ``key`` at ``etag``, that the open's GET
+        brought (so a small file costs that one request), and put them in the read cache
+        unless ``keep`` is False (they came from it). Bytes that end inside a cache block
+        are not held: the pieces that follow must start on a block."""
         if self._cache is not None and etag and len(data) < file_size \
                 and len(data) % self._cache.block_size:
             return
@@ -185,7 +187,8 @@ class Reader:
             done.set_result(chunks)
             self._pieces.append(_Piece(0, len(data), done))
             self._piece_size = min(GROWTH * max(len(data), INITIAL_PIECE), MAXIMUM_PIECE)
-        self._keep(key, etag, 0, chunks, file_size)
+        if keep:
+            self._keep(key, etag, 0, chunks, file_size)
 
     def _switch(self, key: str, etag: str) -> None:
         """Start afresh if the object read is no longer the one the pieces come from."""
