@@ -8,9 +8,11 @@ import errno
 import logging
 import sqlite3
 import stat
+from concurrent.futures import Future
 from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fakeclock import FakeClock
@@ -302,3 +304,57 @@ def test_the_read_ahead_is_found_by_mountinfo_and_left_alone_where_it_cannot_be_
 
 def _refuse_write(self: Path, *args: object, **kwargs: object) -> int:
     raise PermissionError(errno.EACCES, "Permission denied", str(self))
+
+
+class _Later:
+    """An executor that runs what it is given when told (the test decides when)."""
+
+    def __init__(self) -> None:
+        self.waiting: list[tuple[Any, tuple[Any, ...]]] = []
+
+    def submit(self, function: Any, *args: Any) -> Future[Any]:
+        future: Future[Any] = Future()
+        self.waiting.append((lambda: future.set_result(function(*args)), ()))
+        return future
+
+    def run(self) -> None:
+        while self.waiting:
+            task, _ = self.waiting.pop(0)
+            task()
+
+
+def test_files_are_fetched_ahead_only_while_opened_in_order() -> None:
+    from qarnotfs.fs.siblings import MAXIMUM_WINDOW, SiblingReadAhead
+
+    files = {f"f{index:02d}": 100 for index in range(40)}
+    files["f05"] = 1 << 30  # too big to fetch ahead
+    listed: list[str] = []
+    fetched: list[str] = []
+    pool = _Later()
+
+    def list_files(folder: str) -> dict[str, int]:
+        listed.append(folder)
+        return files
+
+    ahead = SiblingReadAhead(pool, 65536, list_files, fetched.append)  # type: ignore[arg-type]
+
+    def open_and_run(name: str) -> list[str]:
+        fetched.clear()
+        ahead.opened(f"/d/{name}")
+        pool.run()
+        return [path.rsplit("/", 1)[1] for path in fetched]
+
+    assert open_and_run("f00") == [] and listed == []
+    assert open_and_run("f01") == [] and listed == ["/d"], "the names, once the 2nd opens"
+    assert open_and_run("f02") == ["f03", "f04"]
+    assert open_and_run("f03") == ["f06", "f07"], "f04 was sent, f05 is too big"
+    assert open_and_run("f04") == [f"f{index:02d}" for index in range(8, 13)]
+    windows = [len(open_and_run(f"f{index:02d}")) for index in range(5, 12)]
+    assert max(windows) <= MAXIMUM_WINDOW
+    assert open_and_run("f30") == [], "out of order: stopped"
+    assert open_and_run("f31") == ["f32", "f33"], "in order again: started again"
+    assert listed == ["/d"], "the names are asked once"
+    ahead.opened("/e/x")
+    ahead.opened("/e/y")
+    pool.run()
+    assert listed == ["/d", "/e"]

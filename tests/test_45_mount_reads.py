@@ -46,8 +46,9 @@ def test_cold_small_files_cost_one_get_each(tmp_path: Path, bucket_name: str,
         lists = [line for line in sent if "list-type" in line]
         heads = [line for line in sent if line.startswith(f"HEAD /{bucket_name}/data/")]
         assert (len(gets), heads) == (20, []), f"one GET per file (as boto3): {sent}"
-        # listed: the folder's listing; exact: the folder rule for "data", whose GET missed.
-        assert len(lists) == 1, f"and one LIST for the folder: {sent}"
+        # listed: the folder's listing; exact: the folder rule for "data", whose GET missed,
+        # and its names, listed to fetch the files ahead as they are read in order.
+        assert len(lists) == (2 if lookups == "exact" else 1), f"LISTs: {sent}"
 
 
 def test_a_file_replaced_elsewhere_is_read_whole_at_the_next_open(
@@ -106,3 +107,31 @@ def test_a_big_file_is_read_in_requests_of_a_mib(tmp_path: Path, bucket_name: st
         reads = [line for line in mount.log_text().splitlines()
                  if "fuse_ops: read('/big.bin'" in line]
     assert 8 <= len(reads) <= 12, f"{len(reads)} read requests for 8 MiB"
+
+
+@pytest.mark.parametrize("listed_first", [False, True], ids=["by name", "after ls"])
+def test_files_read_in_order_are_fetched_ahead_each_once(
+        tmp_path: Path, bucket_name: str, s3_env: dict[str, str], s3_client: Any,
+        proxy: FaultProxy, listed_first: bool) -> None:
+    """``cat`` of a folder's files one after the other (siblings.py): the next files are
+    fetched before their ``cat`` starts, and each file is still one GET (a lookup of a
+    file being fetched ahead waits for that GET instead of sending its own)."""
+    bodies = {f"set/x{index:02d}": os.urandom(3000 + index) for index in range(30)}
+    for key, data in bodies.items():
+        s3_client.put_object(Bucket=bucket_name, Key=key, Body=data)
+    env = {**s3_env, "QARNOTFS_STORAGE_URL": proxy.url, "QARNOT_STORAGE_URL": proxy.url}
+    with mounted(bucket_name, tmp_path / "mnt", env, tmp_path / "w") as mount:
+        if listed_first:
+            assert sorted(os.listdir(mount.mountpoint / "set")) == [k[4:] for k in bodies]
+        drop_kernel_caches()
+        before = len(proxy.seen)
+        early = 0
+        for key, data in bodies.items():
+            target = f"GET /{bucket_name}/{key}"
+            early += any(s.target.startswith(target[4:]) and s.method == "GET"
+                         for s in proxy.seen[before:])
+            assert cat(mount.mountpoint / key) == data
+        sent = [f"{seen.method} {seen.target}" for seen in proxy.seen[before:]]
+    gets = [line.split("?")[0] for line in sent if line.startswith(f"GET /{bucket_name}/set/")]
+    assert sorted(gets) == sorted(f"GET /{bucket_name}/{key}" for key in bodies), sent
+    assert early >= 10, f"only {early} of 30 files were fetched before their cat"

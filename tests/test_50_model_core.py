@@ -298,6 +298,17 @@ class CoreModel(RuleBasedStateMachine):
         if self.reachable(path) and self.is_file(path):
             assert self._content(path) == Path(self.at(path)).read_bytes()
 
+    @rule(path=LISTED)
+    def read_folder_in_order(self, path: str) -> None:
+        """A program reading a folder's files one after the other: the mount fetches the
+        next ones ahead, in the background, while later steps change the namespace."""
+        if not self.is_dir(path):
+            return
+        for name in sorted(os.listdir(self.at(path))):
+            child = f"{path.rstrip('/')}/{name}"
+            if self.is_file(child):
+                assert self._content(child) == Path(self.at(child)).read_bytes(), child
+
     def _content(self, path: str) -> bytes:
         fh = self.fs.open(path, os.O_RDONLY)
         try:
@@ -344,8 +355,11 @@ class CoreModel(RuleBasedStateMachine):
 
     def _before_the_other_client(self) -> None:
         """The mount's unlinks reach the bucket before the other client's change (they are
-        batched: ``fsyncdir`` is how a program waits for them, deletes.py)."""
+        batched: ``fsyncdir`` is how a program waits for them, deletes.py), and no lookup
+        of this mount is under way (fetches ahead run in the background: an answer
+        learned after the change would be counted fresh from then, siblings.py)."""
         self.fs.fsyncdir("/")
+        self.fs.namespace.ahead.settle()
 
     @invariant()
     def handles_agree_on_size(self) -> None:
@@ -406,3 +420,56 @@ def test_core_behaves_like_a_local_folder(model_storage: ModelStorage, clock: Fa
     run_model(Machine, model_storage.examples, model_storage.steps)
     ran = next(Machine.counter)
     assert ran >= model_storage.examples, f"Hypothesis stopped after {ran} examples"
+
+
+SIBLINGS = st.sampled_from([f"/a/f{index}" for index in range(8)] + ["/f0", "/f1", "/f2"])
+
+
+class ReadAheadModel(CoreModel):
+    """The core model with folders of more files, read in order (so the mount fetches the
+    next ones ahead, siblings.py) while these files are renamed, unlinked, truncated,
+    rewritten and replaced behind the mount's back, and their folder renamed."""
+
+    @initialize()
+    def siblings(self) -> None:
+        if not self.is_dir("/a"):
+            self.mkdir("/a")
+        for index in range(8):
+            self._write_whole(f"/a/f{index}", f"file {index}\n".encode() * (index + 1))
+        for index in range(3):
+            self._write_whole(f"/f{index}", f"top {index}\n".encode())
+
+    @rule(path=SIBLINGS)
+    def unlink_sibling(self, path: str) -> None:
+        self.unlink(path)
+
+    @rule(old=SIBLINGS, new=st.one_of(SIBLINGS, PATHS), noreplace=st.booleans())
+    def rename_sibling(self, old: str, new: str, noreplace: bool) -> None:
+        self.rename(old, new, noreplace)
+
+    @rule(path=SIBLINGS, length=OFFSETS)
+    def truncate_sibling(self, path: str, length: int) -> None:
+        self.truncate(path, length)
+
+    @rule(path=SIBLINGS, mode=OPEN_MODES)
+    def open_sibling(self, path: str, mode: tuple[str, int]) -> None:
+        self.open(path, mode)
+
+    @precondition(lambda self: not self.pairs)
+    @rule(path=SIBLINGS, data=DATA)
+    def put_sibling_behind_its_back(self, path: str, data: bytes) -> None:
+        self.put_behind_its_back(path, data)
+
+
+def test_reads_ahead_follow_every_namespace_change(model_storage: ModelStorage,
+                                                   clock: FakeClock,
+                                                   model_work: Path) -> None:
+    class Machine(ReadAheadModel):
+        storage = model_storage
+        counter = itertools.count()
+
+    Machine.clock = clock
+    Machine.work = model_work
+    examples = max(1, model_storage.examples // 4)
+    run_model(Machine, examples, model_storage.steps)
+    assert next(Machine.counter) >= examples

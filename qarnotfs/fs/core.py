@@ -314,7 +314,8 @@ class Filesystem:
         number = next(self._numbers)
         reader = Reader(self.bucket, self._read_pool, self._read_budget, self._read_cache)
         if opening.first is not None:
-            reader.prime(item.key, item.etag, opening.first, item.attrs.size)
+            reader.prime(item.key, item.etag, opening.first, item.attrs.size,
+                         keep=not opening.cached)
         with self._handles_lock:
             self._handles[number] = Handle(number, item, flags, reader, opening.page_cache)
         return number
@@ -358,6 +359,8 @@ class Filesystem:
                             handles=1, etag=node.etag)
                 opening = self._check_object(item, node.exact) if check else Opening()
                 self.items.put(item)
+                if check:
+                    self.namespace.ahead.opened(path)
                 return item, opening
             try:
                 return item, self._check_object(item, exact=True) if check else Opening()
@@ -393,13 +396,14 @@ class Filesystem:
             if kept is not None and len(kept.data) < min(self._first_piece, told):
                 kept = None  # less than the open fetches: its GET is sent anyway
             # A whole cached block serves more reads than the lookup's first bytes.
-            first = self._cached_first(item, exact) or (kept.data if kept else None)
+            cached = self._cached_first(item, exact)
+            first = cached or (kept.data if kept else None)
             since = self.cache.generation()
             answer = None
             if kept is None or not kept.fresh:
                 answer = self._get_first(item, pages or first is not None, since)
             if answer is None:
-                opening = Opening(PageCache(keep=pages), first)
+                opening = Opening(PageCache(keep=pages), first, cached=cached is not None)
             else:
                 attrs = object_attributes(answer.info, self.defaults)
                 if attrs.is_dir or attrs.is_link:
@@ -531,7 +535,7 @@ class Filesystem:
             known = None if item.gone else self.cache.get(item.path)
             if not item.gone and (known is None or not known.exact):
                 # What it knew stays known: the object has these attributes.
-                self.cache.put(item.path, Node(item.current_attrs(), exact=True))
+                self.cache.confirm(item.path, Node(item.current_attrs(), exact=True))
             if not hidden or item.staged is None:
                 item.discard_staged()
                 self._free(self.items.expired(time.monotonic()))

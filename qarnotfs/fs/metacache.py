@@ -107,10 +107,10 @@ class MetaCache:
         with self._lock:
             return self._generation
 
-    def _mark(self, path: str) -> None:
+    def _mark(self, path: str, folder: bool = True) -> None:
         self._generation += 1
         self._changed[path] = self._generation
-        if path != "/":
+        if folder and path != "/":
             self._changed[parent_of(path)] = self._generation
 
     def _stale(self, path: str, since: int) -> bool:
@@ -176,6 +176,14 @@ class MetaCache:
         """Record that ``path`` exists with these attributes (and patch its parent's listing)."""
         with self._lock:
             self._mark(path)
+            self._store(path, node)
+
+    def confirm(self, path: str, node: Node) -> None:
+        """Record the attributes the mount knows of the file at ``path`` as exact: not a
+        change of its folder, so lookups and listings of it under way stay valid (a
+        sibling's lookup ahead, siblings.py), only those of ``path`` itself."""
+        with self._lock:
+            self._mark(path, folder=False)
             self._store(path, node)
 
     def learn(self, path: str, node: Node, since: int) -> None:

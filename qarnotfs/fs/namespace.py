@@ -53,6 +53,7 @@ from .errors import FsError
 from .keys import KeyMapper, is_fuse_hidden, join, name_of, parent_of, unrepresentable
 from .metacache import MetaCache, Node
 from .prefetch import FIRST_BYTES, FirstBytes
+from .siblings import SiblingReadAhead
 
 if TYPE_CHECKING:
     from .storage import Storage
@@ -112,6 +113,9 @@ class Namespace:
         self._big_lock = threading.Lock()
         self._big_folders: LRUCache[str, bool] = LRUCache(maxsize=BIG_FOLDERS)
         """Folders with more than a page of keys below them: a lookup there asks by name."""
+        self.ahead = SiblingReadAhead(pool, FIRST_BYTES, self.files_of,
+                                      lambda path: self.fetch(path, keep_bytes=True))
+        """Lookups ahead of a program reading a folder's files in order (siblings.py)."""
 
     def _is_big(self, folder: str) -> bool:
         with self._big_lock:
@@ -129,6 +133,8 @@ class Namespace:
             raise FsError(errno.ENOENT, path)
         node = self.cache.get(path)
         if node is not None:
+            if not node.exact and self.ahead.wait_for(path):
+                return self.cache.get(path) or node  # what the fetch ahead learned
             return node
         if self.cache.is_missing(path):
             raise FsError(errno.ENOENT, path)
@@ -146,7 +152,13 @@ class Namespace:
         if listed:
             if sibling is None:
                 raise FsError(errno.ENOENT, path)
-            return sibling
+            if sibling.exact or not self.ahead.wait_for(path):
+                return sibling
+            return self.cache.get(path) or sibling
+        if self.ahead.wait_for(path):
+            node = self.cache.get(path)
+            if node is not None:
+                return node
         return self.fetch(path, keep_bytes=True)
 
     def fetch(self, path: str, keep_bytes: bool = False, folder: bool = False) -> Node:
@@ -193,6 +205,19 @@ class Namespace:
             return self.bucket.get(key, 0, FIRST_BYTES)
         except MissingObjectException:
             return None
+
+    def files_of(self, folder: str) -> dict[str, int]:
+        """The files of ``folder`` and their sizes: from its cached listing, else from the
+        first page of its keys (one LIST, not cached: a lookup by name still asks by name)."""
+        cached = self.cache.listing(folder)
+        if cached is not None:
+            return {name: node.attrs.size for name, node in cached.items()
+                    if node.attrs.is_file}
+        prefix = self.keys.dir_prefix(folder)
+        objects, truncated = self.bucket.list_page(prefix)
+        listing = split_tree(prefix, objects, truncated)[prefix]
+        return {name: info.size
+                for name, info in self.keys.entries(prefix, listing).files.items()}
 
     def exact(self, path: str) -> Node:
         """The node with its metadata (HEAD unless already known)."""
