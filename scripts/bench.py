@@ -45,6 +45,7 @@ from benchlib.server import (
     BenchError,
     Endpoint,
     RequestLog,
+    behind_latency,
     given_endpoint,
     moto_server,
     rgw_server,
@@ -89,6 +90,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--mount-option", action="append", default=[], metavar="ARG",
                         help="extra argument for `qarnotfs mount` (repeatable), "
                              "e.g. --mount-option=--cache-ttl=5")
+    parser.add_argument("--latency", type=float, default=0.0, metavar="MS",
+                        help="hold every request MS milliseconds on its way to the server, "
+                             "for both sides (a proxy): storage across a network, as "
+                             "Qarnot's is, where the loopback has none; for the small "
+                             "workloads (the proxy forwards big bodies slower)")
     parser.add_argument("--profile", type=Path, metavar="DIR",
                         help="record py-spy collapsed stacks of the qarnotfs daemon per workload")
     parser.add_argument("--keep-scratch", action="store_true",
@@ -250,15 +256,16 @@ class Bench:
 
 @contextlib.contextmanager
 def server(args: argparse.Namespace, scratch: Path) -> Iterator[Endpoint]:
-    if args.endpoint_from_env:
-        with given_endpoint() as endpoint:
-            yield endpoint
-    elif args.backend == "rgw":
-        with rgw_server() as endpoint:
-            yield endpoint
-    else:
-        with moto_server(scratch) as endpoint:
-            yield endpoint
+    with contextlib.ExitStack() as stack:
+        if args.endpoint_from_env:
+            endpoint = stack.enter_context(given_endpoint())
+        elif args.backend == "rgw":
+            endpoint = stack.enter_context(rgw_server())
+        else:
+            endpoint = stack.enter_context(moto_server(scratch))
+        if args.latency:
+            endpoint = stack.enter_context(behind_latency(endpoint, args.latency / 1000))
+        yield endpoint
 
 
 def available_peers(notes: list[str]) -> list[str]:

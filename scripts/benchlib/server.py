@@ -2,7 +2,8 @@
 
 Owns: starting and always stopping the server the benchmark brought up, the endpoint and
 credentials (passed on through the environment only, never in process arguments), and, for
-moto, counting the requests the server received in a time window (from its access log).
+moto, counting the requests the server received in a time window (from its access log);
+with ``--latency``, a proxy in front of it that delays every request.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
@@ -31,6 +32,8 @@ if TYPE_CHECKING:
 REPO = Path(__file__).resolve().parents[2]
 LOOPBACK = "127.0.0.1"
 START_TIMEOUT = 60.0
+PROXY_LIFETIME = 24 * 3600.0
+"""The latency proxy stops by itself after this (a benchmark's whole run fits in it)."""
 # A cluster of its own, away from the ports and state dir the test suite's cluster uses.
 RGW_BENCH_ENV = {
     "QARNOTFS_RGW_DIR": "/tmp/qarnotfs-bench-rgw",
@@ -144,6 +147,20 @@ def endpoint_from(values: dict[str, str] | os._Environ[str]) -> Endpoint:
     if missing:
         raise BenchError(f"--endpoint-from-env needs {', '.join(missing)} in the environment")
     return Endpoint(values[names[0]], values[names[1]], values[names[2]])
+
+
+@contextlib.contextmanager
+def behind_latency(endpoint: Endpoint, seconds: float) -> Iterator[Endpoint]:
+    """``endpoint`` seen through a proxy that holds every request ``seconds`` before
+    forwarding it: the round trip of a storage across a network, for whichever client
+    uses the endpoint yielded (the mount and boto3 alike). The proxy is the test suite's
+    (tests/faultproxy.py), with its delay rule on every request."""
+    sys.path.insert(0, str(REPO / "tests"))
+    from faultproxy import FaultProxy
+
+    with FaultProxy(endpoint.url, lifetime=PROXY_LIFETIME) as proxy:
+        proxy.inject("delay", seconds=seconds)
+        yield replace(endpoint, url=proxy.url)
 
 
 @contextlib.contextmanager
