@@ -409,17 +409,23 @@ def model_storage(request: pytest.FixtureRequest) -> ModelStorage:
     return ModelStorage(lambda: (bucket, other), SERVER_EXAMPLES, SERVER_STEPS)
 
 
-def test_core_behaves_like_a_local_folder(model_storage: ModelStorage, clock: FakeClock,
-                                          model_work: Path) -> None:
-    class Machine(CoreModel):
-        storage = model_storage
+def run_core_model(model: type[CoreModel], storage: ModelStorage, clock: FakeClock,
+                   work: Path, examples: int) -> None:
+    """Run ``model`` on ``storage`` for ``examples`` examples (checked to have run)."""
+    class Machine(model):  # type: ignore[valid-type, misc]
         counter = itertools.count()
 
+    Machine.storage = storage
     Machine.clock = clock
-    Machine.work = model_work
-    run_model(Machine, model_storage.examples, model_storage.steps)
+    Machine.work = work
+    run_model(Machine, examples, storage.steps)
     ran = next(Machine.counter)
-    assert ran >= model_storage.examples, f"Hypothesis stopped after {ran} examples"
+    assert ran >= examples, f"Hypothesis stopped after {ran} examples"
+
+
+def test_core_behaves_like_a_local_folder(model_storage: ModelStorage, clock: FakeClock,
+                                          model_work: Path) -> None:
+    run_core_model(CoreModel, model_storage, clock, model_work, model_storage.examples)
 
 
 SIBLINGS = st.sampled_from([f"/a/f{index}" for index in range(8)] + ["/f0", "/f1", "/f2"])
@@ -464,12 +470,5 @@ class ReadAheadModel(CoreModel):
 def test_reads_ahead_follow_every_namespace_change(model_storage: ModelStorage,
                                                    clock: FakeClock,
                                                    model_work: Path) -> None:
-    class Machine(ReadAheadModel):
-        storage = model_storage
-        counter = itertools.count()
-
-    Machine.clock = clock
-    Machine.work = model_work
-    examples = max(1, model_storage.examples // 4)
-    run_model(Machine, examples, model_storage.steps)
-    assert next(Machine.counter) >= examples
+    run_core_model(ReadAheadModel, model_storage, clock, model_work,
+                   max(1, model_storage.examples // 4))
