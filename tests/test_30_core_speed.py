@@ -92,13 +92,36 @@ def test_ls_l_of_a_big_folder_is_one_list_per_page_and_lookups_are_free(
     entries = dict(fs.readdir("/big"))
     assert sorted(entries) == [".", "..", *names]
     assert all(entries[name].size == 4 for name in names)
-    assert requests.take() == {"ListObjectsV2": 2}, "a LIST per page, no HEAD per small file"
+    assert requests.take() == {"ListObjectsV2": 1}, \
+        "a LIST per page, no HEAD per small file; the first page is the lookup's, kept"
     for name in names:
         assert fs.getattr(f"/big/{name}").size == 4
     with pytest.raises(FsError) as missing:
         fs.getattr("/big/absent")
     assert missing.value.errno == errno.ENOENT
     assert requests.take() == {}, "lookups after a listing are answered from it"
+
+
+def test_a_folder_lookup_s_page_serves_its_listing_for_a_second_if_unchanged(
+        make_fs: MakeFs, s3_client: S3Client, bucket_name: str, requests: Requests,
+        clock: FakeClock) -> None:
+    """``ls -l dir``: the lookup of ``dir`` lists its first page, which the listing that
+    follows within a second uses; not later, and not once the mount changed the folder."""
+    populate(s3_client, bucket_name, ["d/a", "d/b", "e/a", "f/a"], b"x")
+    fs = make_fs()
+    requests.take()
+    assert fs.getattr("/d").is_dir
+    assert [name for name, _ in fs.readdir("/d")][2:] == ["a", "b"]
+    assert requests.take() == {"GetObject": 1, "ListObjectsV2": 1}, "one LIST for both"
+    assert fs.getattr("/e").is_dir
+    clock.advance(1.5)
+    assert [name for name, _ in fs.readdir("/e")][2:] == ["a"]
+    assert requests.take() == {"GetObject": 1, "ListObjectsV2": 2}, "a page is kept 1 s"
+    populate(s3_client, bucket_name, ["f/b"], b"x")
+    assert fs.getattr("/f").is_dir
+    fs.unlink("/f/a")
+    fs.fsyncdir("/f")
+    assert [name for name, _ in fs.readdir("/f")][2:] == ["b"], "listed anew after the unlink"
 
 
 def test_negative_lookups_are_cached(make_fs: MakeFs, requests: Requests) -> None:
@@ -123,7 +146,8 @@ def test_a_tree_is_listed_by_its_first_page(make_fs: MakeFs, s3_client: S3Client
     for folder in sorted(walked):
         assert len(fs.readdir(f"/tree/{folder}")) == 2 + 20
     heads = [params["Key"] for name, params in requests.seen if name == "HeadObject"]
-    assert requests.take() == {"ListObjectsV2": 1, "HeadObject": 1}, "find: one LIST"
+    assert requests.take() == {"HeadObject": 1}, \
+        "find: one LIST, the lookup's (its first page, kept for the listing that follows)"
     assert heads == ["tree/d0/"], "only the folder that has a marker is HEADed"
     assert fs.getattr("/tree/d0").mode == stat.S_IFDIR | 0o700
     assert fs.getattr("/tree/d1").mode == stat.S_IFDIR | 0o755
@@ -333,9 +357,9 @@ def test_a_first_page_inside_a_big_sub_folder_still_lists_everything(
     fs.getattr("/top")
     requests.take()
     assert [name for name, _ in fs.readdir("/top")] == [".", "..", "a", "b", "z"]
-    # The first page, then the rest delimited; "a" and "b" were not listed whole by the
-    # first page, so they may have a marker: HEADed.
-    assert requests.take() == {"ListObjectsV2": 2, "HeadObject": 2}
+    # The first page (the lookup's, kept), then the rest delimited; "a" and "b" were not
+    # listed whole by the first page, so they may have a marker: HEADed.
+    assert requests.take() == {"ListObjectsV2": 1, "HeadObject": 2}
     assert [name for name, _ in fs.readdir("/top/b")] == [".", "..", "x"]
     assert len(fs.readdir("/top/a")) == 2 + 1001
     assert requests.take() == {"ListObjectsV2": 1 + 2}, "each listed on its own"

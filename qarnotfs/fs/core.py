@@ -61,7 +61,7 @@ from .inodes import InodeTable
 from .keys import KEY_MAX, KeyMapper, is_fuse_hidden, is_within, name_of, normalize, parent_of
 from .metacache import MetaCache, Node
 from .namespace import Lookups, Namespace
-from .prefetch import FirstBytes
+from .prefetch import FirstBytes, FirstPages
 from .readcache import open_read_cache
 from .reader import DEFAULT_BUDGET, INITIAL_PIECE, ReadBudget, Reader
 from .staging import StagingArea
@@ -157,7 +157,8 @@ class Filesystem:
         self._first_piece = self._read_cache.block_size if self._read_cache else INITIAL_PIECE
         self.namespace = Namespace(storage, self.keys, self.cache, self.defaults, self._pool,
                                    FirstBytes(clock=options.clock),
-                                   list_on_miss=options.lookups == "listed")
+                                   list_on_miss=options.lookups == "listed",
+                                   first_pages=FirstPages(clock=options.clock))
         self._staging = StagingArea(options.staging_dir, storage.name, self.keys.prefix)
         self.inodes = InodeTable(self.keys.prefix, options.cache_size)
         self.times = ViewTimes(options.cache_size)

@@ -113,6 +113,11 @@ class MetaCache:
         if folder and path != "/":
             self._changed[parent_of(path)] = self._generation
 
+    def changed_since(self, path: str, since: int) -> bool:
+        """True if the mount changed ``path``, its folder or an ancestor after ``since``."""
+        with self._lock:
+            return self._stale(path, since)
+
     def _stale(self, path: str, since: int) -> bool:
         """True if the mount changed ``path``, its folder or an ancestor after ``since``."""
         while True:

@@ -52,7 +52,7 @@ from .attrs import Defaults, dir_attributes, needs_head, object_attributes
 from .errors import FsError
 from .keys import KeyMapper, is_fuse_hidden, join, name_of, parent_of, unrepresentable
 from .metacache import MetaCache, Node
-from .prefetch import FIRST_BYTES, FirstBytes
+from .prefetch import FIRST_BYTES, FirstBytes, FirstPages, Page
 from .siblings import SiblingReadAhead
 
 if TYPE_CHECKING:
@@ -102,13 +102,14 @@ class Namespace:
 
     def __init__(self, bucket: Storage, keys: KeyMapper, cache: MetaCache,
                  defaults: Defaults, pool: Executor, first_bytes: FirstBytes,
-                 list_on_miss: bool = False) -> None:
+                 list_on_miss: bool = False, first_pages: FirstPages | None = None) -> None:
         self.bucket = bucket
         self.keys = keys
         self.cache = cache
         self.defaults = defaults
         self._pool = pool
         self.first_bytes = first_bytes
+        self.first_pages = first_pages if first_pages is not None else FirstPages()
         self._list_on_miss = list_on_miss
         self._big_lock = threading.Lock()
         self._big_folders: LRUCache[str, bool] = LRUCache(maxsize=BIG_FOLDERS)
@@ -176,10 +177,11 @@ class Namespace:
                 self.cache.learn(path, node, since)
                 return node
         prefix = self.keys.dir_prefix(path)
-        under = self.bucket.first_keys(prefix, 1)
-        if under:
-            marker = self.bucket.stat(prefix) if under[0] == prefix else None
+        objects, truncated = self.bucket.list_page(prefix)  # kept for its listing
+        if objects:
+            marker = self.bucket.stat(prefix) if objects[0].key == prefix else None
             node = Node(dir_attributes(self.defaults, marker), exact=True)
+            self.first_pages.keep(path, Page(objects, truncated, since))
         elif folder:  # no longer a folder: maybe a file now
             return self.fetch(path, keep_bytes)
         else:
@@ -239,8 +241,12 @@ class Namespace:
         """List ``folder`` from the bucket and cache what the listing tells (its tree,
         when it fits in a page); unless ``whole``, None if its keys fill more than a page."""
         prefix = self.keys.dir_prefix(folder)
-        since = self.cache.generation()
-        objects, truncated = self.bucket.list_page(prefix)
+        page = self.first_pages.take(folder)
+        if page is not None and not self.cache.changed_since(folder, page.since):
+            objects, truncated, since = page.objects, page.truncated, page.since
+        else:
+            since = self.cache.generation()
+            objects, truncated = self.bucket.list_page(prefix)
         if truncated and not whole:
             return None
         listings = split_tree(prefix, objects, truncated)
