@@ -172,8 +172,3 @@ class SiblingReadAhead:
             self._fetch(path)
         except Exception as error:  # only a read-ahead lost
             log.debug("read-ahead of %s failed (%s)", path, error)
-
-    def forget(self, folder: str) -> None:
-        """The folder changed in this mount: its names are to be learned again."""
-        with self._lock:
-            self._folders.pop(folder, None)
