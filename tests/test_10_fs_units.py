@@ -336,7 +336,9 @@ def test_files_are_fetched_ahead_only_while_opened_in_order() -> None:
         listed.append(folder)
         return files
 
-    ahead = SiblingReadAhead(pool, 65536, list_files, fetched.append)  # type: ignore[arg-type]
+    now = [0.0]
+    ahead = SiblingReadAhead(pool, 65536, list_files, fetched.append,  # type: ignore[arg-type]
+                             clock=lambda: now[0])
 
     def open_and_run(name: str) -> list[str]:
         fetched.clear()
@@ -354,7 +356,10 @@ def test_files_are_fetched_ahead_only_while_opened_in_order() -> None:
     assert open_and_run("f30") == [], "out of order: stopped"
     assert open_and_run("f31") == ["f32", "f33"], "in order again: started again"
     assert listed == ["/d"], "the names are asked once"
+    now[0] += 61
+    assert open_and_run("f32") == [] and listed == ["/d", "/d"], "and again after a minute"
+    assert open_and_run("f33") == ["f34", "f35", "f36", "f37"], "the order went on"
     ahead.opened("/e/x")
     ahead.opened("/e/y")
     pool.run()
-    assert listed == ["/d", "/e"]
+    assert listed == ["/d", "/d", "/e"]

@@ -9,7 +9,8 @@ first bytes: prefetch.py keeps them, the metadata cache learns the exact attribu
 lookup and open then send nothing. The window starts at :data:`FIRST_WINDOW` files and
 doubles with each open that keeps the order, up to :data:`MAXIMUM_WINDOW`; an open out of
 order stops it. The folder's names come from its cached listing, else from one LIST (the
-first page of its keys), asked once the second file of the folder is opened.
+first page of its keys), asked once the second file of the folder is opened, and again
+when they are older than :data:`NAMES_TTL`.
 
 What a reader sees is what a lookup by name gives: the bytes fetched ahead stand for the
 object for :data:`~.prefetch.FRESH_SECONDS` after they were fetched (an open later checks
@@ -27,6 +28,7 @@ from __future__ import annotations
 import bisect
 import logging
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass
@@ -42,6 +44,8 @@ MAXIMUM_WINDOW = 8
 """Files fetched ahead of the reader in one folder, at most."""
 FOLDERS = 64
 """Folders whose reading order is followed at once (least recently opened forgotten)."""
+NAMES_TTL = 60.0
+"""Seconds a folder's names serve before they are listed again (files come and go)."""
 
 FileSizes = dict[str, int]
 """The files of a folder: name -> size."""
@@ -56,6 +60,7 @@ class _Folder:
     sizes: FileSizes | None = None
     asked: bool = False
     """Its names are being (or were) listed."""
+    learned: float = 0.0
     window: int = 0
     sent: int = 0
     """Index in ``names`` below which fetches ahead were sent."""
@@ -66,7 +71,8 @@ class SiblingReadAhead:
 
     def __init__(self, pool: Executor, small: int,
                  list_files: Callable[[str], FileSizes | None],
-                 fetch: Callable[[str], object]) -> None:
+                 fetch: Callable[[str], object],
+                 clock: Callable[[], float] = time.monotonic) -> None:
         """``list_files(folder)`` gives a folder's files (None if it cannot tell);
         ``fetch(path)`` looks a file up as a lookup by name does, keeping its first bytes;
         only files of at most ``small`` bytes are fetched ahead."""
@@ -74,6 +80,7 @@ class SiblingReadAhead:
         self._small = small
         self._list_files = list_files
         self._fetch = fetch
+        self._clock = clock
         self._lock = threading.Lock()
         self._folders: LRUCache[str, _Folder] = LRUCache(maxsize=FOLDERS)
         self._in_flight: dict[str, Future[None]] = {}
@@ -91,6 +98,8 @@ class SiblingReadAhead:
             if name == state.last:
                 return  # opened again: no step forward
             previous, state.last = state.last, name
+            if state.names is not None and self._clock() - state.learned > NAMES_TTL:
+                state.names, state.sizes, state.asked = None, None, False
             if state.names is not None:
                 ahead = self._ahead(state, previous, name)
             elif not state.asked:
@@ -165,6 +174,7 @@ class SiblingReadAhead:
         with self._lock:
             state.sizes = files
             state.names = sorted(files)
+            state.learned = self._clock()
 
     def _fetch_quietly(self, path: str) -> None:
         """Look ``path`` up (what fails is the program's own lookup's business)."""
