@@ -134,9 +134,7 @@ class Namespace:
             raise FsError(errno.ENOENT, path)
         node = self.cache.get(path)
         if node is not None:
-            if not node.exact and self.ahead.wait_for(path):
-                return self.cache.get(path) or node  # what the fetch ahead learned
-            return node
+            return self._after_ahead(path, node)
         if self.cache.is_missing(path):
             raise FsError(errno.ENOENT, path)
         parent, name = parent_of(path), name_of(path)
@@ -153,14 +151,18 @@ class Namespace:
         if listed:
             if sibling is None:
                 raise FsError(errno.ENOENT, path)
-            if sibling.exact or not self.ahead.wait_for(path):
-                return sibling
-            return self.cache.get(path) or sibling
+            return self._after_ahead(path, sibling)
         if self.ahead.wait_for(path):
             node = self.cache.get(path)
             if node is not None:
                 return node
         return self.fetch(path, keep_bytes=True)
+
+    def _after_ahead(self, path: str, node: Node) -> Node:
+        """``node``, or what the fetch ahead of ``path`` under way learned (exact)."""
+        if node.exact or not self.ahead.wait_for(path):
+            return node
+        return self.cache.get(path) or node
 
     def fetch(self, path: str, keep_bytes: bool = False, folder: bool = False) -> Node:
         """Ask the bucket what is at ``path``, and cache the answer.
