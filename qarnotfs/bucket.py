@@ -217,10 +217,11 @@ class Bucket:
 
     def read_chunks(self, key: str, offset: int, length: int, *, only_etag: str = "",
                     chunk_size: int = 1 << 20) -> list[bytes]:
-        """The bytes of :meth:`get` (with ``only_etag``), as consecutive chunks of
-        ``chunk_size`` bytes (the last may be shorter). Buffers of a MiB are memory the
-        process reuses from one read to the next, where one buffer of several MiB is
-        fresh memory each time (a page fault per 4 KiB: see the mount's allocator)."""
+        """The bytes of :meth:`get` (with ``only_etag``), as consecutive chunks cut at the
+        object's multiples of ``chunk_size`` (:func:`~qarnotfs.objects.chunk_bounds`: the
+        first and last may be shorter). Buffers of a MiB are memory the process reuses
+        from one read to the next, where one buffer of several MiB is fresh memory each
+        time (a page fault per 4 KiB: see the mount's allocator)."""
         answer = self._get_checked(key, offset, length, "", only_etag, chunk_size)
         assert answer is not None, "a GET without If-None-Match always answers"
         return answer[1]
@@ -245,7 +246,7 @@ class Bucket:
 
     def _get(self, key: str, offset: int, length: int | None, conditions: dict[str, str],
              chunk_size: int = 0) -> tuple[dict[str, Any], list[bytes]]:
-        """One GET; its body whole (``chunk_size`` 0) or in chunks of ``chunk_size``."""
+        """One GET; its body whole (``chunk_size`` 0) or in chunks (:meth:`read_chunks`)."""
         arguments: dict[str, Any] = {"Bucket": self._name, "Key": key, **conditions}
         if offset or length is not None:
             end = "" if length is None else str(offset + length - 1)
@@ -261,7 +262,7 @@ class Bucket:
                     body = answer["Body"]
                     if not chunk_size:
                         return answer, [bytes(body.read())]
-                    return answer, [bytes(chunk) for chunk in body.iter_chunks(chunk_size)]
+                    return answer, _read_in_chunks(body, offset, chunk_size)
             except StorageUnreachableException as error:
                 failures += 1
                 if failures > self._connection.retry_count:
@@ -761,3 +762,14 @@ __all__ = ["Bucket", "MissingBucketException"]
 def _quoted(etag: str) -> str:
     """An ETag as HTTP conditions carry it (in double quotes)."""
     return f'"{normalize_etag(etag)}"'
+
+
+def _read_in_chunks(body: Any, offset: int, chunk_size: int) -> list[bytes]:
+    """A GET's body (the object's bytes from ``offset``) cut at the object's multiples of
+    ``chunk_size``, as :func:`~qarnotfs.objects.chunk_bounds` says."""
+    chunks: list[bytes] = []
+    wanted = chunk_size - offset % chunk_size
+    while chunk := body.read(wanted):
+        chunks.append(bytes(chunk))
+        wanted = chunk_size
+    return chunks

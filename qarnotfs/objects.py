@@ -3,10 +3,12 @@
 Owns: :class:`ObjectInfo` (one object's key, size, ETag, modification time and, when
 known, its user metadata) and :class:`Listing` (the objects and common prefixes of one
 delimited listing). They carry no client and no behaviour, so every layer can share them.
+Also the rule that cuts an object's bytes into *chunks* (:func:`chunk_bounds`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -89,3 +91,21 @@ class Listing:
 
     objects: list[ObjectInfo] = field(default_factory=list)
     prefixes: list[str] = field(default_factory=list)
+
+
+def chunk_bounds(offset: int, length: int, chunk_size: int) -> Iterator[tuple[int, int]]:
+    """Where the bytes [offset, offset + length) of an object are cut into chunks: at the
+    object's multiples of ``chunk_size``, so the chunks of any range line up with those of
+    any other (a read of one aligned chunk is then served by one buffer, without a copy).
+    The first and last chunks may be shorter."""
+    end = offset + length
+    while offset < end:
+        stop = min((offset // chunk_size + 1) * chunk_size, end)
+        yield offset, stop
+        offset = stop
+
+
+def split_chunks(data: bytes, offset: int, chunk_size: int) -> list[bytes]:
+    """``data``, the object's bytes from ``offset``, cut as :func:`chunk_bounds` says."""
+    return [data[start - offset:stop - offset]
+            for start, stop in chunk_bounds(offset, len(data), chunk_size)]

@@ -47,7 +47,7 @@ from qarnotfs.exceptions import (
     QarnotGenericException,
 )
 from qarnotfs.fs.storage import MAX_PARTS, PART_SIZE, LocalPath
-from qarnotfs.objects import Listing, ObjectInfo, ObjectRead
+from qarnotfs.objects import Listing, ObjectInfo, ObjectRead, split_chunks
 from qarnotfs.progress import ProgressArg
 
 LIST_PAGE = 1000
@@ -383,8 +383,7 @@ class MemStore:
                     chunk_size: int = 1 << 20) -> list[bytes]:
         answer = self.get(key, offset, length, only_etag=only_etag)
         assert answer is not None, "a GET without If-None-Match always answers"
-        data = answer.data
-        return [data[start:start + chunk_size] for start in range(0, len(data), chunk_size)]
+        return split_chunks(answer.data, offset, chunk_size)
 
     def put(self, key: str, data: bytes, metadata: dict[str, str] | None = None) -> str:
         with self.faults.request("put", key):

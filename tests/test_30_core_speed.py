@@ -32,7 +32,7 @@ from qarnotfs.fs.attrs import Attributes
 from qarnotfs.fs.errors import FsError, errno_for
 from qarnotfs.fs.metacache import MetaCache, Node
 from qarnotfs.fs.reader import MAXIMUM_AHEAD, MAXIMUM_PIECE, Reader
-from qarnotfs.objects import ObjectInfo, ObjectRead
+from qarnotfs.objects import ObjectInfo, ObjectRead, split_chunks
 
 if TYPE_CHECKING:
     from fs_helpers import FakeClock, MakeFs
@@ -254,8 +254,8 @@ class FakeBucket:
 
     def read_chunks(self, key: str, offset: int, length: int, *, only_etag: str = "",
                     chunk_size: int = 1 << 20) -> list[bytes]:
-        data = self.get(key, offset, length, only_etag=only_etag).data
-        return [data[start:start + chunk_size] for start in range(0, len(data), chunk_size)]
+        return split_chunks(self.get(key, offset, length, only_etag=only_etag).data, offset,
+                            chunk_size)
 
 
 def test_sequential_reads_grow_the_pieces_and_fetch_ahead() -> None:
@@ -274,6 +274,24 @@ def test_sequential_reads_grow_the_pieces_and_fetch_ahead() -> None:
     pieces = sorted(bucket.reads)
     assert all(offset + length == following for (offset, length), (following, _)
                in itertools.pairwise(pieces))
+
+
+def test_the_pieces_of_a_sequential_read_line_up_with_the_kernel_s_reads() -> None:
+    """After the open's 64 KiB, the pieces soon end on MiB multiples, so the kernel's
+    aligned 1 MiB reads are each answered with one held chunk: no copy, no join."""
+    size = 40 << 20
+    bucket = FakeBucket()
+    with ThreadPoolExecutor(4) as pool:
+        reader = Reader(bucket, pool)  # type: ignore[arg-type]
+        reader.prime("k", "", bytes(64 << 10), size)
+        answers = [reader.read("k", "", 1 << 20, offset, size)
+                   for offset in range(0, size, 1 << 20)]
+    assert all(len(answer) == 1 << 20 for answer in answers)
+    pieces = sorted(bucket.reads)
+    assert pieces[0][0] == 64 << 10, "the open's bytes are not fetched again"
+    assert all((offset + length) % (1 << 20) == 0 for offset, length in pieces)
+    held = {id(chunk) for piece in reader._pieces for chunk in piece.data.result()}
+    assert id(answers[-1]) in held, "an aligned read is a held chunk itself"
 
 
 def test_small_and_random_reads_fetch_little() -> None:
@@ -504,6 +522,23 @@ def test_a_lookup_s_first_bytes_stand_for_the_object_one_second(
     requests.take()
     assert read_whole(fs, "/f") == b"v2, longer"
     assert requests.take() == {"GetObject": 1}, "checked again (conditionally)"
+
+
+def test_a_lookup_s_first_bytes_stand_for_the_open_of_a_big_file(
+        make_fs: MakeFs, s3_client: S3Client, bucket_name: str, requests: Requests) -> None:
+    body = os.urandom(3 << 20)
+    s3_client.put_object(Bucket=bucket_name, Key="big", Body=body)
+    fs = make_fs(read_cache_size=0)
+    assert fs.getattr("/big").size == len(body)
+    requests.take()
+    fh = fs.open("/big", os.O_RDONLY)
+    assert requests.take() == {}, "the open right after the lookup used its GET"
+    try:
+        assert fs.read(fh, 1 << 20, 0) == body[:1 << 20]
+        assert fs.read(fh, 2 << 20, 1 << 20) == body[1 << 20:]
+    finally:
+        fs.release(fh)
+    assert requests.take()["GetObject"] <= 3
 
 
 def test_a_lookup_by_name_asks_the_folder_rule_only_when_the_key_is_missing(

@@ -394,8 +394,6 @@ class Filesystem:
                 opened = self._opened_etags.get(item.path)
             pages = exact and bool(item.etag) and opened == item.etag
             kept = self.namespace.first_bytes.take(item.path, item.etag) if exact else None
-            if kept is not None and len(kept.data) < min(self._first_piece, told):
-                kept = None  # less than the open fetches: its GET is sent anyway
             # A whole cached block serves more reads than the lookup's first bytes.
             cached = self._cached_first(item, exact)
             first = cached or (kept.data if kept else None)

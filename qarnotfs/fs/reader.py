@@ -18,10 +18,13 @@ needs now is always fetched, but at its smallest size (256 KiB, or what the read
 when the budget is spent. So 32 threads reading at random hold little more than the
 budget, however many handles they use.
 
-A piece is held as consecutive *chunks* of 1 MiB (the last one may be shorter), never
-as one buffer: buffers of a MiB are memory the process reuses from one piece to the next
-(see :mod:`.allocator`), where a buffer of 8 MiB would be fresh memory each time, a page
-fault per 4 KiB read. A read is answered with a slice of a chunk (or the chunk itself).
+A piece is held as consecutive *chunks*, cut at the object's multiples of 1 MiB
+(:func:`~qarnotfs.objects.chunk_bounds`), never as one buffer: buffers of a MiB are memory
+the process reuses from one piece to the next (see :mod:`.allocator`), where a buffer of
+8 MiB would be fresh memory each time, a page fault per 4 KiB read. Pieces end on those
+multiples too once they are big enough (or at the end of the object). The kernel reads a
+big file in aligned requests of 1 MiB (:mod:`.readahead`), so such a read is answered with
+a chunk itself, not a copy; other reads with a slice of one, or the slices joined.
 
 The read cache (:mod:`.readcache`), when the mount has one and the open told the object's
 ETag: pieces are then whole aligned blocks (its block size, also the chunk size; the last
@@ -43,6 +46,8 @@ from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING
 
+from ..objects import split_chunks
+
 if TYPE_CHECKING:
     from .readcache import ReadCache
     from .storage import Storage
@@ -50,7 +55,8 @@ if TYPE_CHECKING:
 KIB = 1024
 MIB = KIB * KIB
 CHUNK = 1 * MIB
-"""The size of the buffers a piece is held in, without a read cache (with one: its block)."""
+"""The alignment and size of the buffers a piece is held in, without a read cache (with
+one: its block)."""
 INITIAL_PIECE = 256 * KIB
 MAXIMUM_PIECE = 8 * MIB
 GROWTH = 4
@@ -120,7 +126,8 @@ class Reader:
 
     @property
     def _block(self) -> int:
-        """The alignment of pieces: the cache's block when it is used, else none."""
+        """The alignment of the start of pieces: the cache's block when it is used, else
+        none (see :meth:`_piece_end` for their end)."""
         return self._cache.block_size if self._cache is not None and self._etag else 1
 
     def read(self, key: str, etag: str, size: int, offset: int, file_size: int) -> bytes:
@@ -157,17 +164,19 @@ class Reader:
         parts: list[bytes] = []
         position = offset
         for piece, held in zip(wanted, chunks, strict=True):
-            parts += self._slices(held, position - piece.start,
-                                  min(offset + size, piece.end) - piece.start)
+            parts += self._slices(piece.start, held, position, min(offset + size, piece.end))
             position = piece.end
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
-    def _slices(self, chunks: Chunks, start: int, end: int) -> list[bytes]:
-        """Bytes [start, end) of a piece held in ``chunks`` (a whole chunk is not copied)."""
-        first, last = start // self._chunk, (end - 1) // self._chunk
-        return [chunks[number][max(start - number * self._chunk, 0):
-                               end - number * self._chunk]
-                for number in range(first, last + 1)]
+    def _slices(self, piece_start: int, chunks: Chunks, start: int, end: int) -> list[bytes]:
+        """Bytes [start, end) of the object, from the chunks of a piece that starts at
+        ``piece_start`` (a whole chunk is not copied: slicing all of a bytes is free)."""
+        first = piece_start // self._chunk
+        parts = []
+        for number in range(start // self._chunk, (end - 1) // self._chunk + 1):
+            chunk_start = max(number * self._chunk, piece_start)
+            parts.append(chunks[number - first][max(start - chunk_start, 0):end - chunk_start])
+        return parts
 
     def prime(self, key: str, etag: str, data: bytes, file_size: int,
               keep: bool = True) -> None:
@@ -181,8 +190,7 @@ class Reader:
         with self._lock:
             self._switch(key, etag)
             self._budget.take(len(data), must=True)
-            chunks = [data] if len(data) <= self._chunk else \
-                [data[start:start + self._chunk] for start in range(0, len(data), self._chunk)]
+            chunks = split_chunks(data, 0, self._chunk)
             done: Future[Chunks] = Future()
             done.set_result(chunks)
             self._pieces.append(_Piece(0, len(data), done))
@@ -237,15 +245,25 @@ class Reader:
                 taken = size if self._budget.take(size, must=False) else 0
                 if not taken:
                     size = INITIAL_PIECE  # the budget is spent: the least this read needs
-                stop = min(self._aligned(max(position + size, end)), following, file_size)
+                stop = min(self._piece_end(position, max(position + size, end), end),
+                           following, file_size)
                 piece = self._fetch(first, stop, file_size, now=True, taken=taken)
                 mine.append(piece)
             wanted.append(piece)
             position = piece.end
         return wanted, mine
 
-    def _aligned(self, position: int) -> int:
-        return -(-position // self._block) * self._block
+    def _piece_end(self, start: int, stop: int, needed: int) -> int:
+        """Where a piece from ``start`` meant to reach ``stop`` ends: on the last end of a
+        chunk before ``stop`` if that still reaches ``needed``, else on the next one when
+        pieces must be whole blocks (the read cache's), else at ``stop``. So the pieces
+        of a sequential read soon line up with chunks, without making a small piece big."""
+        down = stop - stop % self._chunk
+        if down > start and down >= needed:
+            return down
+        if self._block > 1 and down != stop:
+            return down + self._chunk
+        return stop
 
     def _ahead(self, after: int, count: int, file_size: int) -> None:
         """Have ``count`` pieces beyond ``after`` fetched or being fetched (in parallel),
@@ -255,7 +273,8 @@ class Reader:
         waiting = sum(1 for p in self._pieces if p.start >= after)
         position = max(p.end for p in self._pieces)
         while waiting < count and position < file_size:
-            stop = min(self._aligned(position + self._piece_size), file_size)
+            stop = min(self._piece_end(position, position + self._piece_size, position + 1),
+                       file_size)
             if not self._budget.take(stop - position, must=False):
                 return
             self._fetch(position, stop, file_size, now=False, taken=stop - position)
@@ -309,10 +328,11 @@ class Reader:
         if cache is None:
             return
         block = cache.block_size
-        for number, chunk in enumerate(chunks):
-            first = start + number * self._chunk
+        first = start
+        for chunk in chunks:
             if first % block == 0 and len(chunk) == min(block, file_size - first):
                 cache.put_soon(key, etag, first // block, chunk)
+            first += len(chunk)
 
     def _drop(self, pieces: list[_Piece]) -> None:
         """Forget ``pieces``, cancelling their GETs not started yet; their bytes leave the
