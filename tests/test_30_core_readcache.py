@@ -182,10 +182,10 @@ def test_a_block_served_from_the_cache_is_not_written_again(
         make_memfs: MakeFs, memstore: MemStore) -> None:
     """An open served by a cached block (its GET a 304) puts nothing: the block's file is
     the one written at the first read, not a new one renamed over it."""
-    data = content(3000)
-    memstore.put("small.txt", data)
+    data = content(100_000)  # one block, more than a lookup's GET
+    memstore.put("one-block.bin", data)
     fs = make_memfs()
-    assert read_file(fs, "/small.txt") == data
+    assert read_file(fs, "/one-block.bin") == data
     written(fs)
     assert fs._read_cache is not None
     blocks = sorted(p for p in fs._read_cache.folder.glob("??/*"))
@@ -193,7 +193,23 @@ def test_a_block_served_from_the_cache_is_not_written_again(
     first = blocks[0].stat().st_ino
     gets(memstore)
     for _ in range(3):
-        assert read_file(fs, "/small.txt") == data
+        assert read_file(fs, "/one-block.bin") == data
     written(fs)
     assert gets(memstore) == 0
     assert [p.stat().st_ino for p in fs._read_cache.folder.glob("??/*")] == [first]
+
+
+def test_a_file_that_fits_in_a_lookup_s_get_is_not_cached(
+        make_memfs: MakeFs, memstore: MemStore) -> None:
+    """Its bytes come whole with the GET that checks it: a block would save no request."""
+    data = content(FIRST_BYTES)
+    memstore.put("small.txt", data)
+    fs = make_memfs()
+    assert read_file(fs, "/small.txt") == data
+    written(fs)
+    assert fs._read_cache is not None
+    assert not list(fs._read_cache.folder.glob("??/*"))
+    assert gets(memstore) == 1, "the lookup's GET, which the open used"
+    again = make_memfs()  # a remount: the same, with nothing to look up in the cache
+    assert read_file(again, "/small.txt") == data
+    assert gets(memstore) == 1

@@ -61,8 +61,8 @@ from .inodes import InodeTable
 from .keys import KEY_MAX, KeyMapper, is_fuse_hidden, is_within, name_of, normalize, parent_of
 from .metacache import MetaCache, Node
 from .namespace import Lookups, Namespace
-from .prefetch import FirstBytes, FirstPages
-from .readcache import open_read_cache
+from .prefetch import FIRST_BYTES, FirstBytes, FirstPages
+from .readcache import ReadCache, open_read_cache
 from .reader import DEFAULT_BUDGET, INITIAL_PIECE, ReadBudget, Reader
 from .staging import StagingArea
 from .status import pending_summary
@@ -313,7 +313,8 @@ class Filesystem:
     def _new_handle(self, item: Item, flags: int, opening: Opening | None = None) -> int:
         opening = opening or Opening()
         number = next(self._numbers)
-        reader = Reader(self.bucket, self._read_pool, self._read_budget, self._read_cache)
+        reader = Reader(self.bucket, self._read_pool, self._read_budget,
+                        self._read_cache_for(item))
         if opening.first is not None:
             reader.prime(item.key, item.etag, opening.first, item.attrs.size,
                          keep=not opening.cached)
@@ -415,13 +416,20 @@ class Filesystem:
                 self._opened_etags[item.path] = item.etag
             return opening
 
+    def _read_cache_for(self, item: Item) -> ReadCache | None:
+        """The read cache, for an object bigger than a lookup's GET. A smaller one comes
+        whole in the answer of the request that checks it (the lookup's GET, or the
+        open's, which is sent anyway): caching it would cost a block's write and a look
+        in the index per open, and save no request."""
+        return self._read_cache if item.attrs.size > FIRST_BYTES else None
+
     def _cached_first(self, item: Item, exact: bool) -> bytes | None:
         """The first block of the object from the local read cache, if it holds it for
         the ETag known (then the open's GET is conditional: a 304 sends no bytes)."""
-        if self._read_cache is None or not exact or not item.etag:
+        cache = self._read_cache_for(item)
+        if cache is None or not exact or not item.etag:
             return None
-        length = min(self._read_cache.block_size, item.attrs.size)
-        return self._read_cache.get(item.key, item.etag, 0, length) if length else None
+        return cache.get(item.key, item.etag, 0, min(cache.block_size, item.attrs.size))
 
     def _get_first(self, item: Item, unless: bool, since: int) -> ObjectRead | None:
         """The GET of an open: the object's first piece, or None if ``unless`` and it still
