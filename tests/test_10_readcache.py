@@ -10,6 +10,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 import pytest
@@ -167,4 +168,49 @@ def test_a_quota_refusal_is_a_full_disk_too(tmp_path: Path, clock: FakeClock,
             cache.put("k", "e", number, block(number))
     assert len([r for r in caplog.records if "is full" in r.getMessage()]) == 1
     assert cache.total() == 0
+    cache.close()
+
+
+def _put_soon_in_a_thread(cache: ReadCache, number: int) -> threading.Thread:
+    thread = threading.Thread(target=cache.put_soon, args=("k", "e", number, block(number)))
+    thread.start()
+    return thread
+
+
+def test_a_reader_faster_than_the_writer_waits_for_room_and_every_block_is_kept(
+        tmp_path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(readcache, "BACKLOG", 2 * BLOCK)
+    monkeypatch.setattr(readcache, "BACKLOG_WAIT", 3600.0)
+    cache = make(tmp_path / "c", 10, clock)
+    with cache._lock:  # the writer thread cannot write: the backlog fills
+        for number in range(2):
+            cache.put_soon("k", "e", number, block(number))
+        third = _put_soon_in_a_thread(cache, 2)
+        third.join(timeout=0.2)
+        assert third.is_alive(), "no room: the third block waits (it is not dropped)"
+    third.join(timeout=30)
+    assert not third.is_alive()
+    cache.drain()
+    assert [cache.get("k", "e", n, BLOCK) for n in range(3)] == [block(n) for n in range(3)]
+    cache.close()
+
+
+def test_a_stuck_writer_costs_one_wait_then_blocks_are_dropped_at_once(
+        tmp_path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(readcache, "BACKLOG", BLOCK)
+    monkeypatch.setattr(readcache, "BACKLOG_WAIT", 0.05)
+    cache = make(tmp_path / "c", 10, clock)
+    with cache._lock:
+        cache.put_soon("k", "e", 0, block(0))
+        cache.put_soon("k", "e", 1, block(1))  # waits 0.05 s, then is dropped
+        monkeypatch.setattr(readcache, "BACKLOG_WAIT", 3600.0)
+        third = _put_soon_in_a_thread(cache, 2)
+        third.join(timeout=30)
+        assert not third.is_alive(), "while the writer is stuck, no block waits again"
+    cache.drain()
+    assert cache.get("k", "e", 0, BLOCK) == block(0)
+    assert cache.get("k", "e", 1, BLOCK) is None and cache.get("k", "e", 2, BLOCK) is None
+    cache.put_soon("k", "e", 3, block(3))  # caught up: blocks are kept again
+    cache.drain()
+    assert cache.get("k", "e", 3, BLOCK) == block(3)
     cache.close()

@@ -24,14 +24,20 @@ where that package has no compiled code; which one is part of the blocks' names,
 processes using different ones never read each other's rows.
 
 Blocks are written by one writer thread per process (:meth:`ReadCache.put_soon`), so
-a cold read does not wait for the disk: at most :data:`BACKLOG` bytes wait, beyond which
-blocks are not kept. Failures never reach the reader: a full disk (ENOSPC, EDQUOT,
+a cold read does not wait for the disk while at most :data:`BACKLOG` bytes wait. Beyond,
+the reader putting a block waits for room (as the kernel throttles a writer that dirties
+pages faster than the disk takes them), up to :data:`BACKLOG_WAIT`, after which the block
+is not kept: a read faster than the writer would otherwise leave holes in the cache (a
+cold 128 MiB read on a loopback gateway kept 96 to 128 of its blocks), and a disk so slow
+that a block waits a second is not worth waiting for. Failures never reach the reader: a
+full disk (ENOSPC, EDQUOT,
 SQLITE_FULL) stops putting blocks for :data:`FULL_PAUSE` seconds, logged once; any other
 error is a miss (logged once per kind).
 
 Lock order: ``ReadCache._lock`` (one per process and folder; it serialises this process's
 use of its SQLite connection) is taken before SQLite's database lock; those and
-``ReadCache._backlog_lock`` are leaves:
+``ReadCache._backlog`` (a condition: a reader waits on it for room, holding no other
+lock) are leaves:
 no other lock is taken and no storage request is sent while they are held (only the block
 file's rename or unlink, and eviction's unlinks).
 """
@@ -67,8 +73,10 @@ DEFAULT_CAPACITY = 10 * GIB
 FREE_SHARE = 4
 """By default the cache takes at most a quarter of its disk's free space at mount time."""
 BACKLOG = 32 * MIB
-"""Bytes of blocks waiting for the writer thread; beyond, new blocks are not kept (a cache
-that cannot keep up must not slow the reads nor hold their memory)."""
+"""Bytes of blocks waiting for the writer thread; beyond, a new block waits for room (its
+memory is held by nobody else once the reader's piece is dropped: this bounds it)."""
+BACKLOG_WAIT = 1.0
+"""Seconds a block waits for room in the backlog before it is dropped (not kept)."""
 FULL_PAUSE = 60.0
 """Seconds no block is put after the disk was found full."""
 TOUCH_INTERVAL = 1.0
@@ -143,8 +151,9 @@ class ReadCache:
         self._paused_until = 0.0
         self._logged: set[str] = set()
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="qarnotfs-cache")
-        self._backlog = 0
-        self._backlog_lock = threading.Lock()
+        self._waiting_bytes = 0
+        self._stalled = False
+        self._backlog = threading.Condition(threading.Lock())
         _private_folder(self.folder)
         self._temp = self.folder / "tmp"
         _private_folder(self._temp)
@@ -231,20 +240,29 @@ class ReadCache:
                     os.unlink(temporary)
 
     def put_soon(self, key: str, etag: str, number: int, data: bytes) -> None:
-        """:meth:`put`, by the cache's writer thread (dropped if it is too far behind)."""
+        """:meth:`put`, by the cache's writer thread, once the backlog has room. A block
+        that found none within :data:`BACKLOG_WAIT` is dropped, and so are the next ones
+        that find none, without waiting, until the writer has caught up (a stuck writer
+        must not slow every read by a second)."""
         size = len(data)
-        with self._backlog_lock:
-            if self._backlog + size > BACKLOG:
+        with self._backlog:
+            timeout = 0.0 if self._stalled else BACKLOG_WAIT
+            if not self._backlog.wait_for(lambda: self._waiting_bytes + size <= BACKLOG,
+                                          timeout=timeout):
+                self._stalled = True
                 return
-            self._backlog += size
+            self._waiting_bytes += size
         self._writer.submit(self._put_queued, key, etag, number, data)
 
     def _put_queued(self, key: str, etag: str, number: int, data: bytes) -> None:
         try:
             self.put(key, etag, number, data)
         finally:
-            with self._backlog_lock:
-                self._backlog -= len(data)
+            with self._backlog:
+                self._waiting_bytes -= len(data)
+                if not self._waiting_bytes:
+                    self._stalled = False
+                self._backlog.notify_all()
 
     def drain(self) -> None:
         """Wait until the blocks given to :meth:`put_soon` until now are written."""
