@@ -19,6 +19,7 @@ from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -31,6 +32,7 @@ from qarnotfs.exceptions import PreconditionFailedException, QarnotGenericExcept
 from qarnotfs.fs.attrs import Attributes
 from qarnotfs.fs.errors import FsError, errno_for
 from qarnotfs.fs.metacache import MetaCache, Node
+from qarnotfs.fs.readcache import ReadCache
 from qarnotfs.fs.reader import MAXIMUM_AHEAD, MAXIMUM_PIECE, Reader
 from qarnotfs.objects import ObjectInfo, ObjectRead, split_chunks
 
@@ -292,6 +294,22 @@ def test_the_pieces_of_a_sequential_read_line_up_with_the_kernel_s_reads() -> No
     assert all((offset + length) % (1 << 20) == 0 for offset, length in pieces)
     held = {id(chunk) for piece in reader._pieces for chunk in piece.data.result()}
     assert id(answers[-1]) in held, "an aligned read is a held chunk itself"
+
+
+def test_with_the_read_cache_a_file_read_from_its_start_grows_from_its_first_block(
+        tmp_path: Path) -> None:
+    """The lookup's 64 KiB end inside a block, so they are not held; the first piece is
+    then as big as the piece that would have followed them (no GET of one lone block)."""
+    size = 40 << 20
+    bucket = FakeBucket()
+    cache = ReadCache(tmp_path / "blocks", 1 << 30)
+    with ThreadPoolExecutor(4) as pool:
+        reader = Reader(bucket, pool, cache=cache)  # type: ignore[arg-type]
+        reader.prime("k", "e", bytes(64 << 10), size)
+        for offset in range(0, size, 1 << 20):
+            assert len(reader.read("k", "e", 1 << 20, offset, size)) == 1 << 20
+    cache.close()
+    assert sorted(bucket.reads)[:2] == [(0, 1 << 20), (1 << 20, 4 << 20)]
 
 
 def test_small_and_random_reads_fetch_little() -> None:

@@ -183,18 +183,21 @@ class Reader:
         """Hold ``data``, the first bytes of ``key`` at ``etag``, that the open's GET
         brought (so a small file costs that one request), and put them in the read cache
         unless ``keep`` is False (they came from it). Bytes that end inside a cache block
-        are not held: the pieces that follow must start on a block."""
-        if self._cache is not None and etag and len(data) < file_size \
-                and len(data) % self._cache.block_size:
-            return
+        are not held (the pieces that follow must start on a block), but the first piece
+        is then as big as the one that would have followed them: one GET less for a
+        file read from its start."""
+        held = not (self._cache is not None and etag and len(data) < file_size
+                    and len(data) % self._cache.block_size)
         with self._lock:
             self._switch(key, etag)
+            self._piece_size = min(GROWTH * max(len(data), INITIAL_PIECE), MAXIMUM_PIECE)
+            if not held:
+                return
             self._budget.take(len(data), must=True)
             chunks = split_chunks(data, 0, self._chunk)
             done: Future[Chunks] = Future()
             done.set_result(chunks)
             self._pieces.append(_Piece(0, len(data), done))
-            self._piece_size = min(GROWTH * max(len(data), INITIAL_PIECE), MAXIMUM_PIECE)
         if keep:
             self._keep(key, etag, 0, chunks, file_size)
 
