@@ -6,11 +6,13 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import sqlite3
 import stat
 import subprocess
 import sys
 import tempfile
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -83,6 +85,7 @@ def test_damaged_blocks_are_misses_and_are_dropped(tmp_path: Path, clock: FakeCl
     assert cache.get("k", "e", 0, BLOCK) is None
     assert cache.get("k", "e", 1, BLOCK) is None
     assert cache.get("k", "e", 1, BLOCK - 1) is None  # asked with another length
+    cache.drain()  # the writer thread drops them
     assert cache.total() == 0 and not block_files(tmp_path / "c")
     cache.put("k", "e", 0, block(7))  # kept again after a fresh read
     assert cache.get("k", "e", 0, BLOCK) == block(7)
@@ -182,7 +185,7 @@ def test_a_reader_faster_than_the_writer_waits_for_room_and_every_block_is_kept(
     monkeypatch.setattr(readcache, "BACKLOG", 2 * BLOCK)
     monkeypatch.setattr(readcache, "BACKLOG_WAIT", 3600.0)
     cache = make(tmp_path / "c", 10, clock)
-    with cache._lock:  # the writer thread cannot write: the backlog fills
+    with cache._write_lock:  # the writer thread cannot write: the backlog fills
         for number in range(2):
             cache.put_soon("k", "e", number, block(number))
         third = _put_soon_in_a_thread(cache, 2)
@@ -200,7 +203,7 @@ def test_a_stuck_writer_costs_one_wait_then_blocks_are_dropped_at_once(
     monkeypatch.setattr(readcache, "BACKLOG", BLOCK)
     monkeypatch.setattr(readcache, "BACKLOG_WAIT", 0.05)
     cache = make(tmp_path / "c", 10, clock)
-    with cache._lock:
+    with cache._write_lock:
         cache.put_soon("k", "e", 0, block(0))
         cache.put_soon("k", "e", 1, block(1))  # waits 0.05 s, then is dropped
         monkeypatch.setattr(readcache, "BACKLOG_WAIT", 3600.0)
@@ -213,4 +216,27 @@ def test_a_stuck_writer_costs_one_wait_then_blocks_are_dropped_at_once(
     cache.put_soon("k", "e", 3, block(3))  # caught up: blocks are kept again
     cache.drain()
     assert cache.get("k", "e", 3, BLOCK) == block(3)
+    cache.close()
+
+
+def test_reads_never_wait_for_another_process_s_write_transaction(
+        tmp_path: Path, clock: FakeClock) -> None:
+    """A mount stopped inside its transaction on a shared cache (SIGSTOP): this one's
+    writer waits for SQLite's lock, but its reads are served meanwhile."""
+    cache = make(tmp_path / "c", 10, clock)
+    cache.put("k", "e", 0, block(0))
+    other = sqlite3.connect(tmp_path / "c" / INDEX_NAME, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # holds SQLite's write lock
+    try:
+        cache.put_soon("k", "e", 1, block(1))  # the writer thread waits for it
+        clock.advance(60)  # so the read below also wants to write the block's last use
+        reads = ThreadPoolExecutor(1)
+        answer = reads.submit(cache.get, "k", "e", 0, BLOCK)
+        assert answer.result(timeout=10) == block(0), "a read waited for the writer"
+        reads.shutdown()
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    cache.drain()
+    assert cache.get("k", "e", 1, BLOCK) == block(1), "the block is written once free"
     cache.close()

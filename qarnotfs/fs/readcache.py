@@ -34,12 +34,20 @@ full disk (ENOSPC, EDQUOT,
 SQLITE_FULL) stops putting blocks for :data:`FULL_PAUSE` seconds, logged once; any other
 error is a miss (logged once per kind).
 
-Lock order: ``ReadCache._lock`` (one per process and folder; it serialises this process's
-use of its SQLite connection) is taken before SQLite's database lock; those and
-``ReadCache._backlog`` (a condition: a reader waits on it for room, holding no other
-lock) are leaves:
-no other lock is taken and no storage request is sent while they are held (only the block
-file's rename or unlink, and eviction's unlinks).
+Two SQLite connections, so that reads never wait for a writer, this process's or another
+one's: a reader uses the *read* connection, for SELECTs only (in WAL mode they never wait
+for SQLite's write lock); every write to the index (a new block, a block's last use, a
+damaged block forgotten, eviction) goes through the writer thread and the *write*
+connection. So a mount stopped (SIGSTOP) inside its transaction on a shared cache makes
+the other mounts' writers wait (up to SQLite's 30 s busy timeout, then the block is not
+kept), never their reads.
+
+Lock order: ``ReadCache._read_lock`` (it serialises this process's use of the read
+connection), ``ReadCache._write_lock`` (the write connection; taken before SQLite's
+write lock, which it may wait for) and ``ReadCache._backlog`` (a condition: a reader
+waits on it for room in the backlog, holding no other lock) are leaves, never held
+together: no other lock is taken and no storage request is sent while one is held (only
+the block file's rename or unlink, and eviction's unlinks, under the write lock).
 """
 
 from __future__ import annotations
@@ -81,6 +89,9 @@ FULL_PAUSE = 60.0
 """Seconds no block is put after the disk was found full."""
 TOUCH_INTERVAL = 1.0
 """A block's last use is written at most this often (fewer writes to the index)."""
+PENDING_TOUCHES = 1024
+"""Last uses waiting for the writer thread; beyond, new ones are not written (LRU order
+is a hint: losing a few while the writer is stuck costs nothing)."""
 STALE_TEMP = 3600.0
 """Temporary files older than this were left by a process that died: removed at start."""
 INDEX_NAME = "index.db"
@@ -147,7 +158,9 @@ class ReadCache:
         self.capacity = capacity
         self.block_size = block_size
         self._clock = clock
-        self._lock = threading.Lock()
+        self._read_lock = threading.Lock()
+        self._write_lock = threading.Lock()
+        self._pending_touches = 0
         self._paused_until = 0.0
         self._logged: set[str] = set()
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="qarnotfs-cache")
@@ -167,6 +180,8 @@ class ReadCache:
         with self._transaction():
             for statement in filter(str.strip, _SCHEMA.split(";\n")):
                 self._db.execute(statement)
+        self._reads = sqlite3.connect(index, isolation_level=None, check_same_thread=False,
+                                      timeout=5)
 
     # -- reads ---------------------------------------------------------------------------
 
@@ -174,9 +189,9 @@ class ReadCache:
         """Block ``number`` of ``key`` at ``etag``, if cached whole (``length`` bytes)."""
         name = self._name(key, etag, number)
         try:
-            with self._lock:
-                row = self._db.execute("SELECT size, crc, used FROM blocks WHERE name = ?",
-                                       (name,)).fetchone()
+            with self._read_lock:
+                row = self._reads.execute("SELECT size, crc, used FROM blocks WHERE name = ?",
+                                          (name,)).fetchone()
             if row is None or row[0] != length:
                 return None
             data = self._read_file(name, length)
@@ -185,8 +200,7 @@ class ReadCache:
                 return None
             now = self._clock()
             if now - row[2] >= TOUCH_INTERVAL:
-                with self._lock:
-                    self._db.execute("UPDATE blocks SET used = ? WHERE name = ?", (now, name))
+                self._touch_soon(name, now)
             return data
         except (OSError, sqlite3.Error) as error:
             self._failed("read", error)
@@ -200,12 +214,36 @@ class ReadCache:
             return None
         return data if len(data) == length else None
 
+    def _touch_soon(self, name: str, now: float) -> None:
+        """Write a block's last use, by the writer thread (dropped if many wait)."""
+        with self._backlog:
+            if self._pending_touches >= PENDING_TOUCHES:
+                return
+            self._pending_touches += 1
+        self._writer.submit(self._touch, name, now)
+
+    def _touch(self, name: str, now: float) -> None:
+        with self._backlog:
+            self._pending_touches -= 1
+        try:
+            with self._write_lock:
+                self._db.execute("UPDATE blocks SET used = ? WHERE name = ?", (now, name))
+        except sqlite3.Error as error:
+            self._failed("touch", error)
+
     def _forget(self, name: str, why: str) -> None:
+        """Drop a damaged block, by the writer thread (the reader reads the bucket)."""
         log.warning("read cache %s: block %s %s: dropped", self.folder, name, why)
-        with self._lock, self._transaction():
-            self._db.execute("DELETE FROM blocks WHERE name = ?", (name,))
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self._path(name))
+        self._writer.submit(self._forget_now, name)
+
+    def _forget_now(self, name: str) -> None:
+        try:
+            with self._write_lock, self._transaction():
+                self._db.execute("DELETE FROM blocks WHERE name = ?", (name,))
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self._path(name))
+        except (OSError, sqlite3.Error) as error:
+            self._failed("removal", error)
 
     # -- writes --------------------------------------------------------------------------
 
@@ -222,7 +260,7 @@ class ReadCache:
             with open(fd, "wb") as out:
                 out.write(data)
             crc = checksum(data)
-            with self._lock, self._transaction():
+            with self._write_lock, self._transaction():
                 final = self._path(name)
                 if not final.parent.is_dir():
                     _private_folder(final.parent)
@@ -291,13 +329,15 @@ class ReadCache:
 
     def total(self) -> int:
         """Bytes of blocks in the cache (all mounts' together)."""
-        with self._lock:
-            (total,) = self._db.execute("SELECT bytes FROM total").fetchone()
+        with self._read_lock:
+            (total,) = self._reads.execute("SELECT bytes FROM total").fetchone()
         return int(total)
 
     def close(self) -> None:
         self._writer.shutdown(wait=True)
-        with self._lock:
+        with self._read_lock:
+            self._reads.close()
+        with self._write_lock:
             self._db.close()
 
     @contextlib.contextmanager
