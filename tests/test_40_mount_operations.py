@@ -224,9 +224,9 @@ def test_foreground_mount_notifies_systemd_when_ready(
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as listener:
         listener.bind(os.fspath(notify_path))
         listener.settimeout(60)
-        state = tmp_path / "state"
+        state, cache = tmp_path / "state", tmp_path / "cache"
         env = {**storage_environment(s3_server), "NOTIFY_SOCKET": os.fspath(notify_path),
-               "STATE_DIRECTORY": os.fspath(state)}
+               "STATE_DIRECTORY": os.fspath(state), "CACHE_DIRECTORY": os.fspath(cache)}
         server = subprocess.Popen([*QARNOTFS, "mount", "-f", bucket_name,
                                    os.fspath(mountpoint)], env=env,
                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -239,6 +239,8 @@ def test_foreground_mount_notifies_systemd_when_ready(
             record = status.read_record(os.fspath(mountpoint))
             assert record is not None and record.staging is not None
             assert record.staging.startswith(os.fspath(state / "staging") + "/")
+            assert list(cache.glob("blocks/*/index.db")), \
+                "the read cache is in systemd's CacheDirectory"
             assert qarnotfs("unmount", mountpoint, env=env).returncode == 0
             assert listener.recv(4096).decode() == "STOPPING=1"
             assert server.wait(timeout=60) == 0

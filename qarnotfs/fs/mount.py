@@ -205,6 +205,14 @@ def default_staging_dir() -> str | None:
     return os.path.join(state, "staging") if state else None
 
 
+def service_read_cache_dir() -> str | None:
+    """$CACHE_DIRECTORY/blocks under systemd (CacheDirectory=); else None (the core's
+    default, the user's cache folder: root's, for a service, which is not where a
+    system's caches go)."""
+    cache = _service_directory("CACHE_DIRECTORY")
+    return os.path.join(cache, "blocks") if cache else None
+
+
 def notify_systemd(message: str) -> None:
     """sd_notify(3): one datagram to $NOTIFY_SOCKET, if systemd gave one."""
     address = os.environ.get("NOTIFY_SOCKET", "")
@@ -276,7 +284,8 @@ def serve(request: MountRequest, on_ready: Callable[[], None] | None = None) -> 
         # ms): build them now, not in the first lookup of a missing name or a folder.
         _ = connection.s3.exceptions
         filesystem = Filesystem(Bucket(connection, request.bucket, create=False),
-                                fs_options(options, request.prefix, default_staging_dir()))
+                                fs_options(options, request.prefix, default_staging_dir(),
+                                           service_read_cache_dir()))
         _open_connection(connection, request.bucket)
     except QarnotException as error:
         raise MountError(str(error)) from error

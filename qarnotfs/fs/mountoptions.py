@@ -187,7 +187,8 @@ class MountOptions:
         "the disk's free space; 0: no read cache)", fs="read_cache_size")
     read_cache_dir: str | None = _option(
         None, _path, "a folder", "folder of the read cache, shared by the mounts using it "
-        "(default: ~/.cache/qarnotfs/blocks)", fs="read_cache_dir")
+        "(default: ~/.cache/qarnotfs/blocks; $CACHE_DIRECTORY/blocks under systemd)",
+        fs="read_cache_dir")
     cache_ttl: float | None = _option(None, _seconds, SECONDS,
                                       "seconds metadata stays cached (default 60)",
                                       fs="cache_ttl")
@@ -336,8 +337,10 @@ def flag_values(args: argparse.Namespace) -> dict[str, Any]:
     return values
 
 
-def fs_options(options: MountOptions, prefix: str, staging_default: str | None) -> Any:
-    """The core's FsOptions: every option that names an FsOptions field, if set."""
+def fs_options(options: MountOptions, prefix: str, staging_default: str | None,
+               read_cache_default: str | None = None) -> Any:
+    """The core's FsOptions: every option that names an FsOptions field, if set (the
+    defaults given here, systemd's folders, before the core's own)."""
     from .core import FsOptions
 
     values: dict[str, Any] = {"prefix": prefix}
@@ -348,6 +351,7 @@ def fs_options(options: MountOptions, prefix: str, staging_default: str | None) 
     staging = values.get("staging_dir", staging_default)
     if staging is not None:
         values["staging_dir"] = Path(staging)
-    if "read_cache_dir" in values:
-        values["read_cache_dir"] = Path(values["read_cache_dir"])
+    read_cache = values.get("read_cache_dir", read_cache_default)
+    if read_cache is not None:
+        values["read_cache_dir"] = Path(read_cache)
     return FsOptions(**values)
