@@ -45,7 +45,8 @@ kept), never their reads.
 Lock order: ``ReadCache._read_lock`` (it serialises this process's use of the read
 connection), ``ReadCache._write_lock`` (the write connection; taken before SQLite's
 write lock, which it may wait for) and ``ReadCache._backlog`` (a condition: a reader
-waits on it for room in the backlog, holding no other lock) are leaves, never held
+waits on it for room in the backlog, holding no other lock; it also counts the last uses
+waiting for the writer) are leaves, never held
 together: no other lock is taken and no storage request is sent while one is held (only
 the block file's rename or unlink, and eviction's unlinks, under the write lock).
 """

@@ -186,12 +186,10 @@ class Reader:
         are not held (the pieces that follow must start on a block), but the first piece
         is then as big as the one that would have followed them: one GET less for a
         file read from its start."""
-        held = not (self._cache is not None and etag and len(data) < file_size
-                    and len(data) % self._cache.block_size)
         with self._lock:
             self._switch(key, etag)
             self._piece_size = min(GROWTH * max(len(data), INITIAL_PIECE), MAXIMUM_PIECE)
-            if not held:
+            if len(data) < file_size and len(data) % self._block:
                 return
             self._budget.take(len(data), must=True)
             chunks = split_chunks(data, 0, self._chunk)
