@@ -278,14 +278,16 @@ class FaultProxy:
     def _wait(self, seconds: float, client: socket.socket) -> None:
         """Hold the request; give up early if the client hangs up or the proxy stops."""
         deadline = time.monotonic() + seconds
+        # poll(), not select(): a test process may hold descriptors past select's 1023.
+        poller = select.poll()
+        poller.register(client, select.POLLIN)
         while True:
             remaining = deadline - time.monotonic()
             if self._finished():
                 raise _Closed
             if remaining <= 0:
                 return
-            readable, _, _ = select.select([client], [], [], min(0.1, remaining))
-            if readable:
+            if poller.poll(min(0.1, remaining) * 1000):
                 try:
                     if not client.recv(1, socket.MSG_PEEK):
                         raise _Closed  # the client timed out and left

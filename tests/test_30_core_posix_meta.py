@@ -10,11 +10,10 @@ import stat
 from typing import TYPE_CHECKING, Any
 
 import test_30_core_speed as speed
-from fs_calls import write_file
+from fs_calls import crashed, write_file
 from mounting import wait_until
 from test_30_core import body, fails_with, keys, metadata
 from test_30_core_speed import Requests, populate
-from test_35_writeback import crashed
 
 if TYPE_CHECKING:
     from fs_helpers import MakeFs

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from fs_calls import write_file
+from fs_calls import crashed, write_file
 from mounting import wait_until
 
 from qarnotfs.exceptions import QarnotGenericException
@@ -225,14 +225,6 @@ def test_unlink_during_a_background_retry_sends_nothing_after_it(
 
 
 # -- case 3: two crashed mounts of one bucket both left a version of one file ---------------
-
-
-def crashed(fs: Filesystem) -> None:
-    """What a kill -9 leaves: the journal and staged copies; the slot's lock let go (and
-    the fixture's shutdown made a no-op: a dead mount uploads nothing more)."""
-    fs.writeback.stop_retries()
-    fs._shut_down = True
-    os.close(fs._staging._lock_fd)
 
 
 def test_two_crashed_mounts_with_one_file_keep_both_versions(

@@ -33,6 +33,7 @@ from typing import Any
 
 import hypothesis.strategies as st
 import pytest
+from fs_calls import crashed
 from hypothesis import HealthCheck, settings
 from hypothesis.stateful import (
     RuleBasedStateMachine,
@@ -267,9 +268,7 @@ class WriteBackModel(RuleBasedStateMachine):
             wait_until(lambda: item.stream is None or not item.stream.in_flight(),
                        message="its parts in flight (a kill lands between requests)")
             self.writer = None
-        self.fs.writeback.stop_retries()
-        self.fs._shut_down = True  # a dead mount sends nothing more
-        os.close(self.fs._staging._lock_fd)
+        crashed(self.fs)
         self.fs = self._mount()  # its recovery retries in the background at once
 
     @precondition(lambda self: self.files)

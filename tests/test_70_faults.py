@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import resource
 import signal
 import subprocess
 import sys
@@ -89,10 +90,31 @@ def test_unreachable_endpoint_fails_fast_with_a_clear_error(s3_server: S3Server)
     assert s3_server.secret_key not in message or s3_server.secret_key == "testing"
 
 
+@contextlib.contextmanager
+def descriptors_in_use(count: int) -> Iterator[None]:
+    """Hold ``count`` more descriptors, so the next sockets get numbers past them (a long
+    test session holds many: select() cannot watch a descriptor past 1023)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = count + 256
+    if soft < wanted:
+        if hard != resource.RLIM_INFINITY and hard < wanted:
+            pytest.skip(f"the descriptor limit ({hard}) is below {wanted}")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+    held = [os.open(os.devnull, os.O_RDONLY) for _ in range(count)]
+    try:
+        yield
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+@pytest.mark.parametrize("held", [0, 1100], ids=["few descriptors", "descriptors past 1023"])
 def test_slow_server_times_out_then_recovers(s3_server: S3Server, proxy: FaultProxy,
-                                             bucket_name: str, s3_client: Any) -> None:
+                                             bucket_name: str, s3_client: Any,
+                                             held: int) -> None:
     s3_client.put_object(Bucket=bucket_name, Key="slow", Body=b"patience")
-    with connect(s3_server, proxy.url, **SHORT) as conn:
+    with descriptors_in_use(held), connect(s3_server, proxy.url, **SHORT) as conn:
         bucket = Bucket(conn, bucket_name, create=False)
         proxy.inject("delay", match=r"^GET ", seconds=float("inf"))
         started = time.monotonic()

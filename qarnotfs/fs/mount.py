@@ -22,7 +22,7 @@ import hashlib
 import json
 import logging
 import os
-import select
+import selectors
 import socket
 import stat
 import subprocess
@@ -363,9 +363,10 @@ def _run_background(request: MountRequest) -> int:
 
 def _read_report(pipe: Any, timeout: float) -> str | None:
     """The serving process's one-line report; '' on EOF without one; None on timeout."""
-    readable, _, _ = select.select([pipe], [], [], timeout)
-    if not readable:
-        return None
+    with selectors.DefaultSelector() as selector:  # not select(): no limit on fd numbers
+        selector.register(pipe, selectors.EVENT_READ)
+        if not selector.select(timeout):
+            return None
     return pipe.readline().decode("utf-8", errors="replace").strip()
 
 
