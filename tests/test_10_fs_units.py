@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import gc
 import logging
 import sqlite3
 import stat
@@ -36,6 +37,7 @@ from qarnotfs.fs.attrs import (
     object_attributes,
     parse_time,
 )
+from qarnotfs.fs.collector import freeze_startup_objects
 from qarnotfs.fs.errors import FsError, errno_for
 from qarnotfs.fs.journal import _SCHEMA, JOURNAL_NAME, Journal, read_entries
 from qarnotfs.fs.keys import KeyMapper, is_within, normalize, parent_of, split_path
@@ -363,3 +365,18 @@ def test_files_are_fetched_ahead_only_while_opened_in_order() -> None:
     ahead.opened("/e/y")
     pool.run()
     assert listed == ["/d", "/d", "/e"]
+
+
+def test_start_up_objects_are_frozen_and_later_garbage_is_still_collected() -> None:
+    class Cycle:
+        other: Cycle
+
+    try:
+        frozen = freeze_startup_objects()
+        assert frozen == gc.get_freeze_count() > 1000  # the interpreter and qarnotfs
+        made = Cycle()
+        made.other = made
+        del made
+        assert gc.collect() >= 1, "a cycle made after the freeze is collected"
+    finally:
+        gc.unfreeze()

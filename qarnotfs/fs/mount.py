@@ -42,6 +42,7 @@ from ..paths import as_prefix
 from ..remotes import SCHEME, parse_remote
 from . import status
 from .allocator import tune_allocator
+from .collector import freeze_startup_objects
 from .mountoptions import (
     MountOptions,
     add_option_flags,
@@ -280,9 +281,12 @@ def serve(request: MountRequest, on_ready: Callable[[], None] | None = None) -> 
         connection = Connection(fileconf=options.config, retry_count=options.retries,
                                 connect_timeout=options.connect_timeout,
                                 read_timeout=options.read_timeout)
-        # botocore builds a client's exception classes at its first error answer (tens of
-        # ms): build them now, not in the first lookup of a missing name or a folder.
+        # botocore builds a client's exception classes at its first error answer, and
+        # loads its paginators' model (a scan of its data folders) at the first paginated
+        # listing: tens of ms each, more after dropped caches. Now, not in the user's first
+        # lookup of a missing name or listing of a folder.
         _ = connection.s3.exceptions
+        connection.s3.get_paginator("list_objects_v2")
         filesystem = Filesystem(Bucket(connection, request.bucket, create=False),
                                 fs_options(options, request.prefix, default_staging_dir(),
                                            service_read_cache_dir()))
@@ -315,6 +319,8 @@ def serve(request: MountRequest, on_ready: Callable[[], None] | None = None) -> 
             on_ready()
 
     tune_allocator()
+    log.debug("%d start-up objects exempt from garbage collections",
+              freeze_startup_objects())
     try:
         serve_fuse(filesystem, request.mountpoint, settings, ready)
     except RuntimeError as error:
