@@ -240,3 +240,63 @@ def test_reads_never_wait_for_another_process_s_write_transaction(
     cache.drain()
     assert cache.get("k", "e", 1, BLOCK) == block(1), "the block is written once free"
     cache.close()
+
+
+# -- one bound for the whole cache folder (cachefolders.py) ----------------------------------
+
+
+def bucket_blocks(base: Path, bucket: str, blocks: int, clock: FakeClock,
+                  last_used: float) -> Path:
+    """The folder of a bucket read before (``blocks`` blocks), last used at ``last_used``."""
+    folder = cache_folder(base, "http://storage", bucket)
+    cache = ReadCache(folder, 100 * BLOCK, block_size=BLOCK, clock=clock)
+    for number in range(blocks):
+        cache.put("k", "e", number, block(number))
+    cache.close()
+    used_at(folder, last_used)
+    return folder
+
+
+def used_at(folder: Path, when: float) -> None:
+    for index in folder.glob(f"{INDEX_NAME}*"):
+        os.utime(index, (when, when))
+
+
+def test_the_bound_holds_for_the_whole_folder_unused_buckets_going_oldest_first(
+        tmp_path: Path, clock: FakeClock) -> None:
+    base = tmp_path / "blocks"
+    oldest = bucket_blocks(base, "oldest", 3, clock, last_used=1000)
+    older = bucket_blocks(base, "older", 3, clock, last_used=2000)
+    recent = bucket_blocks(base, "recent", 3, clock, last_used=3000)
+    not_a_cache = base / "notes"  # --read-cache-dir may hold the user's own folders
+    not_a_cache.mkdir()
+    (not_a_cache / INDEX_NAME).write_bytes(b"mine")
+    left_aside = base / ".removed-gone-0123456789abcdef-42"  # by a remover that died
+    left_aside.mkdir()
+    mine = ReadCache(cache_folder(base, "http://storage", "mine"), 7 * BLOCK,
+                     block_size=BLOCK, clock=clock)
+    mine.trim_others_soon().join()
+    # 9 blocks for a bound of 7: the least recently used bucket goes, and that is enough.
+    assert not oldest.exists()
+    assert older.exists() and recent.exists() and not_a_cache.exists()
+    assert not left_aside.exists()
+    assert [p.name for p in base.iterdir() if p.name.startswith(".")] == []
+    mine.close()
+
+
+def test_a_folder_in_use_by_another_mount_is_never_removed(
+        tmp_path: Path, clock: FakeClock) -> None:
+    base = tmp_path / "blocks"
+    busy = bucket_blocks(base, "busy", 3, clock, last_used=1000)
+    idle = bucket_blocks(base, "idle", 3, clock, last_used=2000)
+    other_mount = ReadCache(busy, 100 * BLOCK, block_size=BLOCK, clock=clock)
+    used_at(busy, 1000)  # still the least recently used
+    mine = ReadCache(cache_folder(base, "http://storage", "mine"), 2 * BLOCK,
+                     block_size=BLOCK, clock=clock)
+    mine.trim_others_soon().join()
+    assert busy.exists() and not idle.exists()
+    assert other_mount.get("k", "e", 0, BLOCK) == block(0)
+    other_mount.close()
+    mine.trim_others_soon().join()  # the next mount: nobody uses it any more
+    assert not busy.exists()
+    mine.close()

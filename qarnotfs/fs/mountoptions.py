@@ -183,8 +183,8 @@ class MountOptions:
         fs="staging_dir", aliases=("staging",))
     read_cache_size: int | None = _option(
         None, _size_or_zero, "a size in bytes such as 20G, or 0",
-        "bound of the local cache of read data, e.g. 20G (default 10G, at most a quarter of "
-        "the disk's free space; 0: no read cache)", fs="read_cache_size")
+        "bound of the local cache of read data, all buckets' together, e.g. 20G (default 10G, "
+        "at most a quarter of the disk's free space; 0: no read cache)", fs="read_cache_size")
     read_cache_dir: str | None = _option(
         None, _path, "a folder", "folder of the read cache, shared by the mounts using it "
         "(default: ~/.cache/qarnotfs/blocks; $CACHE_DIRECTORY/blocks under systemd)",

@@ -7,7 +7,9 @@ be shorter), keyed by the object's key, its ETag and the block's number: the ETa
 of the key, so a changed object is a different set of blocks and stale bytes are never
 served (the ETag is the one the core knows for the open; blocks of ETags no longer read
 age out). The cache holds at most ``capacity`` bytes of blocks; the least recently used
-blocks go first, whichever mount put or read them.
+blocks go first, whichever mount put or read them. A process using the folder holds a
+claim on it, and the same bound holds for the whole cache folder: when a mount opens its
+cache, folders of buckets nobody uses go, least recently used first (:mod:`.cachefolders`).
 
 Layout and sharing. Each block is a file ``<folder>/<2 hex>/<hash of key and ETag>-<n>``
 (0600, folders 0700), written whole to a temporary file of ``<folder>/tmp`` and renamed
@@ -48,7 +50,8 @@ write lock, which it may wait for) and ``ReadCache._backlog`` (a condition: a re
 waits on it for room in the backlog, holding no other lock; it also counts the last uses
 waiting for the writer) are leaves, never held
 together: no other lock is taken and no storage request is sent while one is held (only
-the block file's rename or unlink, and eviction's unlinks, under the write lock).
+the block file's rename or unlink, and eviction's unlinks, under the write lock). The
+folder's claim (a shared ``flock``, :mod:`.cachefolders`) is held from start to close.
 """
 
 from __future__ import annotations
@@ -69,6 +72,7 @@ from pathlib import Path
 
 import google_crc32c
 
+from .cachefolders import INDEX_NAME, claim_folder, trim_folders
 from .journal import is_disk_full
 
 log = logging.getLogger(__name__)
@@ -95,7 +99,6 @@ PENDING_TOUCHES = 1024
 is a hint: losing a few while the writer is stuck costs nothing)."""
 STALE_TEMP = 3600.0
 """Temporary files older than this were left by a process that died: removed at start."""
-INDEX_NAME = "index.db"
 EVICT_BATCH = 64
 
 if google_crc32c.implementation == "c":
@@ -168,6 +171,7 @@ class ReadCache:
         self._waiting_bytes = 0
         self._stalled = False
         self._backlog = threading.Condition(threading.Lock())
+        self._claim = claim_folder(self.folder)
         _private_folder(self.folder)
         self._temp = self.folder / "tmp"
         _private_folder(self._temp)
@@ -340,6 +344,25 @@ class ReadCache:
             self._reads.close()
         with self._write_lock:
             self._db.close()
+        os.close(self._claim)
+
+    def trim_others_soon(self) -> threading.Thread:
+        """Remove, in a thread of its own, folders of other buckets that nobody uses,
+        least recently used first, until the whole cache folder fits the bound
+        (:mod:`.cachefolders`). Not the writer thread: gigabytes to delete must not keep
+        a cold read's blocks waiting. Nobody waits for it: a process ending meanwhile
+        leaves at most a folder set aside, which the next trim deletes."""
+        trimmer = threading.Thread(target=self._trim_others, name="qarnotfs-cache-trim",
+                                   daemon=True)
+        trimmer.start()
+        return trimmer
+
+    def _trim_others(self) -> None:
+        try:
+            trim_folders(self.folder.parent, self.folder, self.capacity)
+        except (OSError, sqlite3.Error) as error:
+            log.warning("read cache %s: folders of other buckets could not be removed: %s",
+                        self.folder.parent, error)
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[None]:
@@ -390,7 +413,9 @@ def open_read_cache(base: Path, endpoint: str, bucket: str,
     if capacity <= 0:
         return None
     try:
-        return ReadCache(folder, capacity)
+        cache = ReadCache(folder, capacity)
     except (OSError, sqlite3.Error) as error:
         log.warning("read cache %s cannot be used, reads are not cached: %s", folder, error)
         return None
+    cache.trim_others_soon()
+    return cache
