@@ -215,8 +215,11 @@ class QarnotfsMount(Mount):
     def _mount_command(self) -> tuple[list[str], dict[str, str]]:
         staging = self.workdir / "qarnotfs-staging"
         staging.mkdir(mode=0o700, exist_ok=True)
+        # The run's own read cache (kept across its remounts, removed with the scratch
+        # folder): the user's is left as it was, and every run starts cold.
         args = [str(venv_tool("qarnotfs")), "mount", self.bucket, str(self.mountpoint),
-                "--staging-dir", str(staging), *self.extra_args]
+                "--staging-dir", str(staging),
+                "--read-cache-dir", str(self.workdir / "qarnotfs-blocks"), *self.extra_args]
         return args, {**os.environ, **self.endpoint.env()}
 
     def _unmount_command(self) -> list[str]:
