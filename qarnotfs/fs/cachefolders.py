@@ -47,10 +47,11 @@ _LEFT_ASIDE = re.compile(rf"{re.escape(REMOVED)}.*-[0-9a-f]{{16}}-[0-9]+")
 
 
 def claim_folder(folder: Path) -> int:
-    """Create ``folder`` if needed (0700) and hold a shared claim on it: the descriptor
-    to close to let it go. Waits only while a trimmer is renaming the folder aside."""
+    """Hold a shared claim on ``folder`` (made again, 0700, if a trimmer set it aside
+    meanwhile): the descriptor to close to let it go. Waits only while a trimmer is
+    renaming the folder aside."""
     while True:
-        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        folder.mkdir(mode=0o700, exist_ok=True)
         fd = os.open(folder / IN_USE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_SH)

@@ -171,8 +171,8 @@ class ReadCache:
         self._waiting_bytes = 0
         self._stalled = False
         self._backlog = threading.Condition(threading.Lock())
-        self._claim = claim_folder(self.folder)
         _private_folder(self.folder)
+        self._claim = claim_folder(self.folder)
         self._temp = self.folder / "tmp"
         _private_folder(self._temp)
         self._remove_stale_temporaries()
