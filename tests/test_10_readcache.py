@@ -300,3 +300,41 @@ def test_a_folder_in_use_by_another_mount_is_never_removed(
     mine.trim_others_soon().join()  # the next mount: nobody uses it any more
     assert not busy.exists()
     mine.close()
+
+
+TRIMMER = """
+import random, sys
+from qarnotfs.fs.readcache import ReadCache, cache_folder
+base, seed = sys.argv[1], int(sys.argv[2])
+rng = random.Random(seed)
+for round in range(60):
+    folder = cache_folder(base, "http://storage", f"bucket{rng.randrange(8)}")
+    # Room for 64 blocks: the 240 put in all make trims, and a block just put is never
+    # the least recently used of its folder.
+    cache = ReadCache(folder, 64 * 1024, block_size=1024)
+    key, data = f"{seed}-{round}", bytes([seed]) * 1024
+    cache.put(key, "e", 0, data)
+    trimmer = cache.trim_others_soon()
+    assert cache.get(key, "e", 0, 1024) == data, "lost while another process trimmed"
+    trimmer.join()
+    assert cache.get(key, "e", 0, 1024) == data, "lost to this process's own trim"
+    cache.close()
+"""
+
+
+def test_processes_opening_and_trimming_at_once_never_lose_a_folder_in_use(
+        tmp_path: Path) -> None:
+    """Mounts of different buckets (and of the same) starting together: each trims the
+    others' folders while they open theirs; none loses a block of the folder it holds
+    (nor fails to open: SQLite's change to WAL mode does not wait for a busy index)."""
+    base = tmp_path / "blocks"
+    processes = [subprocess.Popen([sys.executable, "-c", TRIMMER, os.fspath(base), str(seed)])
+                 for seed in (1, 2, 3, 4)]
+    assert [p.wait(timeout=120) for p in processes] == [0, 0, 0, 0]
+    assert not [p for p in base.iterdir() if p.name.startswith(".")]
+    left = 0
+    for folder in base.iterdir():
+        cache = ReadCache(folder, 64 * BLOCK, block_size=BLOCK)
+        left += cache.total()
+        cache.close()
+    assert left < 4 * 60 * 1024, "folders were trimmed"

@@ -50,9 +50,14 @@ def claim_folder(folder: Path) -> int:
     """Hold a shared claim on ``folder`` (made again, 0700, if a trimmer set it aside
     meanwhile): the descriptor to close to let it go. Waits only while a trimmer is
     renaming the folder aside."""
+    folder.parent.mkdir(parents=True, exist_ok=True)  # the base is never set aside
     while True:
-        folder.mkdir(mode=0o700, exist_ok=True)
-        fd = os.open(folder / IN_USE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(folder, 0o700)
+        try:
+            fd = os.open(folder / IN_USE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except FileNotFoundError:
+            continue  # set aside between the two calls
         try:
             fcntl.flock(fd, fcntl.LOCK_SH)
             if _same_file(fd, folder / IN_USE):

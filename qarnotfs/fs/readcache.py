@@ -100,6 +100,9 @@ is a hint: losing a few while the writer is stuck costs nothing)."""
 STALE_TEMP = 3600.0
 """Temporary files older than this were left by a process that died: removed at start."""
 EVICT_BATCH = 64
+BUSY_TIMEOUT = 30.0
+"""Seconds a write to the index waits for another process's transaction."""
+WAL_RETRY_DELAY = 0.01
 
 if google_crc32c.implementation == "c":
     CHECKSUM, checksum = "crc32c", google_crc32c.value
@@ -147,6 +150,21 @@ def _private_folder(path: Path) -> None:
     os.chmod(path, 0o700)
 
 
+def _use_wal(db: sqlite3.Connection) -> None:
+    """Put the index in WAL mode. Unlike other statements, a change of journal mode does
+    not wait for a busy database: it fails at once while another process opens the same
+    new index (or a trimmer reads it), so it is retried within the busy timeout."""
+    deadline = time.monotonic() + BUSY_TIMEOUT
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or time.monotonic() > deadline:
+                raise
+        time.sleep(WAL_RETRY_DELAY)
+
+
 def _is_full(error: BaseException, folder: Path) -> bool:
     if isinstance(error, OSError):
         return error.errno in (errno.ENOSPC, errno.EDQUOT)
@@ -171,16 +189,16 @@ class ReadCache:
         self._waiting_bytes = 0
         self._stalled = False
         self._backlog = threading.Condition(threading.Lock())
-        _private_folder(self.folder)
-        self._claim = claim_folder(self.folder)
+        self._claim = claim_folder(self.folder)  # made first: a trimmer may set it aside
+        os.chmod(self.folder, 0o700)
         self._temp = self.folder / "tmp"
         _private_folder(self._temp)
         self._remove_stale_temporaries()
         index = self.folder / INDEX_NAME
         os.close(os.open(index, os.O_RDWR | os.O_CREAT, 0o600))  # SQLite's files copy it
         self._db = sqlite3.connect(index, isolation_level=None, check_same_thread=False,
-                                   timeout=30)
-        self._db.execute("PRAGMA journal_mode=WAL")
+                                   timeout=BUSY_TIMEOUT)
+        _use_wal(self._db)
         self._db.execute("PRAGMA synchronous=NORMAL")
         with self._transaction():
             for statement in filter(str.strip, _SCHEMA.split(";\n")):
