@@ -32,9 +32,8 @@ pages faster than the disk takes them), up to :data:`BACKLOG_WAIT`, after which 
 is not kept: a read faster than the writer would otherwise leave holes in the cache (a
 cold 128 MiB read on a loopback gateway kept 96 to 128 of its blocks), and a disk so slow
 that a block waits a second is not worth waiting for. Failures never reach the reader: a
-full disk (ENOSPC, EDQUOT,
-SQLITE_FULL) stops putting blocks for :data:`FULL_PAUSE` seconds, logged once; any other
-error is a miss (logged once per kind).
+full disk (ENOSPC, EDQUOT, SQLITE_FULL) stops putting blocks for :data:`FULL_PAUSE`
+seconds, logged once; any other error is a miss (logged once per kind).
 
 Two SQLite connections, so that reads never wait for a writer, this process's or another
 one's: a reader uses the *read* connection, for SELECTs only (in WAL mode they never wait
@@ -48,10 +47,10 @@ Lock order: ``ReadCache._read_lock`` (it serialises this process's use of the re
 connection), ``ReadCache._write_lock`` (the write connection; taken before SQLite's
 write lock, which it may wait for) and ``ReadCache._backlog`` (a condition: a reader
 waits on it for room in the backlog, holding no other lock; it also counts the last uses
-waiting for the writer) are leaves, never held
-together: no other lock is taken and no storage request is sent while one is held (only
-the block file's rename or unlink, and eviction's unlinks, under the write lock). The
-folder's claim (a shared ``flock``, :mod:`.cachefolders`) is held from start to close.
+waiting for the writer) are leaves, never held together: no other lock is taken and no
+storage request is sent while one is held (only the block file's rename or unlink, and
+eviction's unlinks, under the write lock). The folder's claim (a shared ``flock``,
+:mod:`.cachefolders`) is held from start to close.
 """
 
 from __future__ import annotations
